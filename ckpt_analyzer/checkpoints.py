@@ -1,11 +1,9 @@
-"""The checkpoint contract (DESIGN §2): atomic writes, discovery, validated reads, prefetch."""
+"""The checkpoint contract (docs/checkpoints.md): atomic writes, discovery, validated reads, prefetch."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -14,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._atomic import atomic_write_bytes
 from .errors import CheckpointError, CkptError, UsageError
 
 if TYPE_CHECKING:
@@ -29,38 +28,6 @@ REQUIRED_META = (
 )
 INT_META = ("width", "epoch", "step", "num_classes", "in_channels", "image_size")
 CKPT_RE = re.compile(r"^w(?P<width>\d+)/e(?P<epoch>\d+)\.safetensors$")
-
-
-# ---------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = str(path.parent / f"{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # permissions follow umask
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
@@ -342,7 +309,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
 
 def load_subset(run_dir: str | Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized inputs and labels of a subset of a contract run, in split order."""
-    from .runner import load_run_data
+    from .data.run import load_run_data
 
     data = load_run_data(run_dir)
     x, y, _ = data.subset(subset)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import analysis as an
+from ._atomic import atomic_path
 from .errors import CkptError, UsageError, did_you_mean, unknown
 from .report import CubeInfo, ProbeData, load_probe, read_cube_info
 
@@ -118,13 +119,11 @@ def plot(cube_path: str | os.PathLike[str], kind: str, output: str | os.PathLike
                          f"(use .png, .pdf or .svg)")
     opts = options or PlotOptions()
     fig = make_figure(cube_path, kind, opts)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format=fmt, dpi=opts.dpi)
-        os.replace(tmp, out)
+        with atomic_path(out, tmp=out.with_name(f".{out.name}.tmp")) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=opts.dpi)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CkptError(f"cannot write the figure ({exc.strerror or exc})", out) from None
     return out
 

@@ -25,51 +25,16 @@ from .checkpoints import (
     discover,
     load_state_into,
     prefetch,
-    read_labels,
     read_run_json,
     read_state_dict,
 )
 from .config import config_to_dict
+from .data.run import RunData, load_run_data
 from .errors import CheckpointError, CkptError, UsageError
 from .probes import make_probes
-from .probes.base import Context, Outputs, Probe, RunData
+from .probes.base import Context, Outputs, Probe
 
 MATERIALIZE_EVERY_S = 30.0
-
-
-# ---------------------------------------------------------------- data
-def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
-                  dataset: str | None = None, data_root: str | None = None) -> RunData:
-    """The data of a run on ``device``: contract runs from run.json and labels.safetensors,
-    foreign folders from ``dataset``/``data_root`` (no label noise)."""
-    from .data import load_dataset
-
-    run = read_run_json(run_dir)
-    dev = torch.device(device)
-    if run is not None:
-        ds = run["dataset"]
-        data = load_dataset(dataset or ds["name"], data_root or ds.get("root"), ds.get("split_seed", 0))
-        labels = read_labels(run_dir)
-        if len(labels["train_labels"]) != data.n_train:
-            raise CkptError(f"labels.safetensors has {len(labels['train_labels'])} training labels, "
-                            f"dataset '{ds['name']}' has {data.n_train}", Path(run_dir))
-        mean, std = ds["mean"], ds["std"]
-        y_train, clean, mask = labels["train_labels"], labels["clean_labels"], labels["noisy_mask"]
-        smoothing = run.get("label_smoothing")
-    else:
-        data = load_dataset(dataset or "digits", data_root, 0)
-        mean, std = data.mean, data.std
-        y_train = clean = data.y_train
-        mask = torch.zeros(data.n_train, dtype=torch.bool)
-        smoothing = None
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=dev)
-    std_t = torch.tensor(std, dtype=torch.float32, device=dev)
-    norm = lambda x: (x.to(dev) - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
-    return RunData(
-        x_train=norm(data.x_train), y_train=y_train.to(dev), clean_labels=clean.to(dev),
-        noisy_mask=mask.to(dev), x_test=norm(data.x_test), y_test=data.y_test.to(dev),
-        mean=mean_t, std=std_t, num_classes=data.num_classes, smoothing=smoothing,
-    )
 
 
 # ---------------------------------------------------------------- probe set-up

@@ -291,7 +291,7 @@ def test_label_smoothed_run_reports_effective_noise_fitting(tmp_path: Path) -> N
 
     from ckpt_analyzer import load_model, load_subset, open_cube
     from ckpt_analyzer.checkpoints import read_run_json
-    from ckpt_analyzer.train.smoothing import LabelSmoothing, soft_cross_entropy
+    from ckpt_analyzer.functional.smoothing import LabelSmoothing, soft_cross_entropy
 
     run = tmp_path / "ls"
     subprocess.run([sys.executable, "-m", "ckpt_analyzer.train.cli", str(run), "--widths", "2",

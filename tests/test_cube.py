@@ -182,9 +182,11 @@ def test_coordinates_grow_and_never_shrink(tmp_path: Path) -> None:
 def test_incremental_materialization_equals_full_rewrite(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    update = Cube._update_probe
-    monkeypatch.setattr(Cube, "_update_probe",
-                        lambda self, *a: (calls.append(a[1]), update(self, *a))[1])
+    import ckpt_analyzer.cube.journal as journal
+
+    update = journal.update_probe
+    monkeypatch.setattr(journal, "update_probe",
+                        lambda g, *a: (calls.append(g.name.strip("/")), update(g, *a))[1])
     p = tmp_path / "c.h5"
     fill(p, [(0, 1), (1, 2)], [0, 1], [1, 2])
     assert calls == []  # a new cube is written whole
@@ -483,15 +485,16 @@ WORKER = textwrap.dedent("""
     if os.environ.get("STALL_MATERIALIZE"):  # 2nd materialization: hold the .tmp half-written
         calls = []
         def stall(write):
-            def stalled(self, *args):
-                write(self, *args)
+            def stalled(*args):
+                write(*args)
                 calls.append(1)
                 if len(calls) == 2:
                     print("writing", flush=True)
                     time.sleep(5)
             return stalled
-        Cube._write_probe = stall(Cube._write_probe)  # whole-file rewrite
-        Cube._update_probe = stall(Cube._update_probe)  # copy + new cells
+        import ckpt_analyzer.cube.journal as journal
+        journal.write_probe = stall(journal.write_probe)  # whole-file rewrite
+        journal.update_probe = stall(journal.update_probe)  # copy + new cells
     cube = Cube(Path(sys.argv[1]), fsync=not os.environ.get("NO_FSYNC")).open()
     cube.set_root(ROOT)
     begin(cube)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ckpt_analyzer.config import ConfigError
-from ckpt_analyzer.train.smoothing import (
+from ckpt_analyzer.functional.smoothing import (
     LabelSmoothing,
     check_smoothing,
     fourier_direction,
@@ -196,7 +196,7 @@ def test_trainer_side_and_manifest_round_trip(digits: tuple[torch.Tensor, torch.
     import json
     from types import SimpleNamespace
 
-    from ckpt_analyzer.train.smoothing import LabelSmoother
+    from ckpt_analyzer.functional.smoothing import LabelSmoother
 
     x, y = digits
     cfg = SimpleNamespace(label_smoothing="radial", ls_frequency=0.4, ls_amplitude=0.3, ls_index=2)
@@ -216,7 +216,7 @@ def test_trainer_side_and_manifest_round_trip(digits: tuple[torch.Tensor, torch.
 
 def test_smoothed_test_loss_matches_per_batch_reference(
         digits: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from ckpt_analyzer.train.smoothing import smoothed_test_loss
+    from ckpt_analyzer.functional.smoothing import smoothed_test_loss
 
     x, y = digits
     logits = torch.randn(len(x), 10, generator=torch.Generator().manual_seed(2)).double()

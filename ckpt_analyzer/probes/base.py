@@ -23,107 +23,22 @@ from __future__ import annotations
 import abc
 import dataclasses
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from ..schema import SUBSETS, Metric, Outputs
+
+__all__ = ["SUBSETS", "Context", "Metric", "NoConfig", "Outputs", "Probe", "RunData"]
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..checkpoints import CheckpointRef
-
-SUBSETS = ("train", "clean", "noisy", "test")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One output array: its dimensions after (epoch, width), dtype and a description."""
-
-    dims: tuple[str, ...] = ()
-    dtype: str = "float64"
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """Everything a probe writes per checkpoint: extra coordinates and metrics."""
-
-    coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
-    metrics: Mapping[str, Metric] = field(default_factory=dict)
-
-    def shape(self, metric: str) -> tuple[int, ...]:
-        return tuple(len(self.coords[d]) for d in self.metrics[metric].dims)
-
-    def check(self, results: Mapping[str, Any], probe: str) -> dict[str, np.ndarray]:
-        """Validate one checkpoint's results against the declaration."""
-        missing = set(self.metrics) - set(results)
-        extra = set(results) - set(self.metrics)
-        if missing or extra:
-            raise ValueError(
-                f"probe '{probe}' returned metrics {sorted(results)}, declared {sorted(self.metrics)}"
-            )
-        out = {}
-        for name, metric in self.metrics.items():
-            arr = np.asarray(results[name], dtype=metric.dtype)
-            if arr.shape != self.shape(name):
-                raise ValueError(
-                    f"probe '{probe}' metric '{name}' has shape {arr.shape}, declared "
-                    f"{self.shape(name)} for dims {metric.dims}"
-                )
-            out[name] = arr
-        return out
-
-
-@dataclass(frozen=True)
-class RunData:
-    """The run's data on the device, shared by all probes.
-
-    ``x_*`` are normalized model inputs (N, C, H, W); ``mean``/``std`` map them back to
-    [0, 1] pixel space. ``y_train`` holds the labels trained on (noisy where corrupted),
-    ``clean_labels`` the true ones, ``noisy_mask`` which training points were corrupted.
-    """
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    clean_labels: torch.Tensor
-    noisy_mask: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    num_classes: int
-    smoothing: Any = None
-
-    def index(self, subset: str) -> torch.Tensor:
-        """Positions of ``subset`` in its split (training split, or test split for test)."""
-        import torch
-
-        if subset == "train":
-            return torch.arange(len(self.y_train), device=self.y_train.device)
-        if subset == "clean":
-            return torch.nonzero(~self.noisy_mask, as_tuple=False).flatten()
-        if subset == "noisy":
-            return torch.nonzero(self.noisy_mask, as_tuple=False).flatten()
-        if subset == "test":
-            return torch.arange(len(self.y_test), device=self.y_test.device)
-        raise ValueError(f"unknown subset '{subset}' (choose from {', '.join(SUBSETS)})")
-
-    def subset(self, subset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x, y, index)`` of a subset; ``noisy`` carries its corrupted labels."""
-        idx = self.index(subset)
-        if subset == "test":
-            return self.x_test[idx], self.y_test[idx], idx
-        return self.x_train[idx], self.y_train[idx], idx
-
-    def to_pixel(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
-
-    def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
-
+    from ..data.run import RunData
 
 @dataclass(frozen=True)
 class Context:
@@ -188,3 +103,12 @@ class Probe(abc.ABC):
     @abc.abstractmethod
     def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, np.ndarray]:
         """Measure one checkpoint; return arrays shaped as declared by :meth:`outputs`."""
+
+
+def __getattr__(name: str) -> Any:
+    # RunData lives in ckpt_analyzer.data.run (it imports torch); kept importable from here.
+    if name == "RunData":
+        from ..data.run import RunData
+
+        return RunData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

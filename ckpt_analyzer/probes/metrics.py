@@ -75,7 +75,7 @@ class MetricsProbe(Probe):
             err.append((lg.argmax(1) != y[idx]).double().mean().item())
         out = {"loss": np.array(loss), "error": np.array(err)}
         if self._smoothing:
-            from ..train.smoothing import smoothed_test_loss
+            from ..functional.smoothing import smoothed_test_loss
 
             lg = logits["test"].double()
             smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes, self._smoothing)

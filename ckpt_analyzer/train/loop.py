@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from .._atomic import atomic_write_json
 from ..checkpoints import (
     CKPT_FORMAT,
     RUN_FORMAT,
-    atomic_write_json,
     checkpoint_path,
     read_header,
     read_run_json,
@@ -238,7 +238,7 @@ class Trainer:
     def _make_smoother(self) -> Any:
         if self.cfg.label_smoothing is None:
             return None
-        from .smoothing import LabelSmoother
+        from ..functional.smoothing import LabelSmoother
 
         return LabelSmoother.for_training(self.cfg, self.xs_train, self.data.num_classes)
 

@@ -1,0 +1,120 @@
+"""Writing the HDF5 file of a cube: probe groups, dimension scales, fixed inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .schema import AXES, Decl
+
+if TYPE_CHECKING:
+    import h5py
+
+# (epoch, width, {metric: array}) of one recorded cell
+Cell = tuple[int, int, dict[str, np.ndarray]]
+NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
+
+
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+def write_probe(f: h5py.File, name: str, version: str, config: str, seed: int, decl: Decl,
+                grid: dict[str, np.ndarray], cells: Iterable[Cell],
+                inputs: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Write a probe group afresh: coordinates, metrics (NaN outside ``cells``), done, inputs."""
+    import h5py
+
+    g = f.create_group(name, track_order=True)
+    g.attrs["probe_version"] = version
+    g.attrs["config"] = config
+    g.attrs["seed"] = np.int64(seed)
+    scales = write_axes(g, grid)
+    for cname, kind, values in decl.coords:
+        if kind == "str":
+            ds = g.create_dataset(cname, data=np.array(values, dtype=object),
+                                  dtype=h5py.string_dtype())
+        else:
+            ds = g.create_dataset(cname, data=np.array(
+                values, dtype=np.int64 if kind == "int" else np.float64))
+        ds.make_scale(cname)
+        scales[cname] = ds
+    n_e, n_w = len(grid["epoch"]), len(grid["width"])
+    ie = {int(v): i for i, v in enumerate(grid["epoch"])}
+    iw = {int(v): i for i, v in enumerate(grid["width"])}
+    arrays = {m: np.full((n_e, n_w, *decl.shape(d)), np.nan, dtype=t)
+              for m, d, t, _ in decl.metrics}
+    done = np.zeros((n_e, n_w), dtype=np.uint8)
+    for e, w, vals in cells:
+        i, j = ie[e], iw[w]
+        done[i, j] = 1
+        for m, v in vals.items():
+            arrays[m][i, j] = v
+    for m, d, _, desc in decl.metrics:
+        ds = g.create_dataset(m, data=arrays[m], chunks=(1, 1, *decl.shape(d)),
+                              maxshape=(None, None, *decl.shape(d)),
+                              fillvalue=np.nan, **COMPRESSION)
+        for axis, dim in enumerate((*AXES, *d)):
+            ds.dims[axis].attach_scale(scales[dim])
+        if desc:
+            ds.attrs["description"] = desc
+    ds = g.create_dataset("done", data=done, chunks=(256, 64), maxshape=(None, None),
+                          **COMPRESSION)
+    ds.attrs["description"] = "1 where the cell was computed"
+    for axis, dim in enumerate(AXES):
+        ds.dims[axis].attach_scale(scales[dim])
+    inp = g.create_group("inputs", track_order=True)
+    for key, arr in inputs:
+        write_input(inp, key, arr)
+
+
+def update_probe(g: h5py.Group, decl: Decl, grid: dict[str, np.ndarray], cells: Iterable[Cell]) -> None:
+    """Grow a probe group of a copied cube to ``grid`` and write the newer cells."""
+    write_axes(g, grid)
+    shape = (len(grid["epoch"]), len(grid["width"]))
+    for m, d, _, _ in decl.metrics:
+        g[m].resize((*shape, *decl.shape(d)))
+    g["done"].resize(shape)
+    ie = {int(v): i for i, v in enumerate(grid["epoch"])}
+    iw = {int(v): i for i, v in enumerate(grid["width"])}
+    for e, w, vals in cells:
+        i, j = ie[e], iw[w]
+        for m, v in vals.items():
+            g[m][i, j] = v
+        g["done"][i, j] = 1
+
+
+def write_axes(g: h5py.Group, grid: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Create (or grow, in a copied cube) the epoch and width scales of ``g``."""
+    scales = {}
+    for a in AXES:
+        if a in g:
+            ds = g[a]
+            ds.resize(grid[a].shape)
+            ds[...] = grid[a]
+        else:
+            ds = g.create_dataset(a, data=grid[a], maxshape=(None,), chunks=(1024,))
+            ds.make_scale(a)
+        scales[a] = ds
+    return scales
+
+
+def write_input(inp: h5py.Group, key: str, arr: np.ndarray) -> None:
+    import h5py
+
+    *parents, leaf = key.split("/")
+    g = inp
+    for p in parents:
+        g = g.require_group(p)
+    if arr.dtype.kind in "USO":
+        ds = g.create_dataset(leaf, data=arr.astype(object), dtype=h5py.string_dtype())
+    else:
+        ds = g.create_dataset(leaf, data=arr)
+    for axis, n in enumerate(arr.shape):
+        dim = f"{leaf}_dim{axis}"
+        while dim in g:
+            dim += "_"
+        sc = g.create_dataset(dim, shape=(n,), dtype=">f4")
+        sc.make_scale(f"{NOT_A_VARIABLE}{n:10d}")
+        ds.dims[axis].attach_scale(sc)

@@ -1,0 +1,51 @@
+"""Names shared by the probes and the cube: the subsets and a probe's declared outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SUBSETS = ("train", "clean", "noisy", "test")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One output array: its dimensions after (epoch, width), dtype and a description."""
+
+    dims: tuple[str, ...] = ()
+    dtype: str = "float64"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Everything a probe writes per checkpoint: extra coordinates and metrics."""
+
+    coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+
+    def shape(self, metric: str) -> tuple[int, ...]:
+        return tuple(len(self.coords[d]) for d in self.metrics[metric].dims)
+
+    def check(self, results: Mapping[str, Any], probe: str) -> dict[str, np.ndarray]:
+        """Validate one checkpoint's results against the declaration."""
+        missing = set(self.metrics) - set(results)
+        extra = set(results) - set(self.metrics)
+        if missing or extra:
+            raise ValueError(
+                f"probe '{probe}' returned metrics {sorted(results)}, declared {sorted(self.metrics)}"
+            )
+        out = {}
+        for name, metric in self.metrics.items():
+            arr = np.asarray(results[name], dtype=metric.dtype)
+            if arr.shape != self.shape(name):
+                raise ValueError(
+                    f"probe '{probe}' metric '{name}' has shape {arr.shape}, declared "
+                    f"{self.shape(name)} for dims {metric.dims}"
+                )
+            out[name] = arr
+        return out
+
