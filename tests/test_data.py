@@ -449,3 +449,30 @@ def test_npz_missing_and_unreadable(tmp_path: Path) -> None:
              x_test=np.zeros(1), y_test=np.zeros(1))
     with pytest.raises(DataError, match="obj.npz: not a readable .npz"):
         load_npz(tmp_path / "obj.npz")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345])
+def test_digits_split_equals_sklearns_train_test_split(seed: int) -> None:
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    from ckpt_analyzer.data.digits import load_digits, stratified_split
+
+    bunch = sk_load_digits()
+    y = bunch.target
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y, random_state=seed)
+    a, b = stratified_split(y, 0.25, seed)
+    assert np.array_equal(np.sort(tr), a) and np.array_equal(np.sort(te), b)
+    d = load_digits(None, seed)
+    assert np.array_equal(d.x_train[:, 0].numpy(), (bunch.images[np.sort(tr)] / 16.0).astype(np.float32))
+    assert np.array_equal(d.y_test.numpy(), y[np.sort(te)])
+
+
+def test_digits_loads_without_importing_sklearn() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from ckpt_analyzer.data.digits import load_digits; load_digits(None, 0); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
