@@ -110,7 +110,7 @@ class SharpnessProbe(Probe):
       made 26 of 48 anchors erase the top singular value on 8×8 digits, half of them at
       ‖a − x‖/‖x‖ ≈ 1.) A config whose share of such anchors exceeds the authors' 1/48 gets a
       warning.
-    * Valid anchors. An erased image has pixels outside [0, 1] (22.6% below 0 on digits); the
+    * Valid anchors. An erased image has pixels outside [0, 1] (about 23% below 0 on digits); the
       jitter's blends clamp, so on unclamped anchors ``a_m − a`` was mostly the clamp (median
       0.16 against 0.02 of jitter). Anchors are therefore clamped to [0, 1] before anything is
       evaluated at them: ``a_m − a`` is the jitter alone, and the anchors the model sees are

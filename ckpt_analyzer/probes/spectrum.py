@@ -49,7 +49,7 @@ class SpectrumProbe(Probe):
     3.4% of a CIFAR-10 image's norm; on 8×8 digits it would be 26%). ``auto`` resolves to
     ``0.5 × N / N_CIFAR-10`` with N the RMS image norm of the run's training images in the
     probe's ``space`` (:mod:`ckpt_analyzer.probes.scale`; 3 significant digits): 0.5 on
-    CIFAR-10, 0.0653 in pixel space on digits. The resolved number is the ``h`` stored in the
+    CIFAR-10, 0.0652 in pixel space (0.0722 with space=input) on digits. The resolved number is the ``h`` stored in the
     cube's config; an explicit number is used as given.
 
     Fixed inputs (stored under ``spectrum/inputs/``): ``<subset>/index`` (positions in the
