@@ -29,7 +29,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             if type(None) in get_args(tp):
                 return None
-        return _convert(value, args[0], where)
+        first: ConfigError | None = None
+        for arg in args:  # the first member that accepts the value (e.g. float | "auto")
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                first = first or exc
+        assert first is not None
+        raise first
     if origin is tuple:
         (inner, *_rest) = get_args(tp)
         if isinstance(value, str):

@@ -189,7 +189,7 @@ class Analysis:
             for p in probes:
                 inputs = {k: np.asarray(v) for k, v in p.prepare(ctx).items()}
                 outs = p.outputs()
-                cube.begin_probe(p.name, p.version, config_to_dict(p.config), self.seed, outs,
+                cube.begin_probe(p.name, p.version, config_to_dict(p.resolved_config()), self.seed, outs,
                                  inputs, overwrite=self.overwrite)
                 prepared.append(PreparedProbe(p, outs))
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}

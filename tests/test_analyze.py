@@ -58,6 +58,8 @@ def test_cube_layout_and_xarray(cube: Path) -> None:
         assert list(f["epoch"][()]) == [0, 1, 2, 3, 4] and list(f["width"][()]) == [1, 4]
         g = f["spectrum"]
         assert json.loads(g.attrs["config"])["points"] == 40
+        h = json.loads(g.attrs["config"])["h"]  # h=auto is stored as the number it resolved to
+        assert isinstance(h, float) and 0.06 < h < 0.07
         assert g["done"][()].all()
         assert g["inputs/train/index"].shape == (40,)
         assert g["inputs/train/direction"].shape == (40, 1, 8, 8)

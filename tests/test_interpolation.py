@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -283,12 +284,18 @@ def test_prepare_draws_distinct_pairs(data: RunData) -> None:
     assert between.shape == (45 * 30, 2)
     assert np.all(y[within[:, 0]] == y[within[:, 1]]) and np.all(within[:, 0] != within[:, 1])
     assert len({tuple(sorted(p)) for p in within.tolist()}) == len(within)
-    assert np.all(y[between[:, 0]] < y[between[:, 1]])
-    assert len({tuple(p) for p in between.tolist()}) == len(between)
+    assert np.all(y[between[:, 0]] != y[between[:, 1]])
+    assert len({tuple(sorted(p)) for p in between.tolist()}) == len(between)
     for c in range(10):
         assert np.sum(y[within[:, 0]] == c) == 30
+    lower_first = 0
     for a, b in itertools.combinations(range(10), 2):
-        assert np.sum((y[between[:, 0]] == a) & (y[between[:, 1]] == b)) == 30
+        ab = np.sum((y[between[:, 0]] == a) & (y[between[:, 1]] == b))
+        ba = np.sum((y[between[:, 0]] == b) & (y[between[:, 1]] == a))
+        assert ab + ba == 30
+        lower_first += ab
+    # the start class is random (version 1 always started from the lower class): about half
+    assert 0.4 < lower_first / len(between) < 0.6
 
 
 def test_prepare_is_deterministic(data: RunData) -> None:
@@ -344,3 +351,31 @@ def test_no_pairs_gives_nan(data: RunData, trained: nn.Module) -> None:
                       labels=data.y_test, bins=4)
     assert res.paths == 0 and res.cdn.shape == (4,) and torch.all(torch.isnan(res.cdn))
     assert math.isnan(res.tv.item())
+
+
+def test_step_auto_scales_with_the_image_norm(data: RunData) -> None:
+    from ckpt_analyzer.probes.scale import CIFAR10_RMS_NORM_INPUT, rms_norm
+
+    probe = InterpolationProbe(InterpolationProbe.Config(pairs=2))
+    assert probe.config.step == "auto"
+    probe.prepare(context(data))
+    step = probe.resolved_config().step
+    want = 1.0 * rms_norm(data, "input") / CIFAR10_RMS_NORM_INPUT
+    assert step == pytest.approx(want, rel=5e-3) and step == float(f"{want:.3g}")
+    assert 0.1 < step < 0.2  # 8x8 digits normalized per channel: sqrt(64 / 3072) = 0.144
+    # CIFAR-10-sized normalized images (3x32x32, unit variance): the authors' 1.0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, 32, 32, generator=g)
+    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+    cifar = dataclasses.replace(data, x_train=x, mean=torch.zeros(3), std=torch.ones(3))
+    big = InterpolationProbe(InterpolationProbe.Config(pairs=2))
+    big.prepare(context(cifar))
+    assert big.resolved_config().step == 1.0
+    explicit = InterpolationProbe(InterpolationProbe.Config(pairs=2, step=1.0))
+    explicit.prepare(context(data))
+    assert explicit.resolved_config().step == 1.0
+    cfg = build_config(InterpolationProbe.Config, {"step": "auto"}, "interpolation")
+    assert cfg.step == "auto"
+    assert build_config(InterpolationProbe.Config, {"step": "0.25"}, "interpolation").step == 0.25
+    with pytest.raises(ConfigError, match="step"):
+        build_config(InterpolationProbe.Config, {"step": "big"}, "interpolation")

@@ -610,3 +610,45 @@ def test_probe_prepare_errors(digits: RunData) -> None:
         NormalizationProbe().prepare(make_ctx(digits, None))
     with pytest.raises(CkptError, match="prepare"):
         NormalizationProbe().outputs()
+
+
+# ---------------------------------------------------------------- bias conventions
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0])
+def test_first_bias_convention_counts_b1_in_rho1_and_stays_exact(p: float) -> None:
+    net = seeded(SmallCNN, 4).eval()
+    with torch.no_grad():  # a first-layer bias of a norm comparable to its weight's
+        net.conv1.bias.copy_(torch.linspace(-2, 2, len(net.conv1.bias)))
+    plain = layer_norms(net, p=p)
+    paper = layer_norms(net, p=p, first_bias=True)
+    w1 = torch.cat([net.conv1.weight.detach().reshape(-1), net.conv1.bias.detach()]).double()
+    assert paper[0].item() == pytest.approx(torch.linalg.vector_norm(w1, ord=p).item(), rel=1e-12)
+    assert paper[0] > plain[0]
+    torch.testing.assert_close(paper[1:], plain[1:])  # later biases are in no rho_l
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for norms in (plain, paper):  # f~ = f / prod rho_l under both conventions
+            want = net(x).double() / torch.exp(log_norm_product(norms))
+            assert rel_err(normalized_network(net, norms)(x).double(), want) < 1e-5
+    nobias = seeded(SmallCNN, 4, bias=False)
+    torch.testing.assert_close(layer_norms(nobias, first_bias=True), layer_norms(nobias))
+
+
+def test_probe_rho_bias_parameter(digits: RunData) -> None:
+    ctx = make_ctx(digits, lambda w: SmallCNN(w))
+    net = seeded(SmallCNN, 4)
+    out = {}
+    for conv in ("none", "first"):
+        probe = NormalizationProbe(build_config(NormalizationProbe.Config, {"rho_bias": conv},
+                                                "normalization"))
+        probe.prepare(ctx)
+        out[conv] = run_probe(probe, net, ctx)
+    assert NormalizationProbe.Config().rho_bias == "none"
+    np.testing.assert_allclose(out["first"]["layer_norm"][0],
+                               layer_norms(net, first_bias=True)[0].item(), rtol=1e-6)
+    np.testing.assert_allclose(out["first"]["layer_norm"][1:], out["none"]["layer_norm"][1:])
+    assert out["first"]["log_norm_product"] > out["none"]["log_norm_product"]
+    np.testing.assert_array_equal(out["first"]["loss"], out["none"]["loss"])
+    with pytest.raises(ConfigError, match="rho_bias"):
+        build_config(NormalizationProbe.Config, {"rho_bias": "all"}, "normalization")

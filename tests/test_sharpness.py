@@ -67,6 +67,12 @@ def small(**kw: object) -> SharpnessProbe:
     return SharpnessProbe(build_config(SharpnessProbe.Config, values, "sharpness"))
 
 
+def run_prepare(probe: SharpnessProbe, ctx: Context) -> dict[str, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(probe.prepare(ctx))
+
+
 def run(probe: SharpnessProbe, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -318,6 +324,58 @@ def test_erasure_strengths_rule():
         fs.erasure_strengths((5, 5), 32)
 
 
+DEFAULT_SVD = (5, 10, 15, 20, 22, 25)
+
+
+def test_erasure_windows_are_the_authors_on_32_pixels():
+    windows, ids = fs.erasure_windows(DEFAULT_SVD, 8, 32)
+    want = [[(max(0, 32 - s - p), 32 - p) for s in DEFAULT_SVD] for p in range(8)]
+    np.testing.assert_array_equal(windows.numpy(), np.array(want))
+    assert ids.tolist() == list(range(8))
+    assert fs.top_share(windows) == fs.AUTHORS_TOP_SHARE == 1 / 48  # path 7 at strength 25
+    assert (windows[..., 0] == 0).nonzero().tolist() == [[7, 5]]
+
+
+def test_erasure_windows_on_digits_known_answer():
+    # version 1 scaled the strengths alone ([1,3,4,5,6,7]) with offsets 0..7: 26 of 48 anchors
+    # erased the top singular value; scaling the whole window leaves the authors' 1 of 48.
+    old = fs.erasure_strengths(DEFAULT_SVD, 8)
+    assert sum(8 - s - p <= 0 for s in old for p in range(8)) == 26
+    windows, ids = fs.erasure_windows(DEFAULT_SVD, 8, 8)
+    assert ids.tolist() == list(range(8))
+    assert windows[..., 1].tolist() == [[8] * 6] * 4 + [[7] * 6] * 4
+    assert windows[..., 0].tolist() == [[7, 6, 5, 3, 3, 2], [7, 6, 4, 3, 3, 2],
+                                        [7, 5, 4, 3, 2, 2], [6, 5, 4, 3, 2, 1],
+                                        [6, 5, 4, 2, 2, 1], [6, 5, 3, 2, 2, 1],
+                                        [6, 4, 3, 2, 1, 1], [5, 4, 3, 2, 1, 0]]
+    assert fs.top_share(windows) == 1 / 48
+    for rank in range(2, 97):  # never more anchors erase the top than the authors' one
+        w, _ = fs.erasure_windows(DEFAULT_SVD, 8, rank)
+        assert int((w[..., 0] == 0).sum()) == 1
+        assert fs.top_share(w, 48) == fs.AUTHORS_TOP_SHARE
+        assert (w[..., 0] < w[..., 1]).all() and (w[..., 1] <= rank).all()
+
+
+def test_erasure_windows_drop_collapsed_paths():
+    windows, ids = fs.erasure_windows(DEFAULT_SVD, 8, 4)
+    assert ids.tolist() == [0, 1, 2, 4, 6, 7]  # paths 3 and 5 repeat paths 2 and 4
+    rows = [tuple(map(tuple, w.tolist())) for w in windows]
+    assert len(set(rows)) == len(rows)
+    with pytest.raises(ValueError, match="32-pixel reference side"):
+        fs.erasure_windows((5, 32), 8, 8)
+    with pytest.raises(ValueError, match="paths=33"):
+        fs.erasure_windows(DEFAULT_SVD, 33, 8)
+
+
+def test_svd_erasure_windows_match_the_authors_paths():
+    x = torch.rand(3, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    strengths, paths = (1, 3, 4), 4
+    windows = torch.tensor([[(max(0, 6 - s - p), 6 - p) for s in strengths]
+                            for p in range(paths)])
+    torch.testing.assert_close(fs.svd_erasure_windows(x, windows),
+                               fs.svd_erasure_path(x, strengths, paths))
+
+
 # --------------------------------------------------------------------------- integration (eq. 6)
 
 
@@ -385,11 +443,22 @@ def test_segment_lengths_match_loops():
 
 def probe_reference(probe: SharpnessProbe, inputs: dict[str, np.ndarray], model: nn.Module,
                     ctx: Context) -> dict[str, np.ndarray]:
-    """Point by point, anchor by anchor, with numpy SVD, torchvision jitter, autograd per image."""
+    """Point by point, anchor by anchor, with numpy SVD, torchvision jitter, autograd per image.
+
+    Windows from the rule written out here (ceil-scaled ends of the authors' 32-pixel windows,
+    collapsed paths dropped); anchors clamped to [0, 1]."""
     cfg = probe.config
     data = ctx.data
     side = data.x_train.shape[-1]
-    strengths = fs.erasure_strengths(cfg.svd_path, side)
+    rows: list[list[tuple[int, int]]] = []
+    for p in range(cfg.paths):
+        stop = math.ceil((32 - p) * side / 32)
+        row = [(min(math.ceil(max(0, 32 - s - p) * side / 32), stop - 1), stop)
+               for s in cfg.svd_path]
+        if row not in rows:
+            rows.append(row)
+    np.testing.assert_array_equal(inputs["windows"], np.array(rows))
+    n_paths = len(rows)
     mean, std = data.mean.item(), data.std.item()
 
     def measure(xn: torch.Tensor, label: torch.Tensor, i: int) -> tuple[float, ...]:
@@ -415,19 +484,22 @@ def probe_reference(probe: SharpnessProbe, inputs: dict[str, np.ndarray], model:
         xn, label = data.x_train[pos], data.y_train[pos]
         at_point = measure(xn, label, i)
         pix = (xn * std + mean).numpy()[0]
-        vols = np.zeros((4, len(strengths) + 1))
-        for p in range(cfg.paths):
+        vols = np.zeros((4, len(cfg.svd_path) + 1))
+        for p in range(n_paths):
             anchors, vals = [xn], [at_point]
-            for s in strengths:
+            for start, stop in rows[p]:
                 u, sv, vt = np.linalg.svd(pix.astype(np.float64), full_matrices=False)
-                sv[max(0, side - s - p):side - p] = 0.0
-                a = torch.as_tensor((u @ np.diag(sv) @ vt - mean) / std).view(1, side, side)
+                sv[start:stop] = 0.0
+                img = np.clip(u @ np.diag(sv) @ vt, 0.0, 1.0)
+                d = np.linalg.norm(img - pix) / np.linalg.norm(pix)
+                assert inputs["distance"][i, p, len(anchors) - 1] == pytest.approx(d, abs=2e-6)
+                a = torch.as_tensor((img - mean) / std).view(1, side, side)
                 anchors.append(a.to(xn.dtype))
                 vals.append(measure(anchors[-1], label, i))
-            for v in range(len(strengths) + 1):
+            for v in range(len(cfg.svd_path) + 1):
                 for metric in range(4):
                     if v == 0:
-                        vols[metric, v] += vals[0][metric] / cfg.paths
+                        vols[metric, v] += vals[0][metric] / n_paths
                         continue
                     area = length = 0.0
                     for k in range(v):
@@ -435,7 +507,7 @@ def probe_reference(probe: SharpnessProbe, inputs: dict[str, np.ndarray], model:
                         area += d * (vals[k][metric] + vals[k + 1][metric]) / 2
                         length += d
                     r = area / length if length > 0 else vals[0][metric]
-                    vols[metric, v] += r / cfg.paths
+                    vols[metric, v] += r / n_paths
         per_point.append(vols)
     vols_all = np.stack(per_point)  # (N, 4, K+1)
     noisy = data.noisy_mask[torch.as_tensor(inputs["index"])].numpy()
@@ -525,8 +597,10 @@ def test_probe_sampling_stratified_and_capped(digits):
     assert len(idx) == 50 and len(np.unique(idx)) == 50 and idx.dtype == np.int64
     assert round(50 * noisy.mean()) == noisy[idx].sum()
     assert inputs["jitter_factors"].shape == inputs["jitter_order"].shape == (50, 2, 3)
-    np.testing.assert_array_equal(inputs["strengths"], fs.erasure_strengths(
-        probe.config.svd_path, 8))
+    windows, ids = fs.erasure_windows(probe.config.svd_path, probe.config.paths, 8)
+    np.testing.assert_array_equal(inputs["windows"], windows.numpy())
+    np.testing.assert_array_equal(inputs["paths"], ids.numpy())
+    assert inputs["distance"].shape == (50, len(ids), len(probe.config.svd_path))
 
     one = torch.zeros(N_TRAIN, dtype=torch.bool)
     one[17] = True  # a single noisy point among 360: proportional sampling would miss it
@@ -565,8 +639,84 @@ def test_config_errors(digits):
     assert cfg.svd_path == (5, 10, 15) and cfg.hessian is False
 
     ctx = make_ctx(digits)
-    with pytest.raises(ConfigError, match="reaches the 8-pixel image side"):
-        small(svd_path=(5, 31)).prepare(ctx)
-    with pytest.raises(ConfigError, match="paths=9"):
-        small(paths=9).prepare(ctx)
-    assert small(svd_path=(5, 27)).prepare(ctx)["strengths"].tolist() == [1, 7]
+    # strengths are given for 32-pixel images whatever the image size (version 1 checked them
+    # after scaling to the 8-pixel side, and refused paths > side instead of scaling offsets)
+    with pytest.raises(ConfigError, match="reaches the 32-pixel reference side"):
+        small(svd_path=(5, 32)).prepare(ctx)
+    with pytest.raises(ConfigError, match="paths must be in"):
+        SharpnessProbe.Config(paths=33)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # path 2 at 31 ends at index 0 of 32: 1 of 6 anchors
+        with pytest.raises(UserWarning, match="erase the top singular value"):
+            small(svd_path=(5, 31)).prepare(ctx)
+    inputs = run_prepare(small(paths=32, samples=2), ctx)  # collapse onto 26 on 8 pixels
+    assert len(inputs["paths"]) == 26
+
+
+def synthetic_ctx(n: int = 24, side: int = 32, seed: int = 0) -> Context:
+    """3-channel images with a 1/f spectrum in [0, 1] (natural-image-like singular values)."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.fft.fftfreq(side)
+    r = (f[:, None] ** 2 + f[None] ** 2).sqrt()
+    r[0, 0] = 1.0
+    spec = torch.complex(torch.randn(n, 3, side, side, generator=g),
+                         torch.randn(n, 3, side, side, generator=g)) / r
+    img = torch.fft.ifft2(spec).real
+    img = img - img.amin(dim=(2, 3), keepdim=True)
+    x01 = (img / img.amax(dim=(2, 3), keepdim=True)).float()
+    mean, std = x01.mean(dim=(0, 2, 3)), x01.std(dim=(0, 2, 3))
+    x = (x01 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    y = torch.arange(n) % 10
+    noisy = torch.arange(n) % 4 == 0
+    data = RunData(x_train=x, y_train=y, clean_labels=y, noisy_mask=noisy, x_test=x[:4],
+                   y_test=y[:4], mean=mean, std=std, num_classes=10)
+    return Context(data=data, device=torch.device("cpu"), batch_size=512, seed=0)
+
+
+def test_default_volumes_on_digits_reach_like_32_pixel_images(digits):
+    ctx8 = make_ctx(digits, noise=0.2)
+    ctx32 = synthetic_ctx()
+    dist = {}
+    for name, ctx, n in (("digits", ctx8, 128), ("32px", ctx32, 24)):
+        probe = SharpnessProbe(SharpnessProbe.Config(samples=n, hessian=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the defaults never warn about the top value
+            inputs = probe.prepare(ctx)
+        windows = inputs["windows"]
+        assert windows.shape == (8, 6, 2)
+        assert (windows[..., 0] == 0).sum() <= 1  # at most the authors' 1 of 48
+        assert inputs["distance"].shape == (n, 8, 6)
+        top = windows[..., 0] == 0
+        dist[name] = inputs["distance"][:, ~top]  # anchors keeping the top singular value
+    want32 = [[(max(0, 32 - s - p), 32 - p) for s in DEFAULT_SVD] for p in range(8)]
+    np.testing.assert_array_equal(
+        SharpnessProbe(SharpnessProbe.Config(samples=24)).prepare(ctx32)["windows"], want32)
+    for d in dist.values():
+        assert d.min() >= 0 and np.quantile(d, 0.95) < 0.6  # the image is never gone
+        assert (d >= 0.95).mean() == 0
+    # the same order of reach: medians and 95% quantiles within a factor 3
+    for q in (0.5, 0.95):
+        ratio = np.quantile(dist["digits"], q) / np.quantile(dist["32px"], q)
+        assert 1 / 3 < ratio < 3, (q, ratio)
+
+
+def test_explicit_config_erasing_the_top_more_often_warns(digits):
+    ctx = make_ctx(digits)
+    with pytest.warns(UserWarning, match=r"^sharpness: \d+ of \d+ anchors erase the top"):
+        SharpnessProbe(SharpnessProbe.Config(samples=4, svd_path=(5, 28))).prepare(ctx)
+
+
+def test_jitter_displacement_is_the_jitters_own_size(digits):
+    ctx = make_ctx(digits, noise=0.2)
+    probe = SharpnessProbe(SharpnessProbe.Config(samples=64))
+    probe.prepare(ctx)
+    st = probe._dev
+    assert st is not None
+    anchors = probe._anchors(st, 0, len(st.x))
+    ev = probe._evaluations(st, 0, len(st.x), anchors).double()  # (N, A, 1 + M, C, H, W)
+    pix = ev * st.std.unsqueeze(1).unsqueeze(1) + st.mean.unsqueeze(1).unsqueeze(1)
+    assert pix[:, 1:, 0].min() >= -1e-6 and pix[:, 1:, 0].max() <= 1 + 1e-6  # valid images
+    move = (pix[:, :, 1:] - pix[:, :, :1]).flatten(3).norm(dim=-1)  # (N, A, M)
+    at_points = float(move[:, 0].median())
+    at_anchors = float(move[:, 1:].median())
+    assert 0.5 < at_anchors / at_points < 2  # was 8x on unclamped anchors (0.169 vs 0.020)

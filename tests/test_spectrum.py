@@ -278,7 +278,7 @@ def test_probe_measures_pixel_space_lines(data: RunData) -> None:
 
 def test_probe_input_space_and_empty_subset() -> None:
     clean = make_data(noise=0.0)
-    cfg = SpectrumProbe.Config(points=4, n=8, subsets=("noisy", "clean"), space="input")
+    cfg = SpectrumProbe.Config(points=4, n=8, h=0.5, subsets=("noisy", "clean"), space="input")
     probe = SpectrumProbe(cfg)
     ctx = context(clean)
     with warnings.catch_warnings():
@@ -304,3 +304,59 @@ def test_probe_is_picklable_after_prepare(data: RunData) -> None:
     model = tiny_model(5)
     np.testing.assert_array_equal(clone(model, ctx)["A"], probe(model, ctx)["A"])
     assert dataclasses.asdict(clone.config) == dataclasses.asdict(probe.config)
+
+
+def cifar_like(n: int = 64, seed: int = 0) -> RunData:
+    """3x32x32 pixels with exactly CIFAR-10's published per-channel mean and std."""
+    from ckpt_analyzer.probes.scale import CIFAR10_MEAN, CIFAR10_STD
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64)
+    z = (z - z.mean(dim=(0, 2, 3), keepdim=True)) / z.std(dim=(0, 2, 3), keepdim=True,
+                                                          correction=0)
+    mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
+    y = torch.arange(n) % 10
+    return RunData(x_train=z.float(), y_train=y, clean_labels=y,
+                   noisy_mask=torch.zeros(n, dtype=torch.bool), x_test=z[:4].float(),
+                   y_test=y[:4], mean=mean, std=std, num_classes=10)
+
+
+def test_h_auto_scales_with_the_image_norm(data: RunData) -> None:
+    from ckpt_analyzer.data.vision import CIFAR10_MEAN, CIFAR10_STD
+    from ckpt_analyzer.probes import scale
+
+    # the constants equal the statistics the cifar10 dataset normalizes with
+    assert (scale.CIFAR10_MEAN, scale.CIFAR10_STD) == (CIFAR10_MEAN, CIFAR10_STD)
+    assert scale.CIFAR10_RMS_NORM_PIXEL == pytest.approx(29.7116, abs=1e-4)
+    assert SpectrumProbe.Config().h == "auto"
+    resolved = {}
+    for space in ("pixel", "input"):
+        probe = SpectrumProbe(SpectrumProbe.Config(points=3, n=8, space=space))
+        with pytest.raises(RuntimeError, match="prepare"):
+            probe.resolved_config()
+        probe.prepare(context(data))
+        h = probe.resolved_config().h
+        ref = (scale.CIFAR10_RMS_NORM_PIXEL if space == "pixel"
+               else scale.CIFAR10_RMS_NORM_INPUT)
+        assert h == float(f"{0.5 * scale.rms_norm(data, space) / ref:.3g}")
+        resolved[space] = h
+        cifar = SpectrumProbe(SpectrumProbe.Config(points=3, n=8, space=space))
+        cifar.prepare(context(cifar_like()))
+        assert cifar.resolved_config().h == 0.5  # the authors' value on CIFAR-10
+    # digits: ||x|| ~ 3.9 in pixels (vs 29.7), 8 in normalized inputs (vs 55.4)
+    assert 0.06 < resolved["pixel"] < 0.07 and 0.065 < resolved["input"] < 0.08
+    explicit = SpectrumProbe(SpectrumProbe.Config(points=3, n=8, h=0.5))
+    explicit.prepare(context(data))
+    assert explicit.resolved_config().h == 0.5
+    assert build_config(SpectrumProbe.Config, {"h": "auto"}, "spectrum").h == "auto"
+    with pytest.raises(ConfigError, match="spectrum.h"):
+        build_config(SpectrumProbe.Config, {"h": "wide"}, "spectrum")
+
+
+def test_h_auto_measures_with_the_resolved_value(data: RunData) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    auto = SpectrumProbe(SpectrumProbe.Config(points=5, n=8))
+    auto.prepare(context(data))
+    same = SpectrumProbe(auto.resolved_config())
+    same.prepare(context(data))
+    np.testing.assert_array_equal(auto(model, context(data))["A"], same(model, context(data))["A"])

@@ -24,10 +24,16 @@ Workflow (what the ``normalization`` probe does)::
 
 Decisions where the paper is silent:
 
-* Biases. The paper's networks have no biases (App. B) or only a first-layer bias (App. L.1).
-  With biases, dividing the bias of layer ``l`` by ``rho_1 ... rho_l`` keeps eq. (1) exact:
-  by induction the pre-activation of layer ``l`` in ``f~`` is that of ``f`` divided by
-  ``rho_1 ... rho_l``, and ReLU / pooling commute with positive scalings.
+* Biases. The paper's networks have no biases (App. B) or only a first-layer bias (App. L.1),
+  which §2 counts as a weight on a constant input dimension, i.e. part of ``W_1``. After
+  batch-norm folding every layer has a bias, often of a norm comparable to its weight's.
+  Two conventions (:func:`layer_norms` ``first_bias``): by default ``rho_l`` counts weights
+  only; with ``first_bias=True`` (the paper's) ``rho_1 = ||[W_1, b_1]||_p``. Either way the
+  bias of layer ``l`` is divided by ``rho_1 ... rho_l``, which keeps eq. (1) exact: by
+  induction the pre-activation of layer ``l`` in ``f~`` is that of ``f`` divided by
+  ``rho_1 ... rho_l``, and ReLU / pooling commute with positive scalings. The conventions
+  differ only in ``rho_1`` (so in ``prod rho`` and in how ``f~`` is scaled); biases of later
+  layers are in neither ``rho_l``.
 * Batch norm that does not directly follow a conv/linear layer (pre-activation ResNets:
   BN -> ReLU -> conv) cannot be folded into a preceding layer (and folding it into the
   *following* conv is inexact at zero-padded borders). It becomes a :class:`ChannelAffine`
@@ -272,12 +278,15 @@ def _check_p(p: float) -> None:
         raise CkptError(f"norm order p must be > 0 (got {p})")
 
 
-def layer_norms(model: nn.Module, p: float = 2.0) -> torch.Tensor:
+def layer_norms(model: nn.Module, p: float = 2.0, first_bias: bool = False) -> torch.Tensor:
     """``rho_l = ||W_l||_p`` for the weight layers of ``model`` in forward order (eq. 1).
 
     The norm is the p-norm of the flattened weight tensor, ``(sum |w|^p)^(1/p)`` (``p=inf``:
     max |w|); p = 2 is the Frobenius norm the paper uses (Fig. 2), p = 1 its App. D variant.
-    Biases are not part of ``W_l``. Computed in float64 on the weights' device.
+    Biases are not part of ``W_l``, except with ``first_bias=True``: the first layer's bias is
+    counted in ``rho_1 = ||[W_1, b_1]||_p``, the paper's convention (§2: the input-layer bias
+    is "one of the input dimensions being a constant"). Computed in float64 on the weights'
+    device.
 
     Returns:
         float64 tensor of shape ``(K,)``.
@@ -286,10 +295,11 @@ def layer_norms(model: nn.Module, p: float = 2.0) -> torch.Tensor:
     layers = weight_layers(model)
     if not layers:
         raise CkptError(f"model {type(model).__name__} has no Conv/Linear weight layers")
-    return torch.stack([
-        torch.linalg.vector_norm(_weight(m).detach().reshape(-1).double(), ord=p)
-        for _, m in layers
-    ])
+    flat = [_weight(m).detach().reshape(-1).double() for _, m in layers]
+    b1 = getattr(layers[0][1], "bias", None)
+    if first_bias and isinstance(b1, torch.Tensor):
+        flat[0] = torch.cat([flat[0], b1.detach().reshape(-1).double().to(flat[0].device)])
+    return torch.stack([torch.linalg.vector_norm(w, ord=p) for w in flat])
 
 
 def log_norm_product(norms: torch.Tensor) -> torch.Tensor:

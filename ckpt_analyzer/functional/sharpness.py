@@ -9,8 +9,9 @@ Gamba, Englesson, Björkman, Azizpour, "Deep Double Descent via Smooth Interpola
   DESIGN §5: ``H = sqrt(mean_m ‖(J(x) − J(x_m)) / δ‖²)`` (:func:`tangent_hessian_norm`,
   :func:`color_jitter`, :func:`draw_jitters`).
 * §3.4: SVD-erasure augmentations; path p at strength s zeroes the singular values with
-  (0-based) indices ``[side − s − p, side − p)`` of each channel (:func:`svd_erase`,
-  :func:`svd_erasure_path`, :func:`erasure_strengths`).
+  (0-based) indices ``[side − s − p, side − p)`` of each channel of a 32-pixel image
+  (:func:`svd_erase`, :func:`svd_erasure_path`); on other ranks the whole window is scaled
+  (:func:`erasure_windows`, :func:`svd_erasure_windows`, :func:`top_share`).
 * eq. (6)-(7): a metric integrated along each path with the trapezoid rule, divided by the path
   length and averaged over paths, cumulatively per anchor (:func:`geodesic_integrate`,
   :func:`segment_lengths`); eq. (7)'s average over points is left to the caller.
@@ -35,6 +36,7 @@ from torch import nn
 from ..errors import CkptError
 
 __all__ = [
+    "AUTHORS_TOP_SHARE",
     "BRIGHTNESS",
     "CONTRAST",
     "REFERENCE_SIDE",
@@ -42,6 +44,7 @@ __all__ = [
     "color_jitter",
     "draw_jitters",
     "erasure_strengths",
+    "erasure_windows",
     "geodesic_integrate",
     "gradient_blocker",
     "input_gradients",
@@ -49,13 +52,18 @@ __all__ = [
     "segment_lengths",
     "svd_erase",
     "svd_erasure_path",
+    "svd_erasure_windows",
     "tangent_hessian_norm",
+    "top_share",
 ]
 
 #: Op ids of :func:`color_jitter` orders.
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
 #: Image side for which ``svd_path`` strengths are given (CIFAR's 32 pixels).
 REFERENCE_SIDE = 32
+#: Share of anchors that erase the top singular value in the authors' setting (32-pixel images,
+#: 8 paths, ``svd_path = [5,10,15,20,22,25]``): only path 7 at strength 25, 1 of 48.
+AUTHORS_TOP_SHARE = 1 / 48
 
 
 # --------------------------------------------------------------------------- gradients
@@ -329,6 +337,94 @@ def svd_erasure_path(x01: torch.Tensor, strengths: Sequence[int], paths: int) ->
     return (u[:, None, None] * s.unsqueeze(-2)) @ vh[:, None, None]
 
 
+def erasure_windows(svd_path: Sequence[int], paths: int, rank: int,
+                    reference: int = REFERENCE_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The erased windows of P paths x K strengths, scaled to images of rank ``rank`` (§3.4).
+
+    The authors' window of path p at strength s on ``reference``-pixel images is
+    ``[b, e) = [R − s − p, R − p)`` (0-based singular value indices, ``b`` clipped at 0). On an
+    image of rank r both ends are mapped with ``φ(i) = ceil(i · r / R)``, so the window keeps
+    the same fraction of the spectrum: ``[φ(b), φ(e))``, and at least one value is erased
+    (``start ≤ stop − 1``). Because ``φ(b) = 0`` only when ``b = 0``, an anchor erases the top
+    singular value (index 0) on a rank-r image exactly when the authors' window does on
+    32-pixel images (for the defaults: path 7 at strength 25 only). ``φ`` is the identity for
+    ``r == R``, so 32-pixel images get the authors' windows exactly.
+
+    On small ranks several paths map onto identical windows; a path whose K windows all equal
+    those of an earlier path is dropped (it would only repeat anchors). Consecutive strengths
+    closer than one singular value at rank r may give the same window within a path (a
+    zero-length segment, which the volume integral skips).
+
+    Returns:
+        ``windows`` int64 ``(P', K, 2)`` of ``[start, stop)`` per kept path and strength, and
+        ``ids`` int64 ``(P',)``: the authors' path index p of each kept path.
+
+    Raises:
+        ValueError: strengths not strictly increasing integers in ``[1, R)``, ``paths`` not in
+            ``[1, R]``, or ``rank < 1``.
+    """
+    vals = [int(s) for s in svd_path]
+    if not vals or vals[0] < 1 or any(b <= a for a, b in itertools.pairwise(vals)):
+        raise ValueError(f"svd_path must be strictly increasing integers >= 1, got {vals}")
+    if vals[-1] >= reference:
+        raise ValueError(f"svd_path strength {vals[-1]} reaches the {reference}-pixel reference "
+                         f"side (strengths are given for {reference}-pixel images; must be "
+                         f"< {reference})")
+    if not 1 <= paths <= reference:
+        raise ValueError(f"paths={paths} must be in [1, {reference}]: path p ends its window at "
+                         f"{reference} − p")
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1 (got {rank})")
+
+    def phi(i: int) -> int:
+        return -((-i * rank) // reference)  # exact ceil(i * rank / reference)
+
+    kept: list[tuple[tuple[int, int], ...]] = []
+    ids: list[int] = []
+    for p in range(paths):
+        stop = phi(reference - p)
+        row = tuple((min(phi(max(0, reference - s - p)), stop - 1), stop) for s in vals)
+        if row not in kept:
+            kept.append(row)
+            ids.append(p)
+    return (torch.tensor(kept, dtype=torch.int64).view(len(kept), len(vals), 2),
+            torch.tensor(ids, dtype=torch.int64))
+
+
+def top_share(windows: torch.Tensor, anchors: int | None = None) -> float:
+    """Share of anchors whose window erases the top singular value (``start == 0``).
+
+    ``windows`` ``(P', K, 2)`` as from :func:`erasure_windows`. ``anchors`` is the number of
+    anchors the share is taken over, by default ``P' · K``; pass the configured ``P · K`` to
+    count a dropped (collapsed) path as the copy it was. The authors' share is
+    :data:`AUTHORS_TOP_SHARE` (1 of 48).
+    """
+    total = windows.shape[0] * windows.shape[1] if anchors is None else anchors
+    return int((windows[..., 0] == 0).sum()) / total if total else 0.0
+
+
+def svd_erasure_windows(x01: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """The anchors of P erasure paths per image for explicit windows (§3.4).
+
+    Anchor (p, k) zeroes the singular values ``[windows[p, k, 0], windows[p, k, 1])`` of each
+    channel; one SVD per channel serves all windows. ``x01`` ``(N, C, H, W)``, ``windows``
+    ``(P, K, 2)`` -> ``(N, P, K, C, H, W)``, unclamped (same as :func:`svd_erasure_path` for
+    the windows ``[side − s − p, side − p)``).
+    """
+    if x01.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got {tuple(x01.shape)}")
+    if windows.ndim != 3 or windows.shape[-1] != 2:
+        raise ValueError(f"windows must be (P, K, 2), got {tuple(windows.shape)}")
+    side = min(x01.shape[-2:])
+    dev = x01.device
+    w = windows.to(dev)
+    idx = torch.arange(side, device=dev).view(1, 1, -1)
+    keep = ~((idx >= w[..., :1]) & (idx < w[..., 1:]))  # (P, K, side)
+    u, s, vh = torch.linalg.svd(x01, full_matrices=False)  # (N,C,H,r) (N,C,r) (N,C,r,W)
+    s = s[:, None, None] * keep[None, :, :, None, :].to(s.dtype)  # (N, P, K, C, r)
+    return (u[:, None, None] * s.unsqueeze(-2)) @ vh[:, None, None]
+
+
 def erasure_strengths(svd_path: Sequence[int], side: int,
                       reference: int = REFERENCE_SIDE) -> tuple[int, ...]:
     """Scale erasure strengths given for ``reference``-pixel images to a ``side``-pixel image.
@@ -338,6 +434,9 @@ def erasure_strengths(svd_path: Sequence[int], side: int,
     keep the path strictly increasing, an error if that reaches the side. Identity for
     ``side == reference``. Default [5,10,15,20,22,25] gives [1,3,4,5,6,7] on 8x8 digits and
     [4,9,13,18,19,22] on 28x28 MNIST.
+
+    This scales the strengths alone, not the path offsets (which then erase the top singular
+    value at 26 of 48 digit anchors); the ``sharpness`` probe uses :func:`erasure_windows`.
 
     Raises:
         ValueError: not strictly increasing positive integers, a strength reaching the side,

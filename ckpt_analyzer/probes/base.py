@@ -10,6 +10,7 @@ and register it under the entry-point group ``ckpt_analyzer.probes`` (or pass th
 1. builds the probe with its validated ``Config`` (``--set name.key=value``, ``--config``);
 2. calls :meth:`Probe.prepare` once per run; the arrays it returns are the probe's fixed
    inputs (points, directions, pairs...) and are stored under ``<probe>/inputs/`` in the cube;
+   the cube's ``config`` is :meth:`Probe.resolved_config` (``auto`` values resolved);
 3. calls :meth:`Probe.outputs` to lay out the cube group;
 4. calls the probe on every checkpoint's model (eval mode, on ``ctx.device``) and checks every
    returned array against the declared shape.
@@ -95,6 +96,13 @@ class Probe(abc.ABC):
         """Fix the probe's inputs once per run; return them (``'train/index'`` style keys)
         to be stored under ``<probe>/inputs/``. Default: nothing."""
         return {}
+
+    def resolved_config(self) -> Any:
+        """The config as measured: every ``auto`` parameter replaced by the number
+        :meth:`prepare` resolved it to. The runner stores this in the cube (and compares it on a
+        re-run), so ``auto`` and the number it stands for are the same config. Default: the
+        config itself."""
+        return self.config
 
     @abc.abstractmethod
     def outputs(self) -> Outputs:

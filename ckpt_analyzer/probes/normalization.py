@@ -46,6 +46,14 @@ class NormalizationProbe(Probe):
       ``output``. The mode used is the metric ``mode_layerwise`` (1 = layer, 0 = output).
 
     ``layer_norm`` and ``log_norm_product = sum_l log rho_l`` are reported in both modes.
+
+    Biases (``rho_bias``). After folding, a layer's bias norm is often comparable to its weight
+    norm. ``rho_bias="none"`` (default, unchanged): ``rho_l`` counts weights only and the bias
+    of layer l is divided by ``rho_1 ... rho_l``, so ``f~ = f / prod rho_l`` exactly.
+    ``rho_bias="first"``: the paper's convention, the first layer's bias counted in
+    ``rho_1 = ||[W_1, b_1]||_p`` (the authors treat it as a weight on a constant input); still
+    exact, ``f~ = f / prod rho_l`` with the larger ``rho_1``. Later layers' biases are in no
+    ``rho_l`` under either convention.
     Labels: ``train`` uses the labels trained on (noisy where corrupted), ``test`` the test
     labels. Fixed inputs (``normalization/inputs/``): ``index`` (training positions used),
     ``test_index`` (test positions used), and in output mode ``reference`` (the reference
@@ -71,6 +79,9 @@ class NormalizationProbe(Probe):
             "help": "points per subset (a fixed random subset); None = the whole split"})
         reference: int = field(default=0, metadata={
             "help": "training position of the fixed reference example of mode=output"})
+        rho_bias: Literal["none", "first"] = field(default="none", metadata={
+            "help": "none: rho_l counts weights only; first: rho_1 = ||[W_1, b_1]||_p, the "
+                    "paper's convention (f~ = f / prod rho_l is exact either way)"})
 
         def __post_init__(self) -> None:
             check(self.p > 0, f"normalization.p must be > 0 (got {self.p})")
@@ -81,6 +92,8 @@ class NormalizationProbe(Probe):
                   f"normalization.samples must be >= 1 or None (got {self.samples})")
             check(self.reference >= 0,
                   f"normalization.reference must be >= 0 (got {self.reference})")
+            check(self.rho_bias in ("none", "first"),
+                  f"normalization.rho_bias: '{self.rho_bias}' is not one of none, first")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -181,7 +194,7 @@ class NormalizationProbe(Probe):
         if paths != self._layers:
             raise CkptError(f"normalization: the checkpoint's weight layers {paths} differ from "
                             f"the run's {self._layers}")
-        norms = layer_norms(folded, p=cfg.p)
+        norms = layer_norms(folded, p=cfg.p, first_bias=cfg.rho_bias == "first")
         lnp = log_norm_product(norms)
 
         normalized: nn.Module | None = None

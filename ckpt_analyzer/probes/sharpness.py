@@ -24,15 +24,20 @@ if TYPE_CHECKING:
     from torch import nn
 
 SHARPNESS_SUBSETS = ("clean", "noisy", "train")
+#: Image side for which ``svd_path`` and the path offsets are given (the authors' CIFAR-10).
+REFERENCE_SIDE = 32
 
 
 @dataclass(frozen=True)
 class SharpnessConfig:
     samples: int = field(default=1024, metadata={
         "help": "training points, stratified over clean/noisy (all of them if fewer)"})
-    paths: int = field(default=8, metadata={"help": "SVD-erasure paths per point (P)"})
+    paths: int = field(default=8, metadata={
+        "help": "SVD-erasure paths per point (P, at most 32); paths whose windows collapse "
+                "onto another's on small images are dropped"})
     svd_path: tuple[int, ...] = field(default=(5, 10, 15, 20, 22, 25), metadata={
-        "help": "singular values erased at each anchor, for 32-pixel images (scaled otherwise)"})
+        "help": "singular values erased at each anchor, for 32-pixel images (the whole window "
+                "is scaled to the image rank otherwise)"})
     jitters: int = field(default=4, metadata={
         "help": "colour jitters per anchor for the tangent Hessian (M)"})
     jitter_strength: float = field(default=0.01, metadata={
@@ -47,7 +52,8 @@ class SharpnessConfig:
         object.__setattr__(self, "svd_path", tuple(self.svd_path))
         object.__setattr__(self, "subsets", tuple(self.subsets))
         check(self.samples >= 1, f"sharpness.samples must be >= 1 (got {self.samples})")
-        check(self.paths >= 1, f"sharpness.paths must be >= 1 (got {self.paths})")
+        check(1 <= self.paths <= REFERENCE_SIDE,
+              f"sharpness.paths must be in [1, {REFERENCE_SIDE}] (got {self.paths})")
         s = list(self.svd_path)
         check(len(s) >= 1 and s[0] >= 1 and all(b > a for a, b in itertools.pairwise(s)),
               f"sharpness.svd_path must be strictly increasing integers >= 1 (got {s})")
@@ -72,7 +78,7 @@ class _DeviceState:
     std: torch.Tensor  # (1, C, 1, 1) pixel std
     factors: torch.Tensor  # (N, M, 3) jitter factors
     orders: torch.Tensor  # (N, M, 3) jitter op orders
-    strengths: tuple[int, ...]  # singular values erased at each anchor (scaled svd_path)
+    windows: torch.Tensor  # (P', K, 2) erased singular value windows [start, stop)
     seg: torch.Tensor  # (N, P, K) segment lengths in normalized input space
     cache: torch.Tensor | None  # (E, C, H, W) every evaluation, or None: rebuilt per block
 
@@ -83,28 +89,48 @@ class SharpnessProbe(Probe):
     ``samples`` training points are drawn once per run, stratified over clean and noisy points
     (proportionally, at least one noisy point when the run has label noise). For each point x
     (label y = the label trained on) and each of P paths, K anchors are independent SVD
-    erasures of x (path p at strength s zeroes singular values ``[side − s − p, side − p)`` per
-    channel of the [0,1] image, unclamped; ``svd_path`` is given for 32-pixel images and scaled
-    to the image side, see :func:`~ckpt_analyzer.functional.sharpness.erasure_strengths`). At
-    the point and at every anchor a: accuracy and cross-entropy, ``J = ‖∇ₓ loss‖₂`` and
-    ``H = sqrt(mean_m ‖(∇ₓ loss(a) − ∇ₓ loss(a_m)) / δ‖²)`` with M weak colour jitters a_m of
-    a (drawn once per point, shared by its anchors; applied in [0,1] pixel space, clamped as in
-    torchvision). Volume v integrates each metric along the path up to anchor v (trapezoid rule
-    over L2 segment lengths in normalized input space, divided by the length), averaged over
-    paths and then over the points of each subset; v = 0 is the value at the point.
+    erasures of x, clamped to [0, 1]. At the point and at every anchor a: accuracy and
+    cross-entropy, ``J = ‖∇ₓ loss‖₂`` and ``H = sqrt(mean_m ‖(∇ₓ loss(a) − ∇ₓ loss(a_m)) / δ‖²)``
+    with M weak colour jitters a_m of a (drawn once per point, shared by its anchors; applied
+    in [0,1] pixel space as torchvision's, whose blends clamp). Volume v integrates each metric
+    along the path up to anchor v (trapezoid rule over L2 segment lengths in normalized input
+    space, divided by the length), averaged over paths and then over the points of each
+    subset; v = 0 is the value at the point.
+
+    Defaults and why:
+
+    * Erasure windows. The authors erase, on 32×32 images, the singular values
+      ``[32 − s − p, 32 − p)`` for path p = 0..7 at strength s in ``svd_path`` =
+      [5,10,15,20,22,25]; only path 7 at strength 25 reaches the top singular value (1 of 48
+      anchors). On an image of rank r the *whole* window (strength and path offset) is scaled:
+      both ends are mapped with ``ceil(i·r/32)`` (:func:`~ckpt_analyzer.functional.sharpness.
+      erasure_windows`), so an anchor erases the top singular value exactly when the authors'
+      does, and paths whose windows collapse onto an earlier path's are dropped. On 32×32
+      images the windows are the authors'. (Scaling the strengths alone, as version 1 did,
+      made 26 of 48 anchors erase the top singular value on 8×8 digits, half of them at
+      ‖a − x‖/‖x‖ ≈ 1.) A config whose share of such anchors exceeds the authors' 1/48 gets a
+      warning.
+    * Valid anchors. An erased image has pixels outside [0, 1] (about 23% below 0 on digits); the
+      jitter's blends clamp, so on unclamped anchors ``a_m − a`` was mostly the clamp (median
+      0.16 against 0.02 of jitter). Anchors are therefore clamped to [0, 1] before anything is
+      evaluated at them: ``a_m − a`` is the jitter alone, and the anchors the model sees are
+      images.
 
     Every (point, anchor, jitter) evaluation forms one flattened stream computed in chunks of
     ``ctx.batch_size``. The stream is built once per run and kept on the device when it fits
     in ``cache_bytes``; otherwise it is rebuilt deterministically per chunk of points.
 
     Fixed inputs (``sharpness/inputs/``): ``index`` (positions in the training split),
-    ``strengths`` (the scaled ``svd_path``) and, with ``hessian`` on, ``jitter_factors``
-    (N, M, 3: brightness, contrast, saturation) and ``jitter_order`` (N, M, 3: op ids 0, 1, 2
-    in the order applied). An empty subset (``noisy`` without label noise) gives NaN rows.
+    ``windows`` (P', K, 2: the erased ``[start, stop)`` per kept path and anchor), ``paths``
+    (P': the authors' path index of each kept path), ``distance`` (N, P', K: each anchor's
+    ``‖a − x‖/‖x‖`` in [0, 1] pixel space, rounded to 1e-6) and, with ``hessian`` on,
+    ``jitter_factors`` (N, M, 3: brightness, contrast, saturation) and ``jitter_order``
+    (N, M, 3: op ids 0, 1, 2 in the order applied). An empty subset (``noisy`` without label
+    noise) gives NaN rows.
     """
 
     name = "sharpness"
-    version = "1"
+    version = "2"  # 2: erasure windows scaled to the image rank, anchors clamped to [0, 1]
     description = ("input-space Jacobian and tangent-Hessian norms of the loss over SVD-erasure "
                    "volumes (Gamba et al.)")
     Config = SharpnessConfig
@@ -144,14 +170,24 @@ class SharpnessProbe(Probe):
 
     # ------------------------------------------------------------------ fixed inputs
 
-    def _strengths(self, ctx: Context) -> tuple[int, ...]:
-        from ..functional.sharpness import erasure_strengths
+    def _windows(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        """The erased windows scaled to the image rank, and the authors' ids of kept paths."""
+        from ..functional.sharpness import AUTHORS_TOP_SHARE, erasure_windows, top_share
 
-        side = min(ctx.data.x_train.shape[-2:])
+        cfg = self.config
+        rank = min(ctx.data.x_train.shape[-2:])
         try:
-            return erasure_strengths(self.config.svd_path, side)
+            windows, ids = erasure_windows(cfg.svd_path, cfg.paths, rank, REFERENCE_SIDE)
         except ValueError as exc:
             raise ConfigError(f"sharpness.svd_path: {exc}") from None
+        # over the configured P x K anchors: a dropped path counts as the copy it was
+        configured = cfg.paths * len(cfg.svd_path)
+        if top_share(windows, configured) > AUTHORS_TOP_SHARE + 1e-12:
+            hits = int((windows[..., 0] == 0).sum())
+            warnings.warn(f"sharpness: {hits} of {configured} anchors "
+                          f"erase the top singular value on {rank}-pixel images (the authors: "
+                          f"1 of 48); those anchors leave little of the image", stacklevel=3)
+        return windows.numpy(), ids.numpy()
 
     def _choose(self, ctx: Context, rng: np.random.Generator) -> np.ndarray:
         noisy_mask = ctx.data.noisy_mask.detach().bool().cpu().numpy()
@@ -185,11 +221,7 @@ class SharpnessProbe(Probe):
         if x.ndim != 4:
             raise ConfigError(f"sharpness needs (N, C, H, W) images, got inputs of shape "
                               f"{tuple(x.shape)}")
-        side = min(x.shape[-2:])
-        strengths = self._strengths(ctx)
-        if cfg.paths > side:
-            raise ConfigError(f"sharpness.paths={cfg.paths} exceeds the image side {side}: "
-                              f"paths beyond it would erase nothing")
+        windows, path_ids = self._windows(ctx)
         if cfg.hessian and x.shape[1] not in (1, 3):
             raise ConfigError(f"sharpness.hessian needs 1- or 3-channel images for the colour "
                               f"jitter (got {x.shape[1]} channels); set sharpness.hessian=false")
@@ -202,7 +234,8 @@ class SharpnessProbe(Probe):
             if subset in cfg.subsets and count == 0:
                 warnings.warn(f"sharpness: no {subset} points among the training data; "
                               f"its rows are NaN", stacklevel=2)
-        self._inputs = {"index": index, "strengths": np.asarray(strengths, dtype=np.int64)}
+        self._inputs = {"index": index, "windows": windows.astype(np.int64),
+                        "paths": path_ids.astype(np.int64)}
         if cfg.hessian:
             self._inputs["jitter_factors"] = factors.numpy()
             self._inputs["jitter_order"] = orders.numpy().astype(np.int64)
@@ -233,8 +266,8 @@ class SharpnessProbe(Probe):
             std=data.std.to(dev, torch.float64).view(1, -1, 1, 1),
             factors=torch.as_tensor(factors).to(dev),
             orders=torch.as_tensor(orders).to(dev),
-            strengths=tuple(int(v) for v in self._inputs["strengths"]),
-            seg=x.new_zeros((0, cfg.paths, len(cfg.svd_path))),
+            windows=torch.as_tensor(self._inputs["windows"]).to(dev),
+            seg=x.new_zeros((0, self._paths(), len(cfg.svd_path))),
             cache=None,
         )
         a, g = self._anchor_count(), self._group()
@@ -243,20 +276,39 @@ class SharpnessProbe(Probe):
         if dev.type == "cuda":
             limit = min(limit, torch.cuda.mem_get_info(dev)[0] // 4)
         cache = x.new_empty((n * a * g, *x.shape[1:])) if nbytes <= limit else None
-        seg = [st.seg]
+        seg, dist = [st.seg], []
         for n0, n1 in self._blocks(st):
             anchors = self._anchors(st, n0, n1)
             seg.append(self._segments(anchors))
+            dist.append(self._distances(st, anchors))
             if cache is not None:
                 cache[n0 * a * g:n1 * a * g] = self._evaluations(st, n0, n1, anchors).flatten(0, 2)
         st.seg = torch.cat(seg)
         st.cache = cache
+        if "distance" not in self._inputs:
+            # ‖a − x‖ / ‖x‖ in [0, 1] pixel space, rounded so that a re-run on another device
+            # (last-bit SVD differences) stores the same fixed inputs.
+            d = torch.cat(dist) if dist else torch.zeros(0)
+            self._inputs["distance"] = np.round(
+                d.cpu().numpy().reshape(n, self._paths(), len(cfg.svd_path)), 6)
         self._dev = st
         return st
 
+    def _paths(self) -> int:
+        """Paths kept after dropping those that collapse onto another (P' <= P)."""
+        if self._inputs is None:
+            return self.config.paths
+        return int(self._inputs["windows"].shape[0])
+
+    def _distances(self, st: _DeviceState, anchors: torch.Tensor) -> torch.Tensor:
+        """``‖a − x‖ / ‖x‖`` in [0, 1] pixel space for each anchor: ``(b, P'·K)`` float64."""
+        pix = anchors.double() * st.std.unsqueeze(1) + st.mean.unsqueeze(1)
+        diff = (pix[:, 1:] - pix[:, :1]).flatten(2).norm(dim=-1)
+        return diff / pix[:, 0].flatten(1).norm(dim=-1, keepdim=True)
+
     def _anchor_count(self) -> int:
         """Inputs per point along its paths: the point itself, then P x K erasures."""
-        return 1 + self.config.paths * len(self.config.svd_path)
+        return 1 + self._paths() * len(self.config.svd_path)
 
     def _group(self) -> int:
         """Evaluations per anchor: the anchor itself, then its M jitters (hessian on)."""
@@ -272,22 +324,23 @@ class SharpnessProbe(Probe):
     def _segments(self, anchors: torch.Tensor) -> torch.Tensor:
         from ..functional.sharpness import segment_lengths
 
-        b, p, k = len(anchors), self.config.paths, len(self.config.svd_path)
+        b, p, k = len(anchors), self._paths(), len(self.config.svd_path)
         path = anchors[:, 1:].reshape(b, p, k, *anchors.shape[2:]).double()
         return segment_lengths(anchors[:, 0].double(), path).to(anchors.dtype)
 
     def _anchors(self, st: _DeviceState, n0: int, n1: int) -> torch.Tensor:
         """Normalized anchors ``(b, A, C, H, W)`` of points n0..n1; anchor 0 is the point.
 
-        The erasure runs in float64 in [0, 1] pixel space; anchors are not clamped.
+        The erasure runs in float64 in [0, 1] pixel space and each anchor is clamped to
+        [0, 1], a valid image, so its colour jitters move it by the jitter alone.
         """
         import torch
 
-        from ..functional.sharpness import svd_erasure_path
+        from ..functional.sharpness import svd_erasure_windows
 
         x = st.x[n0:n1]
         pix = x.double() * st.std + st.mean
-        erased = svd_erasure_path(pix, st.strengths, self.config.paths).flatten(1, 2)
+        erased = svd_erasure_windows(pix, st.windows).clamp_(0.0, 1.0).flatten(1, 2)
         anchors = ((erased - st.mean) / st.std).to(x.dtype)  # (b, P*K, C, H, W)
         return torch.cat([x[:, None], anchors], dim=1)
 
@@ -351,7 +404,7 @@ class SharpnessProbe(Probe):
         st = self._state(ctx)
         cfg = self.config
         n, a, g = len(st.x), self._anchor_count(), self._group()
-        p, k = cfg.paths, len(cfg.svd_path)
+        p, k = self._paths(), len(cfg.svd_path)
         dev = st.device
         loss = torch.full((n * a,), math.nan, dtype=torch.float64, device=dev)
         correct = torch.full_like(loss, math.nan)

@@ -7,6 +7,7 @@ Zhang & Wu (IJCAI 2021), §2.1-2.2, eq. (1)-(3); the maths is in
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -44,6 +45,13 @@ class SpectrumProbe(Probe):
     ``space="pixel"`` draws v in [0, 1] pixel space: the model sees
     ``normalize(denormalize(x) + t v)``. ``space="input"`` draws v in the normalized input space.
 
+    Default ``h="auto"``: the authors' 0.5 was chosen on CIFAR-10 (a segment of 2h = 1 is about
+    3.4% of a CIFAR-10 image's norm; on 8×8 digits it would be 26%). ``auto`` resolves to
+    ``0.5 × N / N_CIFAR-10`` with N the RMS image norm of the run's training images in the
+    probe's ``space`` (:mod:`ckpt_analyzer.probes.scale`; 3 significant digits): 0.5 on
+    CIFAR-10, 0.0652 in pixel space (0.0722 with space=input) on digits. The resolved number is the ``h`` stored in the
+    cube's config; an explicit number is used as given.
+
     Fixed inputs (stored under ``spectrum/inputs/``): ``<subset>/index`` (positions in the
     training split for train/clean/noisy, in the test split for test) and
     ``<subset>/direction`` (float32, ``(P, C, H, W)``). A subset with fewer than ``points``
@@ -59,7 +67,9 @@ class SpectrumProbe(Probe):
     class Config:
         points: int = field(default=500, metadata={"help": "data points per subset"})
         n: int = field(default=128, metadata={"help": "samples per line (N)"})
-        h: float = field(default=0.5, metadata={"help": "half-width of each line segment"})
+        h: float | Literal["auto"] = field(default="auto", metadata={
+            "help": "half-width of each line segment in the probe's space; auto: 0.5 scaled "
+                    "by the dataset's RMS image norm over CIFAR-10's (0.5 on CIFAR-10)"})
         subsets: tuple[str, ...] = field(
             default=("train",), metadata={"help": "subsets: train, test, noisy, clean"})
         space: Literal["pixel", "input"] = field(
@@ -68,7 +78,10 @@ class SpectrumProbe(Probe):
         def __post_init__(self) -> None:
             check(self.points >= 1, f"spectrum.points must be >= 1 (got {self.points})")
             check(self.n >= 2, f"spectrum.n must be >= 2 (got {self.n})")
-            check(self.h > 0, f"spectrum.h must be > 0 (got {self.h})")
+            check(self.h == "auto" or (not isinstance(self.h, (str, bool))
+                                       and isinstance(self.h, (int, float)) and self.h > 0
+                                       and math.isfinite(self.h)),
+                  f"spectrum.h must be a number > 0 or auto (got {self.h})")
             check_choices(self.subsets, SUBSETS, "spectrum.subsets")
             check(self.space in ("pixel", "input"),
                   f"spectrum.space: '{self.space}' is not one of pixel, input")
@@ -76,11 +89,24 @@ class SpectrumProbe(Probe):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._inputs: dict[str, np.ndarray] | None = None
+        self._h: float | None = None if self.config.h == "auto" else float(self.config.h)
         self._device_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache_device: torch.device | None = None
 
+    #: The authors' half-width on CIFAR-10 (Zhang & Wu's code), what ``h="auto"`` scales.
+    paper_h = 0.5
+
+    def resolved_config(self) -> Any:
+        if self._h is None:
+            raise RuntimeError("spectrum: resolved_config() needs prepare(ctx) first")
+        return dataclasses.replace(self.config, h=self._h)
+
     def prepare(self, ctx: Context) -> dict[str, np.ndarray]:
+        from .scale import resolve_auto
+
         cfg = self.config
+        if cfg.h == "auto":
+            self._h = resolve_auto(self.paper_h, ctx.data, cfg.space)
         shape = tuple(ctx.data.x_train.shape[1:])
         inputs: dict[str, np.ndarray] = {}
         for subset in cfg.subsets:
@@ -157,7 +183,8 @@ class SpectrumProbe(Probe):
             x, v = self._tensors(subset, ctx)
             if len(x) == 0:
                 continue
-            a = line_spectrum(model, x, v, n=cfg.n, h=cfg.h, batch_size=ctx.batch_size,
+            assert self._h is not None
+            a = line_spectrum(model, x, v, n=cfg.n, h=self._h, batch_size=ctx.batch_size,
                               scale=scale)
             a_out[row] = a.cpu().numpy()
             r_out[row] = log_ratio(a).cpu().numpy()
