@@ -199,15 +199,19 @@ def _span(vals: list[Any]) -> str:
 @click.argument("cube", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Patience T of the peak search, in saved checkpoints [10].")
+              help="Patience T of the peak search, in epochs on any save grid [30].")
 @click.option("--window", type=click.IntRange(min=0), default=None,
-              help="Half-window dT of the noisy-error decrease rate, in saved checkpoints [2].")
+              help="Half-window dT of the noisy-error decrease rate, in epochs [5].")
 @click.option("--subset", default=None, help="Spectrum subset of R_t [train].")
 @click.option("--no-store", is_flag=True, help="Do not store the report in the cube.")
 @handle_errors
 def report(cube: str, as_json: bool, patience: int | None, window: int | None,
            subset: str | None, no_store: bool) -> None:
     """Double-descent events per width, model-wise events and correlations of a cube.
+
+    Times are epochs (Zhang & Wu's patience T = 30, dT = 5), on the curves interpolated
+    linearly in epoch between saved checkpoints; an event whose patience runs past the last
+    epoch is reported as not found.
 
     Also stored in the cube under analysis/ (dropped when 'ckpt-analyze run' rewrites it).
     """

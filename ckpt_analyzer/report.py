@@ -9,13 +9,21 @@
   Pearson correlation (App. A eq. 4) of the train and test R_k curves (mean over k ≥ 1) and of
   the train and test errors, as in their Fig. 5;
 * model-wise events (Gamba et al. §4): the interpolation threshold (smallest width whose final
-  train error is 0), the width of the final test error's peak, and the width of each sharpness
-  metric's peak per subset at volume 0 and at the largest volume;
+  train error is 0), the final test error's peak over width, and each sharpness metric's peak
+  per subset at volume 0 and at the largest volume. A model-wise peak is the interior local
+  maximum (over the widths in order) of largest prominence, reported with its prominence and
+  its distance to the interpolation threshold, or "none" when the curve has no interior
+  maximum; accuracy gets its interior minimum instead
+  (:func:`ckpt_analyzer.analysis.model_wise_peak`);
 * the linear fit of T_R,peak against T_E,peak (and against T_ΔP,peak) across widths: slope,
   intercept, Pearson r and the number of widths used (Zhang & Wu Fig. 6).
 
-Patience and windows count **saved checkpoints**, not epochs; the report records the spacing
-of the checkpoints it found (every epoch, uniform, log-spaced or irregular).
+Patience and windows are in **epochs** (paper defaults T = 30, ΔT = 5) on any save grid: the
+curves are interpolated linearly in epoch between saved checkpoints (see
+:mod:`ckpt_analyzer.analysis`); an event whose patience window runs past the last epoch is
+not found (``None``), and a patience or window longer than the run adds a note saying so.
+The report records the spacing of the checkpoints it found (every epoch, uniform, log-spaced
+or irregular).
 
 Every part degrades gracefully: a probe, subset or metric missing from the cube leaves its
 events ``None`` and adds a line to ``report["notes"]`` saying what is missing and how to
@@ -45,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import analysis as an
-from .config import ConfigError
 from .errors import CkptError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
@@ -71,6 +78,13 @@ GROUP = "analysis"
 SUBSETS = ("train", "clean", "noisy", "test")
 SHARPNESS_METRICS = ("accuracy", "loss", "jacobian", "hessian")
 #: Per-width values stored as datasets under ``analysis/`` (NaN where undefined).
+#: Model-wise extremum per sharpness metric: accuracy dips where the others peak.
+SHARPNESS_KIND = {"accuracy": "min", "loss": "max", "jacobian": "max", "hessian": "max"}
+#: How model-wise peaks are found (stored in the report).
+PEAK_RULE = ("interior local maximum over the widths in order (minimum for accuracy) of "
+             "largest prominence (scipy.signal.peak_prominences); ends never count; flat "
+             "tops and equal prominences go to the smallest width; none if the curve is "
+             "monotone or flat")
 WIDTH_FIELDS = (*an.EVENT_KEYS, "final_epoch", "final_train_error", "final_test_error",
                 "pcc_R", "pcc_error")
 
@@ -291,13 +305,17 @@ def _clean(obj: Any) -> Any:
 
 
 def _check_params(patience: int | None, window: int, subset: str | None) -> None:
-    if patience is not None and (isinstance(patience, bool) or int(patience) != patience
-                                 or patience < 1):
-        raise ConfigError(f"patience must be an integer >= 1 (checkpoints), got {patience!r}")
-    if isinstance(window, bool) or int(window) != window or window < 0:
-        raise ConfigError(f"window must be an integer >= 0 (checkpoints), got {window!r}")
+    if patience is not None:
+        an._int_arg(patience, "patience", 1)
+    an._int_arg(window, "window", 0)
     if subset is not None and subset not in SUBSETS:
         raise UsageError(f"unknown subset '{subset}'{did_you_mean(subset, SUBSETS)}")
+
+
+def _span_text(epochs: np.ndarray) -> str:
+    if not epochs.size:
+        return "none"
+    return f"{int(epochs[0])}..{int(epochs[-1])}, {int(epochs[-1] - epochs[0])} epochs"
 
 
 def _fit(x: list[Any], y: list[Any]) -> dict[str, Any]:
@@ -319,19 +337,23 @@ def build_report(cube_path: str | os.PathLike[str],
 
     Args:
         cube_path: a ckpt-analyzer cube.
-        patience: T of the peak search (Zhang & Wu §3.2), in saved checkpoints; ``None``
-            searches the whole curve.
-        window: ΔT of the decrease-rate moving average, in saved checkpoints.
+        patience: T of the peak search (Zhang & Wu §3.2), in epochs; ``None`` searches the
+            whole curve.
+        window: ΔT of the decrease-rate moving average, in epochs.
         subset: the spectrum subset R_t is computed on. ``None`` means ``train`` (the paper's
             choice), skipped with a note if the cube lacks it; an explicit subset the cube
             lacks is a UsageError.
 
     Keys: ``format``, ``cube``, ``run``, ``parameters``, ``probes``, ``widths``,
     ``per_width`` (one dict per width: ``width``, the events of
-    :data:`ckpt_analyzer.analysis.EVENT_KEYS` as epochs, ``E_peak_found`` / ``R_peak_found``
-    (False when nothing rose after the minimum), ``final_epoch``, ``final_train_error``,
+    :data:`ckpt_analyzer.analysis.EVENT_KEYS` as epochs (``None``: not found),
+    ``E_peak_found`` / ``R_peak_found`` (False when nothing rose after the minimum or the peak
+    was not found), ``final_epoch``, ``final_train_error``,
     ``final_test_error``, ``pcc_R`` (mean over k ≥ 1 of the PCC of R_k on train and test),
-    ``pcc_R_std``, ``pcc_error``), ``model_wise``, ``correlations``, ``notes``.
+    ``pcc_R_std``, ``pcc_error``), ``model_wise`` (``interpolation_threshold``,
+    ``test_error_peak_width``, ``test_error_peak``: width, value, prominence, kind and
+    ``threshold_distance`` {ratio, difference, steps}; ``sharpness``), ``correlations``,
+    ``notes``.
     Undefined values are ``None``.
     """
     _check_params(patience, window, subset)
@@ -379,6 +401,7 @@ def build_report(cube_path: str | os.PathLike[str],
 
     # -- per width
     per_width: list[dict[str, Any]] = []
+    curves_seen: dict[int, set[str]] = {}
     for w in widths:
         row: dict[str, Any] = {"width": w}
 
@@ -392,6 +415,8 @@ def build_report(cube_path: str | os.PathLike[str],
         train_e = curve(metrics, err["train"])
         r_w = curve(spectrum, R)
         ev = an.events_for_width(epochs, test_e, r_w, noisy_e, patience=patience, window=window)
+        curves_seen[w] = {k for k, c in (("T_E", test_e), ("T_R", r_w))
+                          if c is not None and np.isfinite(c).any()}
         row.update(ev)
         row["E_peak_found"] = ev["T_E_peak"] is not None and ev["T_E_peak"] != ev["T_E_min"]
         row["R_peak_found"] = ev["T_R_peak"] is not None and ev["T_R_peak"] != ev["T_R_min"]
@@ -410,15 +435,33 @@ def build_report(cube_path: str | os.PathLike[str],
         row["pcc_error"] = (an.pearson(train_e, test_e)
                             if train_e is not None and test_e is not None else None)
         per_width.append(row)
-    if metrics is not None and err["noisy"] is not None and not any(
+    span = int(epochs[-1] - epochs[0]) if epochs.size else 0
+    if patience is not None and patience > span:
+        notes.append(f"patience T = {patience} epochs is longer than the run (epochs "
+                     f"{_span_text(epochs)}): T_min and T_peak are reported as not found")
+    elif patience is not None:
+        for key, label in (("T_E", "T_E"), ("T_R", "T_R")):
+            missing = [r["width"] for r in per_width if r[f"{key}_min"] is None
+                       and r[f"{key}_peak"] is None and key in curves_seen[r["width"]]]
+            late = [r["width"] for r in per_width if r[f"{key}_min"] is not None
+                    and r[f"{key}_peak"] is None]
+            if missing or late:
+                which = ", ".join(map(str, sorted(set(missing + late))))
+                notes.append(f"{label} events not found for width {which}: the patience "
+                             f"window (T = {patience} epochs) runs past the last epoch")
+    if 2 * window + 1 > span and metrics is not None and err["noisy"] is not None:
+        notes.append(f"window 2*dT+1 = {2 * window + 1} epochs is longer than the run (epochs "
+                     f"{_span_text(epochs)}): T_dP,peak is reported as not found")
+    elif metrics is not None and err["noisy"] is not None and not any(
             r["T_dP_peak"] is not None for r in per_width):
-        notes.append(f"T_dP,peak needs at least 2*window+2 = {2 * window + 2} checkpoints "
-                     "with a noisy-subset error")
+        notes.append(f"T_dP,peak needs a noisy-subset error spanning at least "
+                     f"2*dT+2 = {2 * window + 2} epochs")
 
     # -- model-wise
     finals_train = [r["final_train_error"] for r in per_width]
     finals_test = [r["final_test_error"] for r in per_width]
     model: dict[str, Any] = {"interpolation_threshold": None, "test_error_peak_width": None,
+                             "test_error_peak": None, "peak_rule": PEAK_RULE,
                              "final_epochs": sorted({r["final_epoch"] for r in per_width
                                                      if r["final_epoch"] is not None}),
                              "sharpness": None}
@@ -429,13 +472,18 @@ def build_report(cube_path: str | os.PathLike[str],
             notes.append("no width reaches zero train error at its last checkpoint: no "
                          "interpolation threshold")
     if widths and any(v is not None for v in finals_test):
-        model["test_error_peak_width"] = an.peak_width(
-            widths, [np.nan if v is None else v for v in finals_test])
+        peak = _peak(widths, [np.nan if v is None else v for v in finals_test], "max",
+                     model["interpolation_threshold"])
+        model["test_error_peak"] = peak
+        model["test_error_peak_width"] = peak["width"]
+        if peak["width"] is None:
+            notes.append("the final test error has no interior maximum over width (monotone "
+                         "or flat): no model-wise test-error peak")
     if len(model["final_epochs"]) > 1:
         notes.append("widths end at different epochs "
                      f"({', '.join(map(str, model['final_epochs']))}): model-wise events use "
                      "each width's last checkpoint")
-    model["sharpness"] = _sharpness_peaks(sharp, info, notes)
+    model["sharpness"] = _sharpness_peaks(sharp, info, notes, model["interpolation_threshold"])
 
     # -- correlations across widths (Zhang & Wu Fig. 6)
     r_peak = [r["T_R_peak"] if r["R_peak_found"] else None for r in per_width]
@@ -457,13 +505,17 @@ def build_report(cube_path: str | os.PathLike[str],
         "subset": r_subset,
         "k_min": 1,
         "alphas": "1 for every k >= 1 (R_t = sum_k R_k,t)",
-        "counting": "patience and window count saved checkpoints, not epochs",
+        "unit": "epochs",
+        "counting": "patience and window are in epochs, on the curves interpolated linearly "
+                    "in epoch between saved checkpoints; an event whose patience runs past "
+                    "the last epoch is not found",
         "epoch_spacing": epoch_spacing(epochs),
         "save_spec": save.get("spec"),
         "checkpoints": int(epochs.size),
         "epochs": [int(epochs[0]), int(epochs[-1])] if epochs.size else [],
         "peak_found": "a peak is reported only if the curve rose after its minimum "
-                      "(T_peak != T_min); the fits use widths with both peaks found",
+                      "(T_peak != T_min) and the rise was confirmed within the run; the fits "
+                      "use widths with both peaks found",
     }
     report = {
         "format": REPORT_FORMAT,
@@ -480,10 +532,21 @@ def build_report(cube_path: str | os.PathLike[str],
     return _clean(report)
 
 
-def _sharpness_peaks(sharp: ProbeData | None, info: CubeInfo,
-                     notes: list[str]) -> dict[str, Any] | None:
-    """Width of each sharpness metric's peak per subset at volume 0 and the largest volume,
-    at each width's last measured checkpoint."""
+def _peak(widths: Sequence[int], values: Sequence[float] | np.ndarray, kind: str,
+          threshold: Any) -> dict[str, Any]:
+    """:func:`ckpt_analyzer.analysis.model_wise_peak` as a JSON-able dict, with its distance
+    to the interpolation threshold."""
+    p = an.model_wise_peak(widths, values, "min" if kind == "min" else "max")
+    dist = an.threshold_distance(widths, p.width, threshold)
+    return {"width": p.width, "value": p.value, "prominence": p.prominence, "kind": p.kind,
+            "threshold_distance": None if dist is None else dist._asdict()}
+
+
+def _sharpness_peaks(sharp: ProbeData | None, info: CubeInfo, notes: list[str],
+                     threshold: Any = None) -> dict[str, Any] | None:
+    """Each sharpness metric's model-wise peak per subset at volume 0 and the largest volume,
+    at each width's last measured checkpoint: ``peaks`` holds the widths, ``details`` the
+    full :func:`_peak` records (accuracy: interior minimum)."""
     if sharp is None:
         notes.append(f"no 'sharpness' probe: no sharpness peaks (compute it: "
                      f"{info.rerun_hint('sharpness')})")
@@ -495,23 +558,30 @@ def _sharpness_peaks(sharp: ProbeData | None, info: CubeInfo,
             if sharp.done.size and sharp.done[:, j].any() else None
             for j in range(len(widths))]
     peaks: dict[str, Any] = {}
+    details: dict[str, Any] = {}
     for m in SHARPNESS_METRICS:
         if m not in sharp.values:
             notes.append(f"sharpness has no '{m}' metric")
             continue
-        peaks[m] = {}
+        peaks[m], details[m] = {}, {}
+        computed = False
         for s in sharp.coords.get("subset", ()):
-            peaks[m][str(s)] = {}
+            peaks[m][str(s)], details[m][str(s)] = {}, {}
             for v in picked:
                 arr = sharp.get(m, subset=s, volume=v)
                 final = an.last_finite(arr) if arr is not None else None
-                peaks[m][str(s)][str(v)] = (an.peak_width(widths, final)
-                                            if final is not None else None)
-        if all(x is None for d in peaks[m].values() for x in d.values()):
+                if final is None or not np.isfinite(final).any():
+                    peaks[m][str(s)][str(v)] = details[m][str(s)][str(v)] = None
+                    continue
+                computed = True
+                d = _peak(widths, final, SHARPNESS_KIND[m], threshold)
+                peaks[m][str(s)][str(v)] = d["width"]
+                details[m][str(s)][str(v)] = d
+        if not computed:
             notes.append(f"sharpness '{m}' was not computed (all NaN)")
     return {"volumes": picked, "epochs": dict(zip(map(str, widths), last, strict=True)),
-            "peak": "width of the largest value over widths (ties: smallest width)",
-            "peaks": peaks}
+            "peak": PEAK_RULE, "kinds": {m: SHARPNESS_KIND[m] for m in peaks},
+            "peaks": peaks, "details": details}
 
 
 # ----------------------------------------------------------------------------- text
@@ -543,11 +613,13 @@ def format_report(report: dict[str, Any]) -> str:
            f"  {p['checkpoints']} checkpoints, epochs {p['epochs'][0] if p['epochs'] else '-'}"
            f"..{p['epochs'][-1] if p['epochs'] else '-'}, {p['epoch_spacing']}"
            + (f" (saved with '{p['save_spec']}')" if p.get("save_spec") else ""),
-           (f"  patience T = {p['patience'] if p['patience'] is not None else 'none'}, "
-            f"window dT = {p['window']} ({p['counting']}); R_t = sum of R_k over k >= 1 "
-            f"on the {p['subset']} subset"),
+           (f"  patience T = "
+            f"{p['patience'] if p['patience'] is not None else 'none (whole curve)'} epochs, "
+            f"window dT = {p['window']} epochs (curves interpolated linearly in epoch between "
+            f"checkpoints); R_t = sum of R_k over k >= 1 on the {p['subset']} subset"),
            "",
-           "Per width (events as epochs; '-' = undefined, 'none' = no rise after the minimum)"]
+           "Per width (events in epochs; '-' = not found or undefined, 'none' = no rise after "
+           "the minimum)"]
     rows = []
     for r in report["per_width"]:
         rows.append([
@@ -562,17 +634,30 @@ def format_report(report: dict[str, Any]) -> str:
     out.append("  PCC R: Pearson r of R_k on the train and test subsets over epochs, mean over "
                "k >= 1; PCC err: of the train and test errors (Zhang & Wu Fig. 5)")
     m = report["model_wise"]
-    out += ["", "Model-wise (each width's last checkpoint)",
+    out += ["", "Model-wise (each width's last checkpoint; peak = interior local maximum of "
+            "largest prominence, over the widths in order)",
             (f"  interpolation threshold (smallest width with train error 0): "
              f"{_fmt(m['interpolation_threshold'])}"),
-            f"  width of the test error peak: {_fmt(m['test_error_peak_width'])}"]
+            f"  test error peak: {_peak_text(m.get('test_error_peak'))}"]
     sh = m.get("sharpness")
     if sh and sh["peaks"]:
         vols = [str(v) for v in sh["volumes"]]
-        rows = [[metric, subset, *[_fmt(d.get(v)) for v in vols]]
-                for metric, by_subset in sh["peaks"].items()
-                for subset, d in by_subset.items()]
-        out += ["  width of each sharpness peak:",
+        details = sh.get("details", {})
+        rows = []
+        for metric, by_subset in sh["peaks"].items():
+            kind = sh.get("kinds", {}).get(metric, "max")
+            for subset, d in by_subset.items():
+                cells = []
+                for v in vols:
+                    rec = details.get(metric, {}).get(subset, {}).get(v)
+                    if rec is None:
+                        cells.append("-" if d.get(v) is None else _fmt(d.get(v)))
+                    elif rec["width"] is None:
+                        cells.append("none")
+                    else:
+                        cells.append(f"{rec['width']} ({_fmt(rec['prominence'], 3)})")
+                rows.append([metric + (" (min)" if kind == "min" else ""), subset, *cells])
+        out += ["  sharpness peaks: width (prominence); 'none' = no interior extremum:",
                 _table(["metric", "subset", *[f"volume {v}" for v in vols]], rows, "    ")]
     out += ["", "Across widths (Zhang & Wu Fig. 6: least-squares line y = slope*x + intercept)"]
     rows = []
@@ -585,6 +670,25 @@ def format_report(report: dict[str, Any]) -> str:
     if report["notes"]:
         out += ["", "Notes"] + [f"  - {n}" for n in report["notes"]]
     return "\n".join(out)
+
+
+def _peak_text(peak: dict[str, Any] | None) -> str:
+    """``width 8 (error 0.490, prominence 0.080), 2 widths below the interpolation threshold
+    32 (x0.25)`` or ``none``."""
+    if peak is None:
+        return "-"
+    if peak["width"] is None:
+        return "none (no interior maximum over width)"
+    text = (f"width {peak['width']} (value {_fmt(peak['value'])}, prominence "
+            f"{_fmt(peak['prominence'])})")
+    d = peak.get("threshold_distance")
+    if d is not None:
+        steps = int(d["steps"])
+        where = ("at the interpolation threshold" if steps == 0 else
+                 f"{abs(steps)} width{'s' if abs(steps) > 1 else ''} "
+                 f"{'below' if steps < 0 else 'above'} the interpolation threshold")
+        text += f", {where} (width ratio {d['ratio']:.3g})"
+    return text
 
 
 # ----------------------------------------------------------------------------- storage

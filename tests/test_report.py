@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,13 @@ T_E_PEAK = [12, 14, 16, 18]
 T_R_MIN = 3
 T_R_PEAK = [t - 2 for t in T_E_PEAK]  # T_R,peak = T_E,peak - 2 in checkpoints
 T_DP_PEAK = 15  # noisy error drops fastest here (logistic centred at 14.5)
-FINAL_TEST = [0.45, 0.6, 0.35, 0.25]  # model-wise test error peaks at width 2
+# Model-wise test error: the global maximum is the smallest (underfitting) width; the peak is
+# the interior maximum at width 4 (prominence 0.49 - max(0.41, 0.25) = 0.08).
+FINAL_TEST = [0.66, 0.41, 0.49, 0.25]
 FINAL_TRAIN = [0.3, 0.1, 0.0, 0.0]  # interpolation threshold: width 4
+#: Patience and window (epochs) that fit the 30-epoch synthetic run; the paper's defaults
+#: (T = 30, dT = 5) are longer than it.
+SHORT: dict[str, Any] = {"patience": 10, "window": 2}
 LOG_EPOCHS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 23, 27,
               32, 37, 44, 52, 61, 72, 85, 100]  # save_epochs("log:30", 100)
 
@@ -74,7 +80,9 @@ def sharp_values(i: int, final: bool) -> dict[str, np.ndarray]:
         jac[:, 1:-1] = 1.0
     else:
         jac[:] = [1.0, 1.0, 1.0, 9.0][i]
-    acc = np.full((3, len(VOLUMES)), [0.5, 0.8, 1.0, 1.0][i] if final else 0.1)
+    # accuracy dips at width 4 (interior minimum; its maximum is the widest model), so the
+    # loss -log(acc) peaks there
+    acc = np.full((3, len(VOLUMES)), [0.5, 0.9, 0.7, 1.0][i] if final else 0.1)
     return {"accuracy": acc, "loss": -np.log(np.maximum(acc, 1e-3)), "jacobian": jac,
             "hessian": np.full((3, len(VOLUMES)), np.nan)}
 
@@ -162,7 +170,12 @@ def test_events_have_the_constructed_answers(cube: Path) -> None:
         assert r["final_train_error"] == pytest.approx(FINAL_TRAIN[i])
     m = rep["model_wise"]
     assert m["interpolation_threshold"] == 4
-    assert m["test_error_peak_width"] == 2
+    assert m["test_error_peak_width"] == 4  # not 1, the global maximum
+    peak = m["test_error_peak"]
+    assert peak["width"] == 4 and peak["kind"] == "max"
+    assert peak["value"] == pytest.approx(0.49) and peak["prominence"] == pytest.approx(0.08)
+    assert peak["threshold_distance"] == {"ratio": 1.0, "difference": 0, "steps": 0}
+    assert "prominence" in m["peak_rule"]
     fit = rep["correlations"]["T_R_peak_vs_T_E_peak"]
     assert fit["slope"] == pytest.approx(1.0)
     assert fit["intercept"] == pytest.approx(-2.0)
@@ -171,7 +184,8 @@ def test_events_have_the_constructed_answers(cube: Path) -> None:
     # T_dP,peak is the same for every width: constant x, no line
     assert rep["correlations"]["T_R_peak_vs_T_dP_peak"]["slope"] is None
     assert rep["parameters"]["epoch_spacing"] == "every epoch"
-    assert "saved checkpoints" in rep["parameters"]["counting"]
+    assert rep["parameters"]["unit"] == "epochs"
+    assert "epochs" in rep["parameters"]["counting"]
     json.dumps(rep, allow_nan=False)  # strictly JSON
 
 
@@ -223,11 +237,20 @@ def test_sharpness_peaks_at_the_final_epoch(cube: Path) -> None:
     assert sh["epochs"] == {str(w): N - 1 for w in WIDTHS}
     for s in ("clean", "noisy", "train"):
         assert sh["peaks"]["jacobian"][s] == {"0": 4, "3": 2}
-        assert sh["peaks"]["accuracy"][s] == {"0": 4, "3": 4}  # ties: smallest width
-        assert sh["peaks"]["loss"][s] == {"0": 1, "3": 1}
+        assert sh["peaks"]["accuracy"][s] == {"0": 4, "3": 4}  # interior minimum, not 8
+        assert sh["peaks"]["loss"][s] == {"0": 4, "3": 4}  # not 1, the global maximum
         assert sh["peaks"]["hessian"][s] == {"0": None, "3": None}
+        jac = sh["details"]["jacobian"][s]
+        assert jac["0"]["prominence"] == pytest.approx(2.0)  # 5 - max(2, 3)
+        assert jac["3"]["threshold_distance"] == {"ratio": 0.5, "difference": -2, "steps": -1}
+        acc = sh["details"]["accuracy"][s]["0"]
+        assert acc["kind"] == "min" and acc["prominence"] == pytest.approx(0.2)
+    assert sh["kinds"] == {"accuracy": "min", "loss": "max", "jacobian": "max",
+                           "hessian": "max"}
     rep = build_report(cube)
     assert any("hessian" in n and "not computed" in n for n in rep["notes"])
+    text = format_report(rep)
+    assert "accuracy (min)" in text and "4 (2.000)" in text
 
 
 def test_r_subset_choice(built: Any, tmp_path: Path) -> None:
@@ -235,7 +258,7 @@ def test_r_subset_choice(built: Any, tmp_path: Path) -> None:
     rep = build_report(cube)  # default train is absent: skipped with a note
     assert all(r["T_R_peak"] is None for r in rep["per_width"])
     assert any("no 'train' subset" in n for n in rep["notes"])
-    rep = build_report(cube, subset="noisy")  # R + 1: same events
+    rep = build_report(cube, subset="noisy", **SHORT)  # R + 1: same events
     assert [r["T_R_peak"] for r in rep["per_width"]] == T_R_PEAK
     with pytest.raises(UsageError, match="not measured on subset 'clean'"):
         build_report(cube, subset="clean")
@@ -247,7 +270,7 @@ def test_r_subset_choice(built: Any, tmp_path: Path) -> None:
 def test_missing_probes_degrade_gracefully(built: Any, tmp_path: Path,
                                           probes: tuple[str, ...]) -> None:
     cube = built(tmp_path, probes=list(probes), extra_probe="other")
-    rep = build_report(cube)
+    rep = build_report(cube, **SHORT)
     rows = rep["per_width"]
     assert [r["width"] for r in rows] == WIDTHS
     has_m, has_s = "metrics" in probes, "spectrum" in probes
@@ -262,10 +285,57 @@ def test_missing_probes_degrade_gracefully(built: Any, tmp_path: Path,
     json.dumps(rep, allow_nan=False)
 
 
+def test_monotone_final_test_error_has_no_peak(built: Any, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "FINAL_TEST", [0.6, 0.45, 0.35, 0.25])
+    cube = make_cube(tmp_path / "mono.h5", probes=("metrics",))
+    rep = build_report(cube, patience=10, window=2)
+    m = rep["model_wise"]
+    assert m["test_error_peak_width"] is None
+    assert m["test_error_peak"]["width"] is None and m["test_error_peak"]["prominence"] is None
+    assert any("no interior maximum" in n for n in rep["notes"])
+    assert "test error peak: none" in format_report(rep)
+
+
+def test_patience_longer_than_the_run_is_one_note_and_not_found(cube: Path) -> None:
+    rep = build_report(cube)  # defaults T = 30, dT = 5 on a 30-checkpoint (29-epoch) run
+    assert (rep["parameters"]["patience"], rep["parameters"]["window"]) == (30, 5)
+    rows = rep["per_width"]
+    assert all(r[k] is None for r in rows for k in ("T_E_min", "T_E_peak", "T_R_min",
+                                                    "T_R_peak"))
+    assert not any(r["E_peak_found"] or r["R_peak_found"] for r in rows)
+    lines = [n for n in rep["notes"] if "longer than the run" in n]
+    assert lines == ["patience T = 30 epochs is longer than the run (epochs 0..29, 29 epochs): "
+                     "T_min and T_peak are reported as not found"]
+    assert all(r["T_dP_peak"] == T_DP_PEAK for r in rows)  # 2*5+1 = 11 epochs fit
+    rep = build_report(cube, patience=10, window=15)
+    assert all(r["T_dP_peak"] is None for r in rep["per_width"])
+    assert any("window 2*dT+1 = 31 epochs is longer than the run" in n for n in rep["notes"])
+    # A peak whose patience runs past the end is not found, with a note naming the widths.
+    rep = build_report(cube, patience=12)
+    assert [r["T_E_peak"] for r in rep["per_width"]] == [12, 14, 16, None]
+    assert [r["E_peak_found"] for r in rep["per_width"]] == [True, True, True, False]
+    assert any(n.startswith("T_E events not found for width 8") for n in rep["notes"])
+
+
+def test_log_grid_patience_counts_epochs(built: Any, tmp_path: Path) -> None:
+    """On LOG_EPOCHS the widest width's T_E,peak (epoch 18) is confirmed with T = 30 epochs
+    (checkpoints up to epoch 100 follow), where the old checkpoint-counting rule would have
+    waited 30 checkpoints, more than the run has."""
+    cube = built(tmp_path, epochs=LOG_EPOCHS)
+    rep = build_report(cube, patience=30, window=2)
+    assert [r["T_E_peak"] for r in rep["per_width"]] == [LOG_EPOCHS[t] for t in T_E_PEAK]
+    assert not any("longer than the run" in n for n in rep["notes"])
+
+
 def test_bad_parameters(cube: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="patience"):
         build_report(cube, patience=0)
     with pytest.raises(UsageError, match="window"):
+        build_report(cube, window=-1)
+    with pytest.raises(TypeError, match="patience"):
+        build_report(cube, patience=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window"):
         build_report(cube, window=-1)
     with pytest.raises(CkptError, match="no such cube"):
         build_report(tmp_path / "missing.h5")
@@ -299,7 +369,7 @@ def probe_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def test_report_is_stored_without_breaking_the_cube(cube: Path) -> None:
     before = probe_arrays(cube)
-    rep = build_report(cube)
+    rep = build_report(cube, **SHORT)
     write_report(cube, rep)
     write_report(cube, rep)  # replaces the earlier one
     assert not Path(f"{cube}.tmp").exists()
@@ -327,7 +397,7 @@ def test_report_is_stored_without_breaking_the_cube(cube: Path) -> None:
 
 def test_undefined_values_are_stored_as_nan(built: Any, tmp_path: Path) -> None:
     cube = built(tmp_path, probes=["metrics"])
-    write_report(cube, build_report(cube))
+    write_report(cube, build_report(cube, **SHORT))
     with h5py.File(cube, "r") as f:
         assert np.isnan(f["analysis/T_R_peak"][()]).all()
         assert f["analysis/T_E_peak"][()].tolist() == [float(t) for t in T_E_PEAK]
@@ -358,6 +428,8 @@ def test_cli_report_text_json_and_store(cube: Path) -> None:
     res = run("report", str(cube))
     assert res.exit_code == 0, res.output
     assert "T_E,peak" in res.output and "interpolation threshold" in res.output
+    assert "patience T = 30 epochs, window dT = 5 epochs" in res.output
+    assert "events in epochs" in res.output and "longer than the run" in res.output
     stored = read_report(cube)
     assert stored is not None and stored["parameters"]["patience"] == an.DEFAULT_PATIENCE
     res = run("report", str(cube), "--json", "--patience", "5", "--window", "1",
@@ -365,6 +437,7 @@ def test_cli_report_text_json_and_store(cube: Path) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["parameters"]["patience"] == 5 and data["parameters"]["window"] == 1
+    assert data["parameters"]["unit"] == "epochs"
     assert read_report(cube) == data
 
 
