@@ -353,7 +353,7 @@ def _spectrum(info: CubeInfo, opts: PlotOptions) -> Figure:
             continue
         ax.axvline(t, color="white", ls=style, lw=1.4, path_effects=_stroke("black", 2.5))
         handles.append(Line2D([], [], color="black", ls=style, lw=1.4, label=f"{label} = {t}"))
-    sub += f"; events with patience {an.DEFAULT_PATIENCE} checkpoints"
+    sub += f"; events with patience {an.DEFAULT_PATIENCE} epochs"
     if handles:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16),
                   ncol=min(len(handles), 5), fontsize=8, frameon=False)
@@ -461,13 +461,13 @@ def _double_descent(info: CubeInfo, opts: PlotOptions) -> Figure:
     cb.set_label("test error (%, square-root colour scale)")
     px, py = [], []
     for j in range(len(widths)):
-        found = an.peak_with_patience(test[:, j])
-        if found is not None and found[1] != found[0]:
+        t_min, t_peak = an.peak_epochs(epochs, test[:, j]) or (None, None)
+        if t_peak is not None and t_peak != t_min:
             px.append(j)
-            py.append(epochs[found[1]])
+            py.append(t_peak)
     if px:
         a3.plot(px, py, "^", color="cyan", mec="black", ms=8,
-                label=rf"$T_{{E,peak}}$ (patience {an.DEFAULT_PATIENCE})")
+                label=rf"$T_{{E,peak}}$ (patience {an.DEFAULT_PATIENCE} epochs)")
         a3.legend(fontsize=7, loc="upper right")
     a3.set_title("(c) test error, epoch × width", fontsize=10)
     fig.suptitle(f"{info.describe()}: double descent", fontsize=11)
