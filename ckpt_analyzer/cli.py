@@ -213,13 +213,13 @@ def report(cube: str, as_json: bool, patience: int | None, window: int | None,
     linearly in epoch between saved checkpoints; an event whose patience runs past the last
     epoch is reported as not found.
 
-    Also stored in the cube under analysis/ (dropped when 'ckpt-analyze run' rewrites it).
+    Also stored in the cube under report/ (dropped when 'ckpt-analyze run' rewrites it).
     """
-    from . import analysis
+    from . import events
     from .report import build_report, format_report, write_report
 
-    rep = build_report(cube, patience=analysis.DEFAULT_PATIENCE if patience is None else patience,
-                       window=analysis.DEFAULT_WINDOW if window is None else window,
+    rep = build_report(cube, patience=events.DEFAULT_PATIENCE if patience is None else patience,
+                       window=events.DEFAULT_WINDOW if window is None else window,
                        subset=subset)
     if not no_store:
         write_report(cube, rep)

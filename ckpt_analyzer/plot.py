@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import analysis as an
+from . import events as an
 from ._atomic import atomic_path
+from .cube.read import CubeInfo, ProbeData, load_probe, read_cube_info
 from .errors import CkptError, UsageError, did_you_mean, unknown
-from .report import CubeInfo, ProbeData, load_probe, read_cube_info
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ckpt_analyzer import analysis as an
+from ckpt_analyzer import events as an
 from ckpt_analyzer.cli import main
 from ckpt_analyzer.cube import Cube, open_cube
 from ckpt_analyzer.errors import CkptError, UsageError
@@ -380,7 +380,7 @@ def test_report_is_stored_without_breaking_the_cube(cube: Path) -> None:
         np.testing.assert_array_equal(before[k], after[k])
     import xarray as xr
 
-    with xr.open_dataset(cube, group="analysis", engine="h5netcdf") as ds:
+    with xr.open_dataset(cube, group="report", engine="h5netcdf") as ds:
         assert ds["width"].values.tolist() == WIDTHS
         assert ds["T_E_peak"].values.tolist() == [float(t) for t in T_E_PEAK]
         assert json.loads(ds.attrs["report"]) == rep
@@ -399,8 +399,8 @@ def test_undefined_values_are_stored_as_nan(built: Any, tmp_path: Path) -> None:
     cube = built(tmp_path, probes=["metrics"])
     write_report(cube, build_report(cube, **SHORT))
     with h5py.File(cube, "r") as f:
-        assert np.isnan(f["analysis/T_R_peak"][()]).all()
-        assert f["analysis/T_E_peak"][()].tolist() == [float(t) for t in T_E_PEAK]
+        assert np.isnan(f["report/T_R_peak"][()]).all()
+        assert f["report/T_E_peak"][()].tolist() == [float(t) for t in T_E_PEAK]
 
 
 def test_store_refuses_while_the_cube_is_written(cube: Path) -> None:
@@ -411,9 +411,9 @@ def test_store_refuses_while_the_cube_is_written(cube: Path) -> None:
     assert not Path(f"{cube}.tmp").exists()
 
 
-def test_store_refuses_a_probe_named_analysis(tmp_path: Path) -> None:
-    cube = make_cube(tmp_path / "a.h5", probes=("metrics",), extra_probe="analysis")
-    with pytest.raises(CkptError, match="probe named 'analysis'"):
+def test_store_refuses_a_probe_named_report(tmp_path: Path) -> None:
+    cube = make_cube(tmp_path / "a.h5", probes=("metrics",), extra_probe="report")
+    with pytest.raises(CkptError, match="probe named .report."):
         write_report(cube, build_report(cube))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,3 +184,148 @@ def open_cube(path: str | os.PathLike[str], probe: str) -> xarray.Dataset:
         attrs[k] = json.dumps(v) if v is None or isinstance(v, dict) else v
     ds.attrs = attrs
     return ds
+
+
+@dataclass(frozen=True)
+class CubeInfo:
+    """Root facts of a cube: where it came from and its coordinates."""
+
+    path: Path
+    source: str | None
+    run: dict[str, Any] | None
+    epochs: np.ndarray
+    widths: np.ndarray
+    probes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The run's folder name (or the cube's file name when the source is unknown)."""
+        return Path(self.source).name if self.source else self.path.name
+
+    def describe(self) -> str:
+        """``digits-run: mcnn on digits, 20% symmetric noise`` (what is known of it)."""
+        run = self.run or {}
+        parts = []
+        ds = run.get("dataset")
+        arch = run.get("arch")
+        if arch or ds:
+            dname = ds.get("name") if isinstance(ds, dict) else ds
+            parts.append(" on ".join(str(p) for p in (arch, dname) if p))
+        noise = run.get("label_noise")
+        if isinstance(noise, dict) and noise.get("fraction"):
+            parts.append(f"{float(noise['fraction']):.0%} {noise.get('kind', '')} noise"
+                         .replace("  ", " "))
+        return f"{self.name}: {', '.join(parts)}" if parts else self.name
+
+    def rerun_hint(self, probe: str) -> str:
+        """The command that computes ``probe`` into this cube."""
+        src = self.source or "RUN_DIR"
+        return f"ckpt-analyze run {src} --probe {probe} -o {self.path}"
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """One probe group read into memory: metrics shaped (epoch, width, *extra dims)."""
+
+    name: str
+    epochs: np.ndarray
+    widths: np.ndarray
+    coords: dict[str, tuple[Any, ...]]
+    dims: dict[str, tuple[str, ...]]
+    values: dict[str, np.ndarray]
+    done: np.ndarray
+    config: dict[str, Any]
+
+    def has(self, metric: str, **sel: Any) -> bool:
+        return self.get(metric, **sel) is not None
+
+    def get(self, metric: str, **sel: Any) -> np.ndarray | None:
+        """``values[metric]`` with the named coordinates picked (e.g. ``subset="test"``);
+        ``None`` when the metric or a requested coordinate value is not in the cube."""
+        if metric not in self.values:
+            return None
+        dims = self.dims[metric]
+        extra = set(sel) - set(dims)
+        if extra:
+            return None
+        index: list[Any] = [slice(None), slice(None)]
+        for d in dims:
+            if d in sel:
+                values = list(self.coords.get(d, ()))
+                if sel[d] not in values:
+                    return None
+                index.append(values.index(sel[d]))
+            else:
+                index.append(slice(None))
+        return np.asarray(self.values[metric][tuple(index)], dtype=np.float64)
+
+    def column(self, width: Any) -> int | None:
+        hit = np.flatnonzero(self.widths == width)
+        return int(hit[0]) if hit.size else None
+
+
+def read_cube_info(path: str | os.PathLike[str]) -> CubeInfo:
+    """Root attributes and coordinates of a cube (raises CkptError if it is not one)."""
+    import h5py
+
+    p = Path(path)
+    probes = tuple(probe_names(p))  # checks the format
+    with h5py.File(p, "r") as f:
+        source = text(f.attrs.get("source"))
+        run = None
+        raw = text(f.attrs.get("run_json"))
+        if isinstance(raw, str):
+            try:
+                run = json.loads(raw)
+            except ValueError:
+                run = None
+        epochs = f["epoch"][()] if "epoch" in f else np.zeros(0, dtype=np.int64)
+        widths = f["width"][()] if "width" in f else np.zeros(0, dtype=np.int64)
+    return CubeInfo(p, str(source) if source else None, run if isinstance(run, dict) else None,
+                    np.asarray(epochs), np.asarray(widths), probes)
+
+
+def read_probe_group(f: h5py.File, name: str, metrics: Sequence[str] | None) -> ProbeData | None:
+    import h5py
+
+    g = f.get(name)
+    if not isinstance(g, h5py.Group) or "probe_version" not in g.attrs:
+        return None
+    coords: dict[str, tuple[Any, ...]] = {}
+    datasets = [(k, ds) for k, ds in g.items() if isinstance(ds, h5py.Dataset)]
+    for key, ds in datasets:
+        if key in ("epoch", "width", "done") or not h5py.h5ds.is_scale(ds.id):
+            continue
+        if h5py.check_string_dtype(ds.dtype):
+            coords[key] = tuple(ds.asstr()[()].tolist())
+        else:
+            coords[key] = tuple(ds[()].tolist())
+    dims: dict[str, tuple[str, ...]] = {}
+    values: dict[str, np.ndarray] = {}
+    for key, ds in datasets:
+        if key in ("epoch", "width", "done") or key in coords or ds.ndim < 2:
+            continue
+        if metrics is not None and key not in metrics:
+            continue
+        extra = []
+        for axis in range(2, ds.ndim):
+            scales = ds.dims[axis]
+            extra.append(scales[0].name.rsplit("/", 1)[-1] if len(scales) else f"dim{axis}")
+        dims[key] = tuple(extra)
+        values[key] = ds[()]
+    done = g["done"][()].astype(bool) if "done" in g else np.zeros(0, dtype=bool)
+    try:
+        config = json.loads(text(g.attrs.get("config", "{}")))
+    except ValueError:
+        config = {}
+    return ProbeData(name, np.asarray(g["epoch"][()]), np.asarray(g["width"][()]), coords, dims,
+                     values, done, config if isinstance(config, dict) else {})
+
+
+def load_probe(path: str | os.PathLike[str], probe: str,
+               metrics: Sequence[str] | None = None) -> ProbeData | None:
+    """The probe's group of a cube (only ``metrics`` if given), or ``None`` if it is absent."""
+    import h5py
+
+    with h5py.File(Path(path), "r") as f:
+        return read_probe_group(f, probe, metrics)

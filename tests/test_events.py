@@ -1,4 +1,4 @@
-"""ckpt_analyzer.analysis: peak search with patience, decrease rate, PCCs, model-wise events.
+"""ckpt_analyzer.events: peak search with patience, decrease rate, PCCs, model-wise events.
 
 Synthetic curves with known answers plus slow explicit-loop references.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.typing import ArrayLike
 
-from ckpt_analyzer import analysis as A
+from ckpt_analyzer import events as A
 from ckpt_analyzer.config import ConfigError
 from ckpt_analyzer.errors import CkptError
 
