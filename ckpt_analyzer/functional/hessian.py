@@ -94,8 +94,8 @@ class HessianOperator:
                 out = functional_call(self.model, {**self._params, **self._fixed}, (xb,))
                 loss = F.cross_entropy(out, yb, reduction="sum") / n
                 grads = torch.autograd.grad(loss, leaves, create_graph=True)
-                gv = sum((g * u).sum() for g, u in zip(grads, vs))
-                hv = torch.autograd.grad(gv, leaves)
+                # ∂(gᵀv)/∂θ: the vector-Jacobian product of g with v
+                hv = torch.autograd.grad(grads, leaves, grad_outputs=vs)
                 for t, h in zip(total, hv):
                     t.add_(h)
         self.calls += 1
