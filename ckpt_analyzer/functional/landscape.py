@@ -46,7 +46,7 @@ Tensors = Mapping[str, torch.Tensor]
 
 
 def draw_direction(shapes: Mapping[str, Sequence[int]], rng: np.random.Generator,
-                   dtype: np.dtype = np.float32) -> dict[str, np.ndarray]:
+                   dtype: type[np.floating] = np.float32) -> dict[str, np.ndarray]:
     """A standard Gaussian direction with the given parameter shapes, drawn in order."""
     return {k: rng.standard_normal(tuple(s)).astype(dtype) for k, s in shapes.items()}
 
