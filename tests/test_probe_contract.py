@@ -22,6 +22,9 @@ SMALL = {
     "interpolation": {"pairs": 3},
     "sharpness": {"samples": 24, "paths": 2},
     "normalization": {"samples": 64},
+    "hessian": {"points": 24, "iterations": 6, "trace_samples": 3, "subsets": ("train", "noisy")},
+    "landscape": {"points": 24, "steps": 5, "barrier_steps": 3},
+    "weights_spectrum": {"min_evals": 8, "min_tail": 4},
 }
 
 

@@ -1,0 +1,86 @@
+"""Hessian-vector products per second against the raw forward+backward rate.
+
+Run from the repo root::
+
+    python benchmarks/bench_hessian.py [--width 8] [--points 256] [--batch-size 512]
+        [--device cpu|cuda] [--repeats 7] [--threads 1] [--wall] [--probe]
+
+Times :meth:`HessianOperator.matvec` (what the ``hessian`` probe calls for every Lanczos step
+and Hutchinson sample: forward, gradient with ``create_graph``, and the double backward of
+``gᵀv``, summed over batches of the fixed points) on an mcnn of the given width on digits,
+and a bare loop over the same points at the same batch size: forward, summed cross-entropy,
+``loss.backward()`` w.r.t. the parameters. The ratio is products per second over raw
+forward+backward passes per second (each over all the points). Target >= 0.4: an HVP is a
+double backward, about 2.5 forward+backward passes. ``--probe`` also times one whole
+``HessianProbe`` call with its defaults (the per-checkpoint cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from _timing import interleaved
+from bench_sharpness import build_model, digits_data
+
+from ckpt_analyzer.functional.hessian import HessianOperator
+from ckpt_analyzer.probes.base import Context
+from ckpt_analyzer.probes.hessian import HessianProbe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--points", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    ap.add_argument("--probe", action="store_true", help="also time one default probe call")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = digits_data(device)
+    model = build_model(args.width).to(device).eval()
+    x, y = data.x_train[:args.points], data.y_train[:args.points]
+    op = HessianOperator(model, x, y, args.batch_size)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0)).to(device)
+    bs = args.batch_size
+
+    def hvp() -> None:
+        op.matvec(v)
+
+    def raw() -> None:
+        with torch.enable_grad():
+            model.zero_grad(set_to_none=True)
+            for lo in range(0, len(x), bs):
+                F.cross_entropy(model(x[lo:lo + bs]), y[lo:lo + bs], reduction="sum").backward()
+        model.zero_grad(set_to_none=True)
+
+    for fn in (hvp, raw):  # warm-up
+        fn()
+    clock = time.perf_counter if device.type == "cuda" or args.wall else time.process_time
+    t_hvp, t_raw = interleaved([hvp, raw], args.repeats, device, clock)
+    print(f"model mcnn width {args.width} ({op.dim} parameters) on {device}, {len(x)} points, "
+          f"batch {bs}, threads {torch.get_num_threads()}, "
+          f"{'wall' if clock is time.perf_counter else 'CPU'} time")
+    print(f"Hessian-vector product  : {1 / t_hvp:10.1f} HVPs/s          ({t_hvp * 1e3:.2f} ms)")
+    print(f"raw fwd + loss.backward : {1 / t_raw:10.1f} passes/s        ({t_raw * 1e3:.2f} ms)")
+    print(f"ratio HVP / raw fwd+bwd : {t_raw / t_hvp:.3f}  (target >= 0.4)")
+    if args.probe:
+        ctx = Context(data=data, device=device, batch_size=bs, seed=0, widths=(args.width,),
+                      build_model=lambda w: build_model(w).to(device).eval())
+        probe = HessianProbe()
+        probe.prepare(ctx)
+        t0 = clock()
+        probe(model, ctx)
+        print(f"HessianProbe() defaults : {clock() - t0:.2f} s per checkpoint "
+              f"({op.calls} HVPs above; probe: {probe.cost(op.dim, 1)[1]} per checkpoint)")
+
+
+if __name__ == "__main__":
+    main()

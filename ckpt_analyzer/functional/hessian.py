@@ -1,0 +1,257 @@
+"""The parameter-space Hessian of the training loss: Hessian-vector products, its top
+eigenvalues (Lanczos, power iteration) and its trace (Hutchinson).
+
+Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian"
+(IEEE BigData 2020), §III:
+
+* Hessian-vector products ``Hv = ∂(gᵀv)/∂θ`` with ``g = ∂L/∂θ`` (their eq. 2), by double
+  backward (:class:`HessianOperator`). ``L`` is the mean cross-entropy over a fixed set of
+  points; the product is the sum of per-batch products, so the points are streamed in large
+  batches and never looped over one by one.
+* the top eigenvalues by power iteration with deflation (their Alg. 1;
+  :func:`power_iteration`) or, preferred, by the Lanczos algorithm with full
+  reorthogonalization (:func:`lanczos`; their §III-C uses it for the spectral density): one
+  Krylov space of ``m`` products gives all k top eigenvalues, with the classic residual bound
+  ``|β_m s_{m,i}|`` of each Ritz value (Parlett, *The Symmetric Eigenvalue Problem*, §13.2).
+* the trace by Hutchinson's estimator ``tr(H) ≈ (1/m) Σ_i z_iᵀ H z_i`` with Rademacher
+  ``z_i`` (their Alg. 2, eq. 5), and its standard error ``std(z_iᵀHz_i) / sqrt(m)``
+  (:func:`hutchinson_trace`).
+
+Pure functions on tensors; the model is evaluated through :func:`torch.func.functional_call`
+on detached copies of its parameters, so it is never modified (no weights written, no
+``.grad`` set). Put the model in eval mode first (batch norm from its running statistics).
+
+Usage from a notebook::
+
+    op = HessianOperator(model.eval(), x, y, batch_size=512)
+    top, residual = lanczos(op.matvec, op.dim, k=3, iterations=50)
+    trace, stderr, _ = hutchinson_trace(op.matvec, op.dim, samples=32)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "HessianOperator",
+    "hutchinson_trace",
+    "lanczos",
+    "lanczos_memory_bytes",
+    "power_iteration",
+]
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+class HessianOperator:
+    """``v ↦ H v`` for the mean cross-entropy of ``model`` on ``(x, y)`` w.r.t. its parameters.
+
+    Vectors are flat (``dim`` = number of trainable parameter entries, in
+    ``model.named_parameters()`` order) and may have any floating dtype; products are computed
+    in the parameters' dtype and returned in ``v``'s. ``x`` is processed in chunks of
+    ``batch_size``; each chunk contributes ``∂(g_bᵀv)/∂θ`` with ``g_b`` the gradient of its
+    share ``Σ_{i∈b} ℓ_i / N`` of the loss (PyHessian eq. 2).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int = 512) -> None:
+        if len(x) == 0:
+            raise ValueError("HessianOperator needs at least one point")
+        self.model = model
+        self.x, self.y = x, y
+        self.batch_size = max(1, int(batch_size))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.dim = sum(self.sizes)
+        self.dtype = named[0][1].dtype if named else torch.float32
+        # detached leaves sharing the model's storage: autograd never writes to the model
+        self._params = {n: p.detach().requires_grad_(True) for n, p in named}
+        frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        self._fixed = {**frozen, **dict(model.named_buffers())}
+        self.calls = 0
+
+    def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
+        return [c.view(s) for c, s in zip(v.to(self.dtype).split(self.sizes), self.shapes)]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` summed over the batches of the fixed points."""
+        from torch.func import functional_call
+
+        vs = self.unflatten(v)
+        leaves = list(self._params.values())
+        total = [torch.zeros_like(p) for p in leaves]
+        n = len(self.x)
+        with torch.enable_grad():
+            for lo in range(0, n, self.batch_size):
+                xb, yb = self.x[lo:lo + self.batch_size], self.y[lo:lo + self.batch_size]
+                out = functional_call(self.model, {**self._params, **self._fixed}, (xb,))
+                loss = F.cross_entropy(out, yb, reduction="sum") / n
+                grads = torch.autograd.grad(loss, leaves, create_graph=True)
+                # ∂(gᵀv)/∂θ: the vector-Jacobian product of g with v
+                hv = torch.autograd.grad(grads, leaves, grad_outputs=vs)
+                for t, h in zip(total, hv):
+                    t.add_(h)
+        self.calls += 1
+        return torch.cat([t.flatten() for t in total]).to(v.dtype)
+
+    def loss(self) -> float:
+        """The mean cross-entropy at the current parameters (no autograd)."""
+        from torch.func import functional_call
+
+        total = 0.0
+        with torch.no_grad():
+            for lo in range(0, len(self.x), self.batch_size):
+                out = functional_call(self.model, {**self._params, **self._fixed},
+                                      (self.x[lo:lo + self.batch_size],))
+                total += float(F.cross_entropy(out.double(), self.y[lo:lo + self.batch_size],
+                                               reduction="sum"))
+        return total / len(self.x)
+
+
+def _normal(dim: int, generator: torch.Generator | None, dtype: torch.dtype,
+            device: torch.device | str) -> torch.Tensor:
+    """A Gaussian vector drawn on the CPU (the same on every device), then moved."""
+    return torch.randn(dim, generator=generator, dtype=torch.float64).to(device, dtype)
+
+
+def lanczos_memory_bytes(dim: int, iterations: int, dtype: torch.dtype = torch.float64) -> int:
+    """Bytes of the Krylov basis that :func:`lanczos` keeps for full reorthogonalization."""
+    return min(iterations, dim) * dim * torch.empty((), dtype=dtype).element_size()
+
+
+def lanczos(matvec: MatVec, dim: int, k: int, iterations: int,
+            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float64, tol: float = 1e-10
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, by Lanczos with full
+    reorthogonalization.
+
+    ``m = min(iterations, dim)`` products build the orthonormal Krylov basis
+    ``V = [v_1 … v_m]`` of ``K_m(H, v_1)`` from a Gaussian ``v_1`` (drawn from ``generator``)
+    and the tridiagonal ``T = Vᵀ H V`` (diagonal α, off-diagonal β); each new vector is
+    orthogonalized against the whole basis twice ("twice is enough", Giraud et al. 2005), which
+    keeps the Ritz values free of spurious copies. The eigenvalues of T (Ritz values) that are
+    largest approximate those of H; ``residual[i] = |β_m s_{m,i}|`` (``s_i`` the Ritz vector
+    in T's basis) bounds ``min_j |λ_j(H) − θ_i|`` (Parlett §13.2). The iteration stops early
+    when the Krylov space becomes invariant (β below ``tol``·‖T‖), after which the Ritz
+    values are exact. PyHessian (Yao et al. 2020) §III-C.
+
+    Returns ``(eigenvalues, residuals)``, float64 of length k, eigenvalues in descending
+    order; entries beyond the Krylov dimension are NaN. The basis costs
+    :func:`lanczos_memory_bytes` on ``device``.
+    """
+    if k < 1 or iterations < 1 or dim < 1:
+        raise ValueError(f"lanczos needs k, iterations, dim >= 1 (got {k}, {iterations}, {dim})")
+    m = min(iterations, dim)
+    basis = torch.empty((m, dim), dtype=dtype, device=device)
+    alpha = torch.zeros(m, dtype=torch.float64)
+    beta = torch.zeros(m, dtype=torch.float64)
+    v = _normal(dim, generator, dtype, device)
+    v = v / torch.linalg.vector_norm(v)
+    used = 0
+    scale = 0.0
+    for j in range(m):
+        basis[j] = v
+        w = matvec(v).to(dtype)
+        a = float(torch.dot(w, v))
+        alpha[j] = a
+        w = w - a * v
+        if j > 0:
+            w = w - beta[j - 1].item() * basis[j - 1]
+        for _ in range(2):  # full reorthogonalization, twice
+            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        b = float(torch.linalg.vector_norm(w))
+        beta[j] = b
+        used = j + 1
+        scale = max(scale, abs(a), b)
+        if b <= tol * max(scale, 1e-300) or j == m - 1:
+            break
+        v = w / b
+    t = torch.diag(alpha[:used])
+    if used > 1:
+        off = beta[:used - 1]
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    theta, s = torch.linalg.eigh(t)
+    order = torch.argsort(theta, descending=True)
+    theta, s = theta[order], s[:, order]
+    residual = (beta[used - 1] * s[-1]).abs()
+    out = torch.full((k,), math.nan, dtype=torch.float64)
+    res = torch.full((k,), math.nan, dtype=torch.float64)
+    top = min(k, used)
+    out[:top], res[:top] = theta[:top], residual[:top]
+    return out, res
+
+
+def power_iteration(matvec: MatVec, dim: int, k: int, iterations: int,
+                    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float64, tol: float = 1e-6
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` eigenvalues of largest magnitude by power iteration with deflation
+    (PyHessian Alg. 1: each new vector is kept orthogonal to the eigenvectors already found).
+
+    Each eigenvalue takes at most ``iterations`` products and stops once the Rayleigh quotient
+    changes by less than ``tol`` relatively. Returns ``(eigenvalues, residuals)`` (float64,
+    length k, in the order found, i.e. by decreasing magnitude) with
+    ``residual = ‖Hv − λv‖``; NaN beyond ``dim``. Only k vectors are stored.
+    """
+    if k < 1 or iterations < 1 or dim < 1:
+        raise ValueError(f"power_iteration needs k, iterations, dim >= 1 "
+                         f"(got {k}, {iterations}, {dim})")
+    found: list[torch.Tensor] = []
+    out = torch.full((k,), math.nan, dtype=torch.float64)
+    res = torch.full((k,), math.nan, dtype=torch.float64)
+
+    def deflate(u: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            for f in found:
+                u = u - torch.dot(u, f) * f
+        return u
+
+    for i in range(min(k, dim)):
+        v = deflate(_normal(dim, generator, dtype, device))
+        v = v / torch.linalg.vector_norm(v)
+        lam = math.nan
+        hv = v
+        for _ in range(iterations):
+            hv = matvec(v).to(dtype)
+            new = float(torch.dot(hv, v))
+            converged = math.isfinite(lam) and abs(new - lam) <= tol * (abs(lam) + 1e-12)
+            lam = new
+            if converged:
+                break
+            w = deflate(hv)
+            nrm = float(torch.linalg.vector_norm(w))
+            if nrm == 0.0:
+                break
+            v = w / nrm
+        out[i] = lam
+        res[i] = float(torch.linalg.vector_norm(deflate(hv) - lam * v))
+        found.append(v)
+    return out, res
+
+
+def hutchinson_trace(matvec: MatVec, dim: int, samples: int,
+                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float64) -> tuple[float, float, torch.Tensor]:
+    """Hutchinson's estimator of ``tr(H)`` (PyHessian Alg. 2, eq. 5).
+
+    ``samples`` Rademacher vectors ``z_i`` (±1 entries, drawn on the CPU from ``generator``)
+    give ``q_i = z_iᵀ H z_i``, unbiased for the trace. Returns ``(mean q, standard error
+    std(q, ddof=1) / sqrt(samples), q)``; the standard error is NaN with one sample.
+    """
+    if samples < 1 or dim < 1:
+        raise ValueError(f"hutchinson_trace needs samples, dim >= 1 (got {samples}, {dim})")
+    q = torch.empty(samples, dtype=torch.float64)
+    for i in range(samples):
+        z = torch.randint(0, 2, (dim,), generator=generator).to(device, dtype) * 2 - 1
+        q[i] = float(torch.dot(matvec(z).to(dtype), z))
+    mean = float(q.mean())
+    stderr = float(q.std(unbiased=True) / math.sqrt(samples)) if samples > 1 else math.nan
+    return mean, stderr, q

@@ -1,0 +1,154 @@
+"""Loss-landscape slices along filter-normalized random directions, and linear paths between
+checkpoints.
+
+Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural Nets"
+(NeurIPS 2018):
+
+* §3, eq. (1)-(2): the loss along one direction, ``f(α) = L(θ + α δ)``, or two,
+  ``f(α, β) = L(θ + α δ + β η)`` (:func:`slice_grid`, :func:`grid_losses`).
+* §4, filter normalization: a Gaussian direction d (same shapes as the parameters) is scaled
+  filter by filter, ``d_{i,j} ← d_{i,j} / ‖d_{i,j}‖ · ‖θ_{i,j}‖`` for the j-th filter (slice
+  along the first axis: conv output channel, linear output neuron) of the i-th layer; entries of
+  1-D parameters (batch norm, biases) are zeroed (their code's ``ignore='biasbn'`` default) or
+  copied from θ (:func:`filter_normalize`).
+* §3 (1-D linear interpolation, Goodfellow et al. 2015): the loss along
+  ``θ(t) = (1 − t) θ_a + t θ_b``; the barrier height of that path
+  ``max_t [L(θ(t)) − ((1 − t) L(θ_a) + t L(θ_b))]`` (Frankle et al., "Linear mode connectivity
+  and the lottery ticket hypothesis", ICML 2020, Def. 1) (:func:`interpolate_states`,
+  :func:`barrier_height`).
+
+Functions work on dicts ``name -> tensor`` (``model.named_parameters()`` order); the model is
+evaluated with :func:`torch.func.functional_call`, so a single module serves every grid point
+and is never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "barrier_height",
+    "draw_direction",
+    "filter_normalize",
+    "grid_losses",
+    "interpolate_states",
+    "model_loss_error",
+    "slice_grid",
+]
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+def draw_direction(shapes: Mapping[str, Sequence[int]], rng: np.random.Generator,
+                   dtype: type[np.floating] = np.float32) -> dict[str, np.ndarray]:
+    """A standard Gaussian direction with the given parameter shapes, drawn in order."""
+    return {k: rng.standard_normal(tuple(s)).astype(dtype) for k, s in shapes.items()}
+
+
+def filter_normalize(direction: Tensors, weights: Tensors, ignore_bn_bias: bool = True,
+                     eps: float = 1e-10) -> dict[str, torch.Tensor]:
+    """Li et al. (2018) §4 filter normalization of ``direction`` to ``weights``.
+
+    For each parameter with ``dim > 1``, each filter ``d[j]`` (slice along axis 0) is scaled
+    to ``‖w[j]‖ / (‖d[j]‖ + eps)`` times itself (as their ``normalize_direction``). For 1-D
+    parameters (batch-norm weights and biases, layer biases): zero with ``ignore_bn_bias``
+    (their default ``biasbn``), else a copy of the weights (their code's alternative).
+    """
+    out = {}
+    for name, d in direction.items():
+        w = weights[name].to(d.dtype)
+        if d.dim() <= 1:
+            out[name] = torch.zeros_like(d) if ignore_bn_bias else w.clone()
+            continue
+        dn = torch.linalg.vector_norm(d.flatten(1), dim=1)
+        wn = torch.linalg.vector_norm(w.flatten(1), dim=1)
+        scale = (wn / (dn + eps)).view(-1, *([1] * (d.dim() - 1)))
+        out[name] = d * scale
+    return out
+
+
+def slice_grid(alphas: torch.Tensor, ndirections: int) -> torch.Tensor:
+    """Grid coordinates ``(G, ndirections)``: the alphas (1-D), or the product grid of alphas ×
+    alphas in row-major (alpha, beta) order (2-D)."""
+    if ndirections == 1:
+        return alphas.view(-1, 1)
+    if ndirections == 2:
+        a, b = torch.meshgrid(alphas, alphas, indexing="ij")
+        return torch.stack([a.flatten(), b.flatten()], dim=1)
+    raise ValueError(f"ndirections must be 1 or 2 (got {ndirections})")
+
+
+def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                     groups: torch.Tensor | None = None, ngroups: int = 1
+                     ) -> Callable[[Tensors], tuple[torch.Tensor, torch.Tensor]]:
+    """``state -> (loss, error)`` of ``model`` with ``state`` (parameters and/or buffers,
+    the rest taken from the model) on ``(x, y)``: mean cross-entropy and error per group of
+    points (``groups[i]`` in ``0..ngroups-1``; all in group 0 by default), float64 of shape
+    ``(ngroups,)``; NaN for an empty group. Batches of ``batch_size``, no autograd."""
+    from torch.func import functional_call
+
+    if groups is None:
+        groups = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    count = torch.bincount(groups, minlength=ngroups).double()
+
+    def evaluate(state: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = torch.zeros(ngroups, dtype=torch.float64, device=x.device)
+        wrong = torch.zeros_like(loss)
+        with torch.no_grad():
+            for lo in range(0, len(x), batch_size):
+                xb, yb, gb = x[lo:lo + batch_size], y[lo:lo + batch_size], groups[lo:lo + batch_size]
+                out = functional_call(model, dict(state), (xb,))
+                ce = F.cross_entropy(out.double(), yb, reduction="none")
+                loss.index_add_(0, gb, ce)
+                wrong.index_add_(0, gb, (out.argmax(dim=1) != yb).double())
+        return (loss / count).cpu(), (wrong / count).cpu()
+
+    return evaluate
+
+
+def grid_losses(evaluate: Callable[[Tensors], tuple[torch.Tensor, torch.Tensor]],
+                base: Tensors, directions: Sequence[Tensors], coords: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Li et al. eq. (1)-(2): ``evaluate(θ + Σ_i c_i d_i)`` at every row ``c`` of ``coords``
+    (``(G, len(directions))``). Only the keys of the directions move; ``evaluate`` returns
+    ``(loss, error)`` tensors of one shape S. Returns ``(G, *S)`` tensors."""
+    losses, errors = [], []
+    for c in coords.tolist():
+        state = {}
+        for name, t in base.items():
+            moved = t
+            for ci, d in zip(c, directions):
+                if ci != 0.0 and name in d:
+                    moved = moved + ci * d[name].to(t.dtype)
+            state[name] = moved
+        loss, err = evaluate(state)
+        losses.append(torch.as_tensor(loss, dtype=torch.float64))
+        errors.append(torch.as_tensor(err, dtype=torch.float64))
+    return torch.stack(losses), torch.stack(errors)
+
+
+def interpolate_states(a: Tensors, b: Tensors, t: float) -> dict[str, torch.Tensor]:
+    """``(1 − t) a + t b`` for floating tensors (parameters and batch-norm running statistics);
+    integer tensors (``num_batches_tracked``) are taken from ``a``."""
+    out = {}
+    for name, ta in a.items():
+        tb = b[name]
+        out[name] = torch.lerp(ta, tb.to(ta.dtype), t) if ta.is_floating_point() else ta
+    return out
+
+
+def barrier_height(t: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Frankle et al. (2020) Def. 1: ``max_t [L(t) − ((1 − t) L(0) + t L(1))]`` along the last
+    axis of ``loss`` sampled at ``t`` (first and last samples at t = 0 and 1). NaN rows stay
+    NaN."""
+    t = t.to(loss.dtype)
+    line = loss[..., :1] * (1 - t) + loss[..., -1:] * t
+    gap = loss - line
+    out = gap.max(dim=-1).values
+    return torch.where(torch.isnan(loss).any(dim=-1), torch.full_like(out, math.nan), out)

@@ -1,0 +1,310 @@
+"""The ``landscape`` probe: loss slices along filter-normalized random directions, and the loss
+along the straight path to the width's last checkpoint.
+
+Li et al., "Visualizing the Loss Landscape of Neural Nets" (NeurIPS 2018), §3-4; barrier
+height as Frankle et al. (ICML 2020); the maths is in :mod:`ckpt_analyzer.functional.landscape`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import check, check_choices
+from ..errors import CkptError
+from .base import SUBSETS, Context, Metric, Outputs, Probe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class LandscapeProbe(Probe):
+    """Loss and error on slices ``θ + α δ (+ β η)`` and along ``(1 − t) θ + t θ_last``.
+
+    Directions: for each width, ``directions`` (1 or 2) standard Gaussian directions over the
+    model's trainable parameters (``named_parameters()`` order) are drawn once per run from a
+    seed keyed by (run seed, probe, width), so every epoch of a width is sliced along the same
+    raw directions whatever order the checkpoints come in. At each checkpoint they are filter
+    normalized to its weights (Li et al. §4: each filter of δ scaled to the norm of the
+    matching filter of θ; 1-D entries, i.e. batch-norm parameters and biases, zeroed with
+    ``ignore_bn_bias``, else copied from θ), which makes slices of checkpoints with different
+    weight scales comparable. Batch-norm running statistics stay at the checkpoint's.
+    ``prepare`` builds each width's model (``ctx.build_model``) to draw them, and stores them
+    (``store_directions``) as ``landscape/inputs/w<width>/direction`` (float32,
+    ``(directions, parameters)``) with ``w<width>/names`` (parameter names, in order); a width
+    that appears only later (not in ``ctx.widths``) draws the same directions lazily.
+    Parameter shapes differ across widths, hence one set per width; a checkpoint whose
+    parameters do not match its width's directions is an error.
+
+    Grid: ``steps`` points ``linspace(-r, r, steps)`` per direction (a ``steps × steps``
+    product grid with two directions). At each grid point the loss (mean cross-entropy with the
+    labels trained on; ``test`` with the test labels) and the error are evaluated on
+    ``points`` fixed points per subset, all subsets in one stream of batches of
+    ``ctx.batch_size``, through :func:`torch.func.functional_call` (one model, weights never
+    written).
+
+    Barrier: with ``barrier`` on, the loss and error at ``barrier_steps`` points ``t`` in
+    [0, 1] of the segment from the checkpoint (t = 0) to the width's last checkpoint (t = 1),
+    interpolating parameters and batch-norm running statistics, and the barrier height
+    ``max_t [L(t) − ((1 − t) L(0) + t L(1))]``. The last checkpoint is found once per width, at
+    the first checkpoint of that width this probe measures: the largest epoch of
+    ``<run>/w<width>/e*.safetensors`` (contract run folders, the checkpoint's grandparent
+    holding ``run.json``), loaded once and cached for that width; its epoch is the metric
+    ``barrier_epoch``. In a foreign folder (no run.json), or if it cannot be read, the barrier
+    metrics are NaN (a warning says why). On a run still training, "last" is the last on disk
+    when the width is first measured; ``barrier_epoch`` records which.
+
+    Fixed inputs: ``<subset>/index`` (training positions, test positions for ``test``) and the
+    directions above. An empty subset (``noisy`` without label noise) gives NaN rows.
+    """
+
+    name = "landscape"
+    version = "1"
+    description = ("loss along filter-normalized random directions and along the segment to the "
+                   "width's last checkpoint (Li et al. 2018)")
+
+    @dataclass(frozen=True)
+    class Config:
+        directions: int = field(default=1, metadata={
+            "help": "random directions: 1 (a curve) or 2 (a surface, steps x steps points)"})
+        steps: int = field(default=21, metadata={"help": "grid points per direction"})
+        r: float = field(default=1.0, metadata={"help": "grid range [-r, r] of each coordinate"})
+        points: int = field(default=512, metadata={"help": "points per subset"})
+        subsets: tuple[str, ...] = field(default=SUBSETS, metadata={
+            "help": "subsets: train, clean, noisy, test"})
+        ignore_bn_bias: bool = field(default=True, metadata={
+            "help": "zero the direction on 1-D parameters (batch norm, biases); false: copy "
+                    "the weights there (Li et al.'s alternative)"})
+        barrier: bool = field(default=True, metadata={
+            "help": "also the loss along the segment to the width's last checkpoint"})
+        barrier_steps: int = field(default=11, metadata={
+            "help": "points t in [0, 1] on that segment (ends included)"})
+        store_directions: bool = field(default=True, metadata={
+            "help": "store the raw directions in the cube (false: only their names; they are "
+                    "re-drawn from the seed)"})
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "subsets", tuple(self.subsets))
+            check(self.directions in (1, 2),
+                  f"landscape.directions must be 1 or 2 (got {self.directions})")
+            check(self.steps >= 2, f"landscape.steps must be >= 2 (got {self.steps})")
+            check(math.isfinite(self.r) and self.r > 0, f"landscape.r must be > 0 (got {self.r})")
+            check(self.points >= 1, f"landscape.points must be >= 1 (got {self.points})")
+            check_choices(self.subsets, SUBSETS, "landscape.subsets")
+            check(self.barrier_steps >= 2,
+                  f"landscape.barrier_steps must be >= 2 (got {self.barrier_steps})")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._inputs: dict[str, np.ndarray] | None = None
+        self._root = 0
+        self._dirs: dict[int, tuple[list[str], np.ndarray]] = {}
+        self._target: tuple[int, int | None, dict[str, torch.Tensor] | None] | None = None
+        self._warned: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_target"] = None  # a device state dict: reloaded where it is needed
+        return state
+
+    # ------------------------------------------------------------------ fixed inputs
+
+    def _draw(self, width: int, model: nn.Module) -> tuple[list[str], np.ndarray]:
+        """Raw Gaussian directions ``(directions, P)`` for ``width``, keyed by (seed, width)."""
+        from ..functional.landscape import draw_direction
+
+        if width in self._dirs:
+            return self._dirs[width]
+        named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+        rng = np.random.default_rng([self._root, zlib.crc32(f"w{width}".encode())])
+        rows = []
+        for _ in range(self.config.directions):
+            d = draw_direction(dict(named), rng)
+            rows.append(np.concatenate([d[n].ravel() for n, _ in named]) if named
+                        else np.zeros(0, np.float32))
+        self._dirs[width] = ([n for n, _ in named], np.stack(rows).astype(np.float32))
+        return self._dirs[width]
+
+    def prepare(self, ctx: Context) -> dict[str, np.ndarray]:
+        cfg = self.config
+        self._root = int(self.rng(ctx).integers(2**32))
+        self._dirs = {}
+        self._target = None
+        inputs: dict[str, np.ndarray] = {}
+        for subset in cfg.subsets:
+            rng = np.random.default_rng([self._root, zlib.crc32(subset.encode())])
+            pool = ctx.data.index(subset).detach().cpu().numpy().astype(np.int64)
+            count = min(cfg.points, len(pool))
+            if 0 < count < cfg.points:
+                warnings.warn(f"landscape: subset '{subset}' has {len(pool)} points, fewer than "
+                              f"points={cfg.points}; using all of them", stacklevel=2)
+            inputs[f"{subset}/index"] = np.sort(
+                rng.choice(pool, size=count, replace=False)).astype(np.int64)
+        if ctx.build_model is not None:
+            for width in ctx.widths:
+                names, dirs = self._draw(width, ctx.build_model(width))
+                inputs[f"w{width}/names"] = np.array(names, dtype=str)
+                if cfg.store_directions:
+                    inputs[f"w{width}/direction"] = dirs
+        self._inputs = inputs
+        return dict(inputs)
+
+    def outputs(self) -> Outputs:
+        cfg = self.config
+        alphas = np.linspace(-cfg.r, cfg.r, cfg.steps).tolist()
+        grid = ("subset", "alpha") if cfg.directions == 1 else ("subset", "alpha", "beta")
+        coords: dict[str, list[Any]] = {"subset": list(cfg.subsets), "alpha": alphas}
+        if cfg.directions == 2:
+            coords["beta"] = alphas
+        metrics = {
+            "loss": Metric(dims=grid, description=(
+                "mean cross-entropy at theta + alpha delta (+ beta eta), filter-normalized "
+                "directions (Li et al. eq. 1-2, §4)")),
+            "error": Metric(dims=grid, description="classification error on the same grid"),
+        }
+        if cfg.barrier:
+            coords["t"] = np.linspace(0.0, 1.0, cfg.barrier_steps).tolist()
+            metrics.update({
+                "barrier_loss": Metric(dims=("subset", "t"), description=(
+                    "mean cross-entropy at (1 - t) theta + t theta_last (parameters and BN "
+                    "statistics); NaN where the last checkpoint is unavailable (foreign "
+                    "folder)")),
+                "barrier_error": Metric(dims=("subset", "t"), description=(
+                    "classification error along the same segment")),
+                "barrier": Metric(dims=("subset",), description=(
+                    "barrier height max_t [L(t) - ((1 - t) L(0) + t L(1))] (Frankle et al. "
+                    "2020)")),
+                "barrier_epoch": Metric(description=(
+                    "epoch of the width's last checkpoint, the segment's end (NaN: not found)")),
+            })
+        return Outputs(coords=coords, metrics=metrics)
+
+    # ------------------------------------------------------------------ measurement
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _last_state(self, ctx: Context) -> tuple[int | None, dict[str, torch.Tensor] | None]:
+        """(epoch, state) of the checkpoint's width's last checkpoint, cached per width."""
+        from ..checkpoints import CKPT_RE, parse_metadata, read_header, read_state_dict
+
+        ref = ctx.checkpoint
+        if ref is None:
+            return None, None
+        if self._target is not None and self._target[0] == ref.width:
+            return self._target[1], self._target[2]
+        epoch: int | None = None
+        state = None
+        run_dir = Path(ref.path).parent.parent
+        if not (run_dir / "run.json").is_file():
+            self._warn("foreign", f"landscape: {ref.path} is not in a contract run folder (no "
+                       "run.json two levels up), so the width's last checkpoint is unknown; "
+                       "barrier metrics are NaN")
+        else:
+            found = []
+            for p in (run_dir / f"w{ref.width}").glob("e*.safetensors"):
+                m = CKPT_RE.match(f"w{ref.width}/{p.name}")
+                if m is not None:
+                    found.append((int(m["epoch"]), p))
+            try:
+                if not found:
+                    raise CkptError("no checkpoints", run_dir / f"w{ref.width}")
+                last, path = max(found)
+                meta = parse_metadata(read_header(path)[1], path)
+                if meta["width"] != ref.width:
+                    raise CkptError(f"metadata says width {meta['width']}", path)
+                state = read_state_dict(path, ctx.device)
+                epoch = int(meta["epoch"])
+            except CkptError as exc:
+                self._warn(f"w{ref.width}", f"landscape: width {ref.width}: cannot read its last "
+                           f"checkpoint ({exc}); barrier metrics are NaN")
+                state, epoch = None, None
+        self._target = (ref.width, epoch, state)
+        return epoch, state
+
+    def _points(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        assert self._inputs is not None
+        xs, ys, gs = [], [], []
+        for row, subset in enumerate(self.config.subsets):
+            index = torch.as_tensor(self._inputs[f"{subset}/index"], dtype=torch.long)
+            x, y = ((ctx.data.x_test, ctx.data.y_test) if subset == "test"
+                    else (ctx.data.x_train, ctx.data.y_train))
+            xs.append(x[index.to(x.device)].to(ctx.device))
+            ys.append(y[index.to(y.device)].to(ctx.device).long())
+            gs.append(torch.full((len(index),), row, dtype=torch.long, device=ctx.device))
+        return torch.cat(xs), torch.cat(ys), torch.cat(gs)
+
+    def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
+        import torch
+
+        from ..functional.landscape import (
+            barrier_height,
+            filter_normalize,
+            grid_losses,
+            interpolate_states,
+            model_loss_error,
+            slice_grid,
+        )
+
+        if self._inputs is None:
+            self.prepare(dataclasses.replace(ctx, checkpoint=None))
+        cfg = self.config
+        width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
+        names, raw = self._draw(width, model)
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        sizes = [p.numel() for p in params.values()]
+        if list(params) != names or sum(sizes) != raw.shape[1]:
+            raise CkptError(f"landscape: the checkpoint's parameters ({len(params)} tensors, "
+                            f"{sum(sizes)} entries) differ from the directions drawn for width "
+                            f"{width} ({len(names)} tensors, {raw.shape[1]} entries)",
+                            ctx.checkpoint.path if ctx.checkpoint is not None else None)
+        s = len(cfg.subsets)
+        x, y, groups = self._points(ctx)
+        model.eval()
+        evaluate = model_loss_error(model, x, y, ctx.batch_size, groups, s)
+        dirs = []
+        for row in raw:
+            flat = torch.as_tensor(row).to(ctx.device)
+            d = {n: c.view_as(p).to(p.dtype)
+                 for (n, p), c in zip(params.items(), flat.split(sizes))}
+            dirs.append(filter_normalize(d, params, cfg.ignore_bn_bias))
+        alphas = torch.linspace(-cfg.r, cfg.r, cfg.steps, dtype=torch.float64)
+        loss, err = grid_losses(evaluate, params, dirs, slice_grid(alphas, cfg.directions))
+        shape = (cfg.steps,) * cfg.directions
+        out = {"loss": loss.T.reshape(s, *shape).numpy(),
+               "error": err.T.reshape(s, *shape).numpy()}
+        if cfg.barrier:
+            ts = torch.linspace(0.0, 1.0, cfg.barrier_steps, dtype=torch.float64)
+            bl = torch.full((s, cfg.barrier_steps), math.nan, dtype=torch.float64)
+            be = bl.clone()
+            epoch, last = self._last_state(ctx)
+            if last is not None:
+                current = {k: v.detach() for k, v in model.state_dict().items()}
+                if set(last) != set(current) or any(
+                        last[k].shape != current[k].shape for k in current):
+                    raise CkptError(f"landscape: the last checkpoint of width {width} (epoch "
+                                    f"{epoch}) does not match this checkpoint's tensors")
+                for j, t in enumerate(ts.tolist()):
+                    l_t, e_t = evaluate(interpolate_states(current, last, t))
+                    bl[:, j], be[:, j] = l_t, e_t
+            out.update({
+                "barrier_loss": bl.numpy(), "barrier_error": be.numpy(),
+                "barrier": barrier_height(ts, bl).numpy(),
+                "barrier_epoch": np.array(np.nan if epoch is None else float(epoch)),
+            })
+        return out
