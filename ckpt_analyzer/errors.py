@@ -46,3 +46,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 def unknown(kind: str, name: str, choices: Iterable[str]) -> UsageError:
     return UsageError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}")
+
+
+class ProbeError(CkptError):
+    """A probe that broke its contract or failed on a checkpoint (names the probe)."""

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ProbeError
+
 SUBSETS = ("train", "clean", "noisy", "test")
 
 
@@ -31,21 +33,25 @@ class Outputs:
         return tuple(len(self.coords[d]) for d in self.metrics[metric].dims)
 
     def check(self, results: Mapping[str, Any], probe: str) -> dict[str, np.ndarray]:
-        """Validate one checkpoint's results against the declaration."""
-        missing = set(self.metrics) - set(results)
-        extra = set(results) - set(self.metrics)
+        """Validate one checkpoint's results against the declaration (one-line ProbeError)."""
+        missing = sorted(set(self.metrics) - set(results))
+        extra = sorted(set(results) - set(self.metrics))
         if missing or extra:
-            raise ValueError(
-                f"probe '{probe}' returned metrics {sorted(results)}, declared {sorted(self.metrics)}"
-            )
+            what = "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
+                                         f"undeclared {', '.join(map(str, extra))}" if extra else "") if p)
+            raise ProbeError(f"probe '{probe}' returned the wrong metrics ({what}; declared "
+                             f"{', '.join(self.metrics)})")
         out = {}
         for name, metric in self.metrics.items():
-            arr = np.asarray(results[name], dtype=metric.dtype)
+            try:
+                arr = np.asarray(results[name], dtype=metric.dtype)
+            except (TypeError, ValueError) as exc:
+                raise ProbeError(f"probe '{probe}' metric '{name}' is not a {metric.dtype} array "
+                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
             if arr.shape != self.shape(name):
-                raise ValueError(
+                raise ProbeError(
                     f"probe '{probe}' metric '{name}' has shape {arr.shape}, declared "
                     f"{self.shape(name)} for dims {metric.dims}"
                 )
             out[name] = arr
         return out
-

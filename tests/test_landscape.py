@@ -131,7 +131,7 @@ def test_probe_slices_without_touching_the_model_and_nan_barrier_outside_a_run()
     assert res["loss"].shape == (4, 5, 5)
     # the centre of the grid is the model itself
     x, y = ctx.data.x_test, ctx.data.y_test
-    idx = torch.as_tensor(probe._inputs["test/index"])
+    idx = torch.as_tensor(probe.inputs["test/index"])
     direct = F.cross_entropy(model(x[idx]).double(), y[idx]).item()
     assert res["loss"][3, 2, 2] == pytest.approx(direct, rel=1e-6)
     assert np.isnan(res["barrier_loss"]).all() and np.isnan(res["barrier_epoch"])

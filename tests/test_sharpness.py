@@ -552,13 +552,13 @@ def test_probe_outputs_deterministic_and_hessian_off(digits):
     off = small(hessian=False)
     out_off = run(off, model, ctx)
     assert np.isnan(out_off["hessian"]).all()
-    assert off._inputs is not None and "jitter_factors" not in off._inputs
+    assert off.inputs is not None and "jitter_factors" not in off.inputs
     for name in ("accuracy", "loss", "jacobian"):
         np.testing.assert_allclose(out_off[name], out_a[name], rtol=1e-6)
 
     other = small()
     run(other, model, make_ctx(digits, seed=1))
-    assert not np.array_equal(other._inputs["index"], a._inputs["index"])
+    assert not np.array_equal(other.inputs["index"], a.inputs["index"])
 
 
 def test_probe_batch_size_and_cache_invariance(digits):
@@ -569,7 +569,7 @@ def test_probe_batch_size_and_cache_invariance(digits):
     regen.cache_bytes = 0  # rebuild the inputs per block of points
     regen.block_bytes = 5 * 19 * 3 * 64 * 8  # 5 points (19 anchors x 3 inputs) per block
     out_regen = run(regen, model, make_ctx(digits, batch_size=50))
-    assert regen._dev is not None and regen._dev.cache is None
+    assert regen._cache["state"].cache is None
     for name in ref:
         np.testing.assert_allclose(out7[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(out_regen[name], ref[name], rtol=1e-5, atol=1e-7,
@@ -582,7 +582,7 @@ def test_probe_pickles_without_device_cache(digits):
     probe = small(samples=8)
     out = run(probe, model, ctx)
     clone = pickle.loads(pickle.dumps(probe))
-    assert clone._dev is None
+    assert clone._cache == {}
     out2 = clone.outputs().check(clone(model, ctx), "sharpness")
     for name in out:
         np.testing.assert_array_equal(out[name], out2[name])
@@ -710,7 +710,7 @@ def test_jitter_displacement_is_the_jitters_own_size(digits):
     ctx = make_ctx(digits, noise=0.2)
     probe = SharpnessProbe(SharpnessProbe.Config(samples=64))
     probe.prepare(ctx)
-    st = probe._dev
+    st = probe._state(ctx)
     assert st is not None
     anchors = probe._anchors(st, 0, len(st.x))
     ev = probe._evaluations(st, 0, len(st.x), anchors).double()  # (N, A, 1 + M, C, H, W)

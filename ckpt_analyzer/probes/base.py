@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from ..errors import ProbeError
 from ..schema import SUBSETS, Metric, Outputs
 
 __all__ = ["SUBSETS", "Context", "Metric", "NoConfig", "Outputs", "Probe", "RunData"]
@@ -77,20 +79,101 @@ class NoConfig:
     """A probe without parameters."""
 
 
-class Probe(abc.ABC):
-    """Base class of all probes; see the module docstring for the contract."""
+ConfigT = TypeVar("ConfigT")
+T = TypeVar("T")
+
+
+class Probe(abc.ABC, Generic[ConfigT]):
+    """Base class of all probes; see the module docstring for the contract.
+
+    What the base class does for a subclass, so that a probe holds only its maths:
+
+    * ``self.config`` is the validated ``Config`` instance (typed: ``Probe[MyConfig]``);
+    * :meth:`prepare` runs at most once per instance unless called again explicitly:
+      :meth:`measure` prepares on first use, and whatever ``prepare`` returns is kept in
+      :attr:`inputs`;
+    * :meth:`rng` gives keyed random streams (the same draws for a key whatever else is drawn);
+    * :meth:`on_device` caches tensors built from the fixed inputs per device (dropped when the
+      device changes and when the probe is pickled for a worker);
+    * :meth:`measure` converts the results to numpy once and checks them against
+      :meth:`outputs`, raising a one-line :class:`~ckpt_analyzer.errors.ProbeError` that names
+      the probe and the metric.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
 
-    def __init__(self, config: Any = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: ConfigT | None = None) -> None:
+        self.config: ConfigT = config if config is not None else self.Config()
+        self.inputs: dict[str, np.ndarray] | None = None
+        self._outputs: Outputs | None = None
+        self._cache: dict[str, Any] = {}
+        self._cache_device: Any = None
 
-    def rng(self, ctx: Context) -> np.random.Generator:
-        """The probe's own random stream: the same for every checkpoint of a run."""
-        return np.random.default_rng([ctx.seed, zlib.crc32(self.name.encode())])
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("prepare")
+        if own is not None and not getattr(own, "_records_inputs", False):
+            @functools.wraps(own)
+            def prepare(self: Probe[Any], ctx: Context) -> Mapping[str, np.ndarray]:
+                self._cache, self._cache_device, self._outputs = {}, None, None
+                inputs = own(self, ctx)
+                self.inputs = {k: np.asarray(v) for k, v in inputs.items()}
+                return inputs
+
+            prepare._records_inputs = True  # type: ignore[attr-defined]
+            cls.prepare = prepare  # type: ignore[method-assign]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for executors: device tensors are rebuilt from the numpy inputs.
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        state["_cache_device"] = None
+        return state
+
+    # -- helpers for subclasses
+
+    def rng(self, ctx: Context, *keys: object) -> np.random.Generator:
+        """The probe's own random stream, the same for every checkpoint of a run. With
+        ``keys`` (a subset, a width...), a stream derived from that stream's first draw and the
+        keys only, so e.g. the ``train`` points stay the same whether or not ``test`` is drawn."""
+        base = np.random.default_rng([ctx.seed, zlib.crc32(self.name.encode())])
+        if not keys:
+            return base
+        root = int(base.integers(2**32))
+        return np.random.default_rng([root, *(zlib.crc32(str(k).encode()) for k in keys)])
+
+    def on_device(self, key: str, ctx: Context, make: Callable[[], T]) -> T:
+        """``make()`` once per device for ``key`` (e.g. the fixed points moved to the GPU)."""
+        if self._cache_device != ctx.device:
+            self._cache, self._cache_device = {}, ctx.device
+        if key not in self._cache:
+            self._cache[key] = make()
+        return cast(T, self._cache[key])
+
+    def ensure_prepared(self, ctx: Context) -> dict[str, np.ndarray]:
+        """The fixed inputs, preparing first if this instance has not been prepared."""
+        if self.inputs is None:
+            self.prepare(dataclasses.replace(ctx, checkpoint=None))
+            if self.inputs is None:  # a prepare() not wrapped by __init_subclass__
+                self.inputs = {}
+        return self.inputs
+
+    def measure(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
+        """Prepare if needed, measure one checkpoint, return numpy arrays checked against
+        :meth:`outputs` (one :class:`ProbeError` line naming the probe and metric otherwise)."""
+        self.ensure_prepared(ctx)
+        if self._outputs is None:
+            self._outputs = self.outputs()
+        results = self(model, ctx)
+        if not isinstance(results, Mapping):
+            raise ProbeError(f"probe '{self.name}' returned {type(results).__name__}, "
+                             "not a mapping of metric names to arrays")
+        return self._outputs.check({k: _to_numpy(v) for k, v in results.items()}, self.name)
+
+    # -- the contract
 
     def prepare(self, ctx: Context) -> Mapping[str, np.ndarray]:
         """Fix the probe's inputs once per run; return them (``'train/index'`` style keys)
@@ -109,8 +192,14 @@ class Probe(abc.ABC):
         """Declare every metric (extra dims and their coordinates); called after prepare."""
 
     @abc.abstractmethod
-    def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, np.ndarray]:
-        """Measure one checkpoint; return arrays shaped as declared by :meth:`outputs`."""
+    def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, Any]:
+        """Measure one checkpoint; return arrays (numpy or torch) shaped as declared by
+        :meth:`outputs`. Called through :meth:`measure`, after :meth:`prepare`."""
+
+
+def _to_numpy(value: Any) -> Any:
+    detach = getattr(value, "detach", None)
+    return detach().cpu().numpy() if callable(detach) else value
 
 
 def __getattr__(name: str) -> Any:

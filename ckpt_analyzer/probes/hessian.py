@@ -5,7 +5,6 @@ Yao et al., "PyHessian" (2020); the maths is in :mod:`ckpt_analyzer.functional.h
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -110,11 +109,10 @@ class HessianProbe(Probe):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._inputs: dict[str, np.ndarray] | None = None
         self._root = 0
 
     def _index(self, ctx: Context, subset: str) -> np.ndarray:
-        rng = np.random.default_rng([self._root, zlib.crc32(subset.encode())])
+        rng = self.rng(ctx, subset)
         pool = ctx.data.index(subset).detach().cpu().numpy().astype(np.int64)
         count = min(self.config.points, len(pool))
         if 0 < count < self.config.points:
@@ -161,8 +159,7 @@ class HessianProbe(Probe):
                     warnings.warn(f"hessian: width {width} has {dim} parameters, fewer than "
                                   f"k={cfg.k}; the extra eigenvalues are NaN", stacklevel=2)
                 log.info(what)
-        self._inputs = inputs
-        return dict(inputs)
+        return inputs
 
     def outputs(self) -> Outputs:
         cfg = self.config
@@ -196,9 +193,7 @@ class HessianProbe(Probe):
             power_iteration,
         )
 
-        if self._inputs is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
-        assert self._inputs is not None
+        assert self.inputs is not None
         cfg = self.config
         width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
         s, k = len(cfg.subsets), cfg.k
@@ -210,7 +205,7 @@ class HessianProbe(Probe):
         dev = torch.device(ctx.device)
         model.eval()
         for row, subset in enumerate(cfg.subsets):
-            index = torch.as_tensor(self._inputs[f"{subset}/index"], dtype=torch.long)
+            index = torch.as_tensor(self.inputs[f"{subset}/index"], dtype=torch.long)
             if len(index) == 0:
                 continue
             if subset == "test":

@@ -10,7 +10,6 @@ import dataclasses
 import itertools
 import math
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -105,16 +104,7 @@ class InterpolationProbe(Probe):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._inputs: dict[str, np.ndarray] | None = None
         self._step: float | None = None if self.config.step == "auto" else float(self.config.step)
-        self._device_pairs: dict[str, torch.Tensor] = {}
-        self._cache_device: torch.device | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_device_pairs"] = {}
-        state["_cache_device"] = None
-        return state
 
     #: The authors' step on CIFAR-10 (Fridovich-Keil et al.), what ``step="auto"`` scales.
     paper_step = 1.0
@@ -141,8 +131,7 @@ class InterpolationProbe(Probe):
                 usable.append(c)
         inputs: dict[str, np.ndarray] = {}
         for kind in cfg.kinds:
-            root = int(self.rng(ctx).integers(2**32))
-            rng = np.random.default_rng([root, zlib.crc32(kind.encode())])
+            rng = self.rng(ctx, kind)
             if kind == "within":
                 chunks = [_within_pairs(rng, members[c], cfg.pairs) for c in usable]
             else:
@@ -150,10 +139,7 @@ class InterpolationProbe(Probe):
                           for a, b in itertools.combinations(usable, 2)]
             pairs = np.concatenate(chunks) if chunks else np.zeros((0, 2))
             inputs[f"{kind}/pairs"] = pairs.astype(np.int64).reshape(-1, 2)
-        self._inputs = inputs
-        self._device_pairs = {}
-        self._cache_device = None
-        return dict(inputs)
+        return inputs
 
     def outputs(self) -> Outputs:
         from ..functional.interpolation import lambda_centres
@@ -173,22 +159,15 @@ class InterpolationProbe(Probe):
     def _pairs(self, kind: str, ctx: Context) -> torch.Tensor:
         import torch
 
-        if self._cache_device != ctx.device:
-            self._device_pairs = {}
-            self._cache_device = ctx.device
-        if kind not in self._device_pairs:
-            assert self._inputs is not None
-            self._device_pairs[kind] = torch.as_tensor(
-                self._inputs[f"{kind}/pairs"], dtype=torch.long).to(ctx.device)
-        return self._device_pairs[kind]
+        assert self.inputs is not None
+        pairs = self.inputs[f"{kind}/pairs"]
+        return self.on_device(kind, ctx, lambda: torch.as_tensor(pairs, dtype=torch.long).to(ctx.device))
 
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
 
         from ..functional.interpolation import aggregate_paths, correct_pairs, path_curves, predict
 
-        if self._inputs is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         cfg = self.config
         images = ctx.data.x_test.to(ctx.device)
         labels = ctx.data.y_test.to(ctx.device)

@@ -7,7 +7,6 @@ height as Frankle et al. (ICML 2020); the maths is in :mod:`ckpt_analyzer.functi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -107,14 +106,13 @@ class LandscapeProbe(Probe):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._inputs: dict[str, np.ndarray] | None = None
         self._root = 0
         self._dirs: dict[int, tuple[list[str], np.ndarray]] = {}
         self._target: tuple[int, int | None, dict[str, torch.Tensor] | None] | None = None
         self._warned: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_target"] = None  # a device state dict: reloaded where it is needed
         return state
 
@@ -143,7 +141,7 @@ class LandscapeProbe(Probe):
         self._target = None
         inputs: dict[str, np.ndarray] = {}
         for subset in cfg.subsets:
-            rng = np.random.default_rng([self._root, zlib.crc32(subset.encode())])
+            rng = self.rng(ctx, subset)
             pool = ctx.data.index(subset).detach().cpu().numpy().astype(np.int64)
             count = min(cfg.points, len(pool))
             if 0 < count < cfg.points:
@@ -157,8 +155,7 @@ class LandscapeProbe(Probe):
                 inputs[f"w{width}/names"] = np.array(names, dtype=str)
                 if cfg.store_directions:
                     inputs[f"w{width}/direction"] = dirs
-        self._inputs = inputs
-        return dict(inputs)
+        return inputs
 
     def outputs(self) -> Outputs:
         cfg = self.config
@@ -238,10 +235,10 @@ class LandscapeProbe(Probe):
     def _points(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         import torch
 
-        assert self._inputs is not None
+        assert self.inputs is not None
         xs, ys, gs = [], [], []
         for row, subset in enumerate(self.config.subsets):
-            index = torch.as_tensor(self._inputs[f"{subset}/index"], dtype=torch.long)
+            index = torch.as_tensor(self.inputs[f"{subset}/index"], dtype=torch.long)
             x, y = ((ctx.data.x_test, ctx.data.y_test) if subset == "test"
                     else (ctx.data.x_train, ctx.data.y_train))
             xs.append(x[index.to(x.device)].to(ctx.device))
@@ -261,8 +258,6 @@ class LandscapeProbe(Probe):
             slice_grid,
         )
 
-        if self._inputs is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         cfg = self.config
         width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
         names, raw = self._draw(width, model)

@@ -6,7 +6,6 @@ App. A-D, H); the maths is in :mod:`ckpt_analyzer.functional.normalization`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,7 +99,6 @@ class NormalizationProbe(Probe):
         self._layers: list[str] | None = None
         self._layerwise: bool | None = None
         self._reason = ""
-        self._inputs: dict[str, np.ndarray] = {}
 
     def prepare(self, ctx: Context) -> dict[str, np.ndarray]:
         from ..functional.normalization import fold_batchnorm, is_homogeneous, weight_layers
@@ -141,8 +139,7 @@ class NormalizationProbe(Probe):
                 inputs["index" if subset == "train" else "test_index"] = index
         if not self._layerwise:
             inputs["reference"] = np.array([cfg.reference], dtype=np.int64)
-        self._inputs = inputs
-        return dict(inputs)
+        return inputs
 
     def outputs(self) -> Outputs:
         if self._layers is None:
@@ -170,7 +167,7 @@ class NormalizationProbe(Probe):
         key = "index" if subset == "train" else "test_index"
         x_all, y_all = ((ctx.data.x_train, ctx.data.y_train) if subset == "train"
                         else (ctx.data.x_test, ctx.data.y_test))
-        index = torch.as_tensor(self._inputs[key], dtype=torch.long, device=x_all.device)
+        index = torch.as_tensor(self.inputs[key], dtype=torch.long, device=x_all.device)
         return x_all[index].to(ctx.device), y_all[index].to(ctx.device)
 
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
@@ -186,8 +183,6 @@ class NormalizationProbe(Probe):
             weight_layers,
         )
 
-        if self._layers is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         cfg = self.config
         folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
         paths = [path for path, _ in weight_layers(folded)]

@@ -6,7 +6,6 @@ the maths is in :mod:`ckpt_analyzer.functional.sharpness`.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import warnings
@@ -141,13 +140,6 @@ class SharpnessProbe(Probe):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._inputs: dict[str, np.ndarray] | None = None
-        self._dev: _DeviceState | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_dev"] = None
-        return state
 
     # ------------------------------------------------------------------ declaration
 
@@ -234,28 +226,29 @@ class SharpnessProbe(Probe):
             if subset in cfg.subsets and count == 0:
                 warnings.warn(f"sharpness: no {subset} points among the training data; "
                               f"its rows are NaN", stacklevel=2)
-        self._inputs = {"index": index, "windows": windows.astype(np.int64),
+        self.inputs = {"index": index, "windows": windows.astype(np.int64),
                         "paths": path_ids.astype(np.int64)}
         if cfg.hessian:
-            self._inputs["jitter_factors"] = factors.numpy()
-            self._inputs["jitter_order"] = orders.numpy().astype(np.int64)
-        self._dev = None
+            self.inputs["jitter_factors"] = factors.numpy()
+            self.inputs["jitter_order"] = orders.numpy().astype(np.int64)
         self._state(ctx)
-        return dict(self._inputs)
+        return dict(self.inputs)
 
     def _state(self, ctx: Context) -> _DeviceState:
+        """The fixed points, jitters and anchors on the device (built once per device)."""
+        return self.on_device("state", ctx, lambda: self._build_state(ctx))
+
+    def _build_state(self, ctx: Context) -> _DeviceState:
         import torch
 
         dev = torch.device(ctx.device)
-        if self._dev is not None and self._dev.device == dev:
-            return self._dev
-        assert self._inputs is not None
+        assert self.inputs is not None
         cfg = self.config
         data = ctx.data
-        index = torch.as_tensor(self._inputs["index"])
+        index = torch.as_tensor(self.inputs["index"])
         n = len(index)
-        factors = self._inputs.get("jitter_factors", np.ones((n, 0, 3)))  # absent: hessian off
-        orders = self._inputs.get("jitter_order", np.zeros((n, 0, 3), dtype=np.int64))
+        factors = self.inputs.get("jitter_factors", np.ones((n, 0, 3)))  # absent: hessian off
+        orders = self.inputs.get("jitter_order", np.zeros((n, 0, 3), dtype=np.int64))
         x = data.x_train[index.to(data.x_train.device)].to(dev)
         st = _DeviceState(
             device=dev,
@@ -266,7 +259,7 @@ class SharpnessProbe(Probe):
             std=data.std.to(dev, torch.float64).view(1, -1, 1, 1),
             factors=torch.as_tensor(factors).to(dev),
             orders=torch.as_tensor(orders).to(dev),
-            windows=torch.as_tensor(self._inputs["windows"]).to(dev),
+            windows=torch.as_tensor(self.inputs["windows"]).to(dev),
             seg=x.new_zeros((0, self._paths(), len(cfg.svd_path))),
             cache=None,
         )
@@ -285,20 +278,19 @@ class SharpnessProbe(Probe):
                 cache[n0 * a * g:n1 * a * g] = self._evaluations(st, n0, n1, anchors).flatten(0, 2)
         st.seg = torch.cat(seg)
         st.cache = cache
-        if "distance" not in self._inputs:
+        if "distance" not in self.inputs:
             # ‖a − x‖ / ‖x‖ in [0, 1] pixel space, rounded so that a re-run on another device
             # (last-bit SVD differences) stores the same fixed inputs.
             d = torch.cat(dist) if dist else torch.zeros(0)
-            self._inputs["distance"] = np.round(
+            self.inputs["distance"] = np.round(
                 d.cpu().numpy().reshape(n, self._paths(), len(cfg.svd_path)), 6)
-        self._dev = st
         return st
 
     def _paths(self) -> int:
         """Paths kept after dropping those that collapse onto another (P' <= P)."""
-        if self._inputs is None:
+        if self.inputs is None:
             return self.config.paths
-        return int(self._inputs["windows"].shape[0])
+        return int(self.inputs["windows"].shape[0])
 
     def _distances(self, st: _DeviceState, anchors: torch.Tensor) -> torch.Tensor:
         """``‖a − x‖ / ‖x‖`` in [0, 1] pixel space for each anchor: ``(b, P'·K)`` float64."""
@@ -399,8 +391,6 @@ class SharpnessProbe(Probe):
             tangent_hessian_norm,
         )
 
-        if self._inputs is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         st = self._state(ctx)
         cfg = self.config
         n, a, g = len(st.x), self._anchor_count(), self._group()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,16 +20,6 @@ from .base import SUBSETS, Context, Metric, Outputs, Probe
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-def _keyed_rng(probe: Probe, ctx: Context, key: str) -> np.random.Generator:
-    """A stream derived from the probe's own seed and ``key`` only.
-
-    Keying by subset keeps, e.g., the ``train`` points identical whether or not ``test``
-    is measured too.
-    """
-    root = int(probe.rng(ctx).integers(2**32))
-    return np.random.default_rng([root, zlib.crc32(key.encode())])
 
 
 class SpectrumProbe(Probe):
@@ -88,10 +77,7 @@ class SpectrumProbe(Probe):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._inputs: dict[str, np.ndarray] | None = None
         self._h: float | None = None if self.config.h == "auto" else float(self.config.h)
-        self._device_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cache_device: torch.device | None = None
 
     #: The authors' half-width on CIFAR-10 (Zhang & Wu's code), what ``h="auto"`` scales.
     paper_h = 0.5
@@ -110,7 +96,7 @@ class SpectrumProbe(Probe):
         shape = tuple(ctx.data.x_train.shape[1:])
         inputs: dict[str, np.ndarray] = {}
         for subset in cfg.subsets:
-            rng = _keyed_rng(self, ctx, subset)
+            rng = self.rng(ctx, subset)
             pool = ctx.data.index(subset).detach().cpu().numpy().astype(np.int64)
             count = min(cfg.points, len(pool))
             if count < cfg.points:
@@ -123,20 +109,7 @@ class SpectrumProbe(Probe):
             direction = direction / norms.reshape(-1, *([1] * len(shape)))
             inputs[f"{subset}/index"] = index.astype(np.int64)
             inputs[f"{subset}/direction"] = direction.astype(np.float32)
-        self._inputs = inputs
-        self._device_cache = {}
-        self._cache_device = None
-        # Keep the fixed points and directions on the device for every checkpoint.
-        for subset in cfg.subsets:
-            self._tensors(subset, ctx)
-        return dict(inputs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Picklable for executors: device tensors are rebuilt from the numpy inputs.
-        state = self.__dict__.copy()
-        state["_device_cache"] = {}
-        state["_cache_device"] = None
-        return state
+        return inputs
 
     def outputs(self) -> Outputs:
         k = list(range(self.config.n // 2 + 1))
@@ -151,27 +124,24 @@ class SpectrumProbe(Probe):
         )
 
     def _tensors(self, subset: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed points and directions of ``subset`` on the device (built once)."""
         import torch
 
-        if self._cache_device != ctx.device:
-            self._device_cache = {}
-            self._cache_device = ctx.device
-        if subset not in self._device_cache:
-            assert self._inputs is not None
-            index = torch.as_tensor(self._inputs[f"{subset}/index"], dtype=torch.long)
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.inputs is not None
+            index = torch.as_tensor(self.inputs[f"{subset}/index"], dtype=torch.long)
             split = ctx.data.x_test if subset == "test" else ctx.data.x_train
             x = split[index.to(split.device)].to(ctx.device)
-            v = torch.as_tensor(self._inputs[f"{subset}/direction"]).to(ctx.device, x.dtype)
-            self._device_cache[subset] = (x, v)
-        return self._device_cache[subset]
+            v = torch.as_tensor(self.inputs[f"{subset}/direction"]).to(ctx.device, x.dtype)
+            return x, v
+
+        return self.on_device(subset, ctx, make)
 
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
 
         from ..functional.spectrum import line_spectrum, log_ratio
 
-        if self._inputs is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         cfg = self.config
         shape = (len(cfg.subsets), cfg.n // 2 + 1)
         a_out = np.full(shape, np.nan)

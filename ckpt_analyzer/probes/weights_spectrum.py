@@ -7,7 +7,6 @@ Clauset, Shalizi & Newman (2009); the maths is in
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,8 +150,6 @@ class WeightsSpectrumProbe(Probe):
             scale_metrics,
         )
 
-        if self._layers is None:
-            self.prepare(dataclasses.replace(ctx, checkpoint=None))
         assert self._layers is not None
         cfg = self.config
         layers = _layers(model)
