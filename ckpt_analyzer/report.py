@@ -54,6 +54,7 @@ import numpy as np
 
 from . import analysis as an
 from .errors import CkptError, UsageError, did_you_mean
+from .schema import time_label, time_unit
 
 if TYPE_CHECKING:
     import h5py
@@ -102,6 +103,7 @@ class CubeInfo:
     epochs: np.ndarray
     widths: np.ndarray
     probes: tuple[str, ...]
+    time_unit: str = "epoch"  # the time axis: "epoch" or "step" (root attribute time_unit)
 
     @property
     def name(self) -> str:
@@ -193,8 +195,9 @@ def read_cube_info(path: str | os.PathLike[str]) -> CubeInfo:
                 run = None
         epochs = f["epoch"][()] if "epoch" in f else np.zeros(0, dtype=np.int64)
         widths = f["width"][()] if "width" in f else np.zeros(0, dtype=np.int64)
+        unit = time_unit(dict(f.attrs))
     return CubeInfo(p, str(source) if source else None, run if isinstance(run, dict) else None,
-                    np.asarray(epochs), np.asarray(widths), probes)
+                    np.asarray(epochs), np.asarray(widths), probes, unit)
 
 
 def _read_probe(f: h5py.File, name: str, metrics: Sequence[str] | None) -> ProbeData | None:
@@ -505,10 +508,11 @@ def build_report(cube_path: str | os.PathLike[str],
         "subset": r_subset,
         "k_min": 1,
         "alphas": "1 for every k >= 1 (R_t = sum_k R_k,t)",
-        "unit": "epochs",
-        "counting": "patience and window are in epochs, on the curves interpolated linearly "
-                    "in epoch between saved checkpoints; an event whose patience runs past "
-                    "the last epoch is not found",
+        "unit": time_label(info.time_unit, plural=True),
+        "time_unit": info.time_unit,
+        "counting": f"patience and window are in {time_label(info.time_unit, True)}, on the "
+                    f"curves interpolated linearly in {info.time_unit} between saved checkpoints; "
+                    f"an event whose patience runs past the last {info.time_unit} is not found",
         "epoch_spacing": epoch_spacing(epochs),
         "save_spec": save.get("spec"),
         "checkpoints": int(epochs.size),
@@ -609,16 +613,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = 
 def format_report(report: dict[str, Any]) -> str:
     """The report as plain-text tables (what ``ckpt-analyze report`` prints)."""
     p = report["parameters"]
+    u = p.get("time_unit", "epoch")
+    us = time_label(u, plural=True)
+    spacing = p["epoch_spacing"] if u == "epoch" else p["epoch_spacing"].replace("epoch", u)
     out = [f"{report['cube']}  ({report['run']['description']})",
-           f"  {p['checkpoints']} checkpoints, epochs {p['epochs'][0] if p['epochs'] else '-'}"
-           f"..{p['epochs'][-1] if p['epochs'] else '-'}, {p['epoch_spacing']}"
+           f"  {p['checkpoints']} checkpoints, {us} {p['epochs'][0] if p['epochs'] else '-'}"
+           f"..{p['epochs'][-1] if p['epochs'] else '-'}, {spacing}"
            + (f" (saved with '{p['save_spec']}')" if p.get("save_spec") else ""),
            (f"  patience T = "
-            f"{p['patience'] if p['patience'] is not None else 'none (whole curve)'} epochs, "
-            f"window dT = {p['window']} epochs (curves interpolated linearly in epoch between "
+            f"{p['patience'] if p['patience'] is not None else 'none (whole curve)'} {us}, "
+            f"window dT = {p['window']} {us} (curves interpolated linearly in {u} between "
             f"checkpoints); R_t = sum of R_k over k >= 1 on the {p['subset']} subset"),
            "",
-           "Per width (events in epochs; '-' = not found or undefined, 'none' = no rise after "
+           f"Per width (events in {us}; '-' = not found or undefined, 'none' = no rise after "
            "the minimum)"]
     rows = []
     for r in report["per_width"]:
@@ -629,7 +636,8 @@ def format_report(report: dict[str, Any]) -> str:
             _fmt(r["T_R_min"]),
             _fmt(r["T_R_peak"]) if r["R_peak_found"] or r["T_R_peak"] is None else "none",
             _fmt(r["T_dP_peak"]), _fmt(r["pcc_R"]), _fmt(r["pcc_error"])])
-    out.append(_table(["width", "last ep", "train err", "test err", "T_E,min", "T_E,peak",
+    out.append(_table(["width", "last ep" if u == "epoch" else "last step", "train err",
+                       "test err", "T_E,min", "T_E,peak",
                        "T_R,min", "T_R,peak", "T_dP,peak", "PCC R", "PCC err"], rows))
     out.append("  PCC R: Pearson r of R_k on the train and test subsets over epochs, mean over "
                "k >= 1; PCC err: of the train and test errors (Zhang & Wu Fig. 5)")
