@@ -150,7 +150,7 @@ def pattern_time_unit(pattern: str | None) -> str:
 def _match_fields(m: re.Match[str], width: int) -> tuple[int, int]:
     """(width, time) of a pattern match; ``width`` where the pattern has no ``{width}``."""
     g = m.groupdict()
-    time = g.get("epoch") if g.get("epoch") is not None else g["step"]
+    time = g["epoch"] if g.get("epoch") is not None else g["step"]
     return (int(g["width"]) if g.get("width") is not None else width), int(time)
 
 

@@ -76,7 +76,9 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
 @click.option("--overwrite", is_flag=True, help="Recompute a probe whose config changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint.")
-@click.option("--model", default=None, metavar="MODULE:FACTORY", help="Model of foreign checkpoints.")
+@click.option("--model", default=None, metavar="MODULE:FACTORY",
+              help="Model of foreign checkpoints: a name, module:factory, file.py:factory, "
+                   "torchvision:NAME or timm:NAME.")
 @click.option("--dataset", default=None, help="Dataset of foreign checkpoints [digits].")
 @click.option("--data-root", default=None, help="Folder of the dataset.")
 @click.option("--pattern", default=None,
