@@ -1,7 +1,8 @@
 """ckpt-analyzer: what networks learned over training, checkpoint by checkpoint.
 
 Notebook API (DESIGN §8): :func:`load_model`, :func:`load_subset`, :func:`open_cube`, and the
-probes' maths under :mod:`ckpt_analyzer.functional`. Importing the package is cheap: torch and
+probes' maths under :mod:`ckpt_analyzer.functional`; :class:`RunWriter` writes the checkpoint
+contract from your own training loop. Importing the package is cheap: torch and
 h5py are imported only when these are called.
 """
 
@@ -10,24 +11,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_model", "load_subset", "open_cube"]
+__all__ = ["RunWriter", "__version__", "load_model", "load_subset", "open_cube"]
 
 if TYPE_CHECKING:
     import torch
     import xarray
 
+    from .integrations.writer import RunWriter
+
 
 def load_model(path: str, device: str = "cpu", model: str | None = None,
                pattern: str | None = None, num_classes: int | None = None,
-               in_channels: int | None = None) -> torch.nn.Module:
+               in_channels: int | None = None, width: int | None = None,
+               prefix: str | None = None) -> torch.nn.Module:
     """The checkpoint's model with its weights, in eval mode, on ``device``.
 
     Foreign checkpoints (no ckpt-analyzer metadata) need ``model='module:factory'`` and
-    ``pattern`` (to read the width from the path), ``num_classes`` and ``in_channels``."""
+    ``pattern`` (to read the width from the path) or ``width``, ``num_classes`` and
+    ``in_channels``; a module prefix of the keys (Lightning's ``model.``) is found and removed,
+    or named with ``prefix``."""
     from .checkpoints import load_model as _load
 
     return _load(path, device=device, model=model, pattern=pattern, num_classes=num_classes,
-                 in_channels=in_channels)
+                 in_channels=in_channels, width=width, prefix=prefix)
 
 
 def load_subset(run_dir: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +51,10 @@ def open_cube(path: str, probe: str) -> xarray.Dataset:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "RunWriter":
+        from .integrations.writer import RunWriter
+
+        return RunWriter
     if name == "functional":
         import importlib
 

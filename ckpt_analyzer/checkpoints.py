@@ -27,6 +27,8 @@ REQUIRED_META = (
     "train_loss", "train_error",
 )
 INT_META = ("width", "epoch", "step", "num_classes", "in_channels", "image_size")
+T = TypeVar("T")
+R = TypeVar("R")
 CKPT_RE = re.compile(r"^w(?P<width>\d+)/e(?P<epoch>\d+)\.safetensors$")
 
 
@@ -113,32 +115,61 @@ class CheckpointRef:
     error: str | None = None
 
 
+PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt")
+"""Pickle-based checkpoint files: read only with ``allow_pt`` and ``torch.load(weights_only=True)``."""
+
+
 def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """'w{width}/ckpt_{epoch}.safetensors' -> a regex with named integer groups."""
-    if "{width}" not in pattern or "{epoch}" not in pattern:
-        raise UsageError(f"--pattern '{pattern}' must contain {{width}} and {{epoch}}")
-    parts = re.split(r"(\{width\}|\{epoch\})", pattern)
+    """'w{width}/ckpt_{epoch}.safetensors' -> a regex with named integer groups.
+
+    The time field is ``{epoch}`` or ``{step}`` (exactly one); ``{width}`` is optional (a
+    pattern without it is a single model). ``*`` matches within one path component."""
+    has_epoch, has_step = "{epoch}" in pattern, "{step}" in pattern
+    if has_epoch == has_step:
+        why = "both" if has_epoch else "neither"
+        raise UsageError(f"--pattern '{pattern}' has {why} {{epoch}} and {{step}}: name exactly "
+                         "one time field, e.g. 'w{width}/ckpt_{epoch}.safetensors' or "
+                         "'checkpoint-{step}/model.safetensors'")
+    for field_ in ("{width}", "{epoch}", "{step}"):
+        if pattern.count(field_) > 1:
+            raise UsageError(f"--pattern '{pattern}' names {field_} more than once")
+    parts = re.split(r"(\{width\}|\{epoch\}|\{step\})", pattern)
     rx = "".join(
-        "(?P<width>\\d+)" if p == "{width}" else "(?P<epoch>\\d+)" if p == "{epoch}"
+        f"(?P<{p[1:-1]}>\\d+)" if p in ("{width}", "{epoch}", "{step}")
         else re.escape(p).replace("\\*", "[^/]*")
         for p in parts
     )
     return re.compile("^" + rx + "$")
 
 
+def pattern_time_unit(pattern: str | None) -> str:
+    """``"step"`` for a pattern with ``{step}``, else ``"epoch"``."""
+    return "step" if pattern and "{step}" in pattern else "epoch"
+
+
+def _match_fields(m: re.Match[str], width: int) -> tuple[int, int]:
+    """(width, time) of a pattern match; ``width`` where the pattern has no ``{width}``."""
+    g = m.groupdict()
+    time = g["epoch"] if g.get("epoch") is not None else g["step"]
+    return (int(g["width"]) if g.get("width") is not None else width), int(time)
+
+
 def discover(run_dir: str | Path, pattern: str | None = None,
-             allow_pt: bool = False) -> list[CheckpointRef]:
+             allow_pt: bool = False, width: int = 1) -> list[CheckpointRef]:
     """All checkpoints below ``run_dir`` sorted by (width, epoch).
 
     Contract checkpoints take width and epoch from their metadata. With ``pattern`` (foreign
-    folders), paths matching it supply width and epoch where metadata lacks them. A file that
-    cannot be validated is returned with ``error`` set, so the caller can skip and report it.
+    folders), paths matching it supply width and epoch (or step: the ref's ``epoch`` is then the
+    step) where metadata lacks them; ``width`` is the width of a pattern without ``{width}``.
+    A file that cannot be validated is returned with ``error`` set, so the caller can skip and
+    report it.
     """
     root = Path(run_dir)
     if not root.is_dir():
         raise CkptError("no such run folder", root)
     rx = pattern_regex(pattern) if pattern else CKPT_RE
-    exts = (".safetensors", ".pt", ".pth") if allow_pt else (".safetensors",)
+    exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
+    single_width = width
     refs: dict[tuple[int, int], CheckpointRef] = {}
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.suffix not in exts or p.name.endswith(".tmp"):
@@ -147,7 +178,7 @@ def discover(run_dir: str | Path, pattern: str | None = None,
         m = rx.match(rel)
         if m is None:
             continue
-        width, epoch = int(m["width"]), int(m["epoch"])
+        width, epoch = _match_fields(m, single_width) if pattern else (int(m["width"]), int(m["epoch"]))
         meta: dict[str, Any] = {}
         error = None
         if p.suffix == ".safetensors":
@@ -172,12 +203,14 @@ def discover(run_dir: str | Path, pattern: str | None = None,
 
 def read_state_dict(path: str | Path, device: str | torch.device = "cpu",
                     allow_pt: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of one checkpoint. ``.pt``/``.pth`` only with ``allow_pt`` and never unpickled
-    beyond ``torch.load(weights_only=True)``."""
+    """Tensors of one checkpoint. Pickle-based files (``.pt``, ``.pth``, ``.bin``, Lightning
+    ``.ckpt``) only with ``allow_pt`` and never unpickled beyond
+    ``torch.load(weights_only=True)``; a dict holding ``state_dict`` (Lightning, many scripts)
+    gives that entry, which a Lightning ``.ckpt`` must have."""
     import torch
 
     path = Path(path)
-    if path.suffix in (".pt", ".pth"):
+    if path.suffix in PICKLE_EXTS:
         if not allow_pt:
             raise CheckpointError("pickle-based checkpoints are read only with --allow-pt", path)
         try:
@@ -185,6 +218,9 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu",
         except Exception as exc:
             raise CheckpointError(f"cannot load with weights_only=True ({exc})".splitlines()[0],
                                   path) from None
+        if path.suffix == ".ckpt" and not (isinstance(obj, dict) and "state_dict" in obj):
+            found = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"Lightning checkpoint without 'state_dict' (found: {found})", path)
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -199,13 +235,54 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"cannot read tensors ({exc})".splitlines()[0], path) from None
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Copy ``state`` into ``model`` after checking that every key and shape fits."""
+def _sample(keys: Iterable[str], n: int = 4) -> str:
+    keys = list(keys)
+    more = f", ... ({len(keys)} keys)" if len(keys) > n else ""
+    return ", ".join(f"'{k}'" for k in keys[:n]) + more
+
+
+def strip_prefix(state: Mapping[str, T], expected: Iterable[str], prefix: str | None = None,
+                 path: str | Path = "") -> dict[str, T]:
+    """``state`` with a module prefix removed so that its keys are the model's (``expected``).
+
+    With ``prefix`` ('model' or 'model.'), keys under it are kept without it and the others
+    dropped; a prefix that matches no key is an error naming the expected and found keys.
+    Without it, a state that already holds every expected key is returned as is; otherwise the
+    prefix under which every expected key appears (Lightning's ``model.``, DDP's ``module.``,
+    ``torch.compile``'s ``_orig_mod.``) is found and removed; two such prefixes are an error."""
+    want = list(expected)
+    if prefix:
+        p = prefix if prefix.endswith(".") else prefix + "."
+        sub = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        if not sub:
+            raise CheckpointError(f"prefix '{p}' matches no key: the model expects "
+                                  f"{_sample(want)}; the file has {_sample(state)}", path)
+        return sub
+    if not want or all(k in state for k in want):
+        return dict(state)
+    first = want[0]
+    found = sorted({k[:len(k) - len(first)] for k in state if k.endswith("." + first)})
+    fits = [p for p in found if all(p + k in state for k in want)]
+    if len(fits) > 1:
+        raise CheckpointError(f"several module prefixes fit the model ({', '.join(map(repr, fits))}): "
+                              "choose one with --prefix", path)
+    if fits:
+        p = fits[0]
+        return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+    return dict(state)
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path,
+                    prefix: str | None = None) -> None:
+    """Copy ``state`` into ``model`` after checking that every key and shape fits (a module
+    prefix is removed first, see :func:`strip_prefix`)."""
     own = model.state_dict()
+    state = strip_prefix(state, own, prefix, path)
     for key, value in own.items():
         if key not in state:
             raise CheckpointError(f"does not fit the model: missing tensor '{key}' "
-                                  f"(model wants {tuple(value.shape)})", path)
+                                  f"(model wants {tuple(value.shape)}; the file has "
+                                  f"{_sample(state)})", path)
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(
                 f"does not fit the model: '{key}' has shape {tuple(state[key].shape)}, "
@@ -229,6 +306,46 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
         raise CkptError(f"not a ckpt-analyzer run manifest (format {run.get('format')!r})", path)
     return run
+
+
+def dataset_manifest(name: str, root: str | Path | None, split_seed: int, data: Any) -> dict[str, Any]:
+    """run.json's ``dataset`` entry for a loaded :class:`~ckpt_analyzer.data.ImageData`."""
+    return {
+        "name": name,
+        "root": None if root is None else str(Path(root).resolve()),
+        "split_seed": split_seed,
+        "n_train": int(data.n_train),
+        "n_test": int(data.n_test),
+        "num_classes": int(data.num_classes),
+        "in_channels": int(data.in_channels),
+        "image_size": int(data.image_size),
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+    }
+
+
+DONE_FILE = "done"
+"""Completion markers: ``<run>/w<W>/done`` once width W has all its checkpoints, ``<run>/done``
+once every planned width has. Small JSON files written atomically after the last checkpoint."""
+
+
+def mark_done(run_dir: str | Path, width: int | None = None, **info: Any) -> Path:
+    """Write the completion marker of ``width`` (None: of the whole run)."""
+    from . import __version__
+    from ._atomic import atomic_write_json
+
+    folder = Path(run_dir) if width is None else Path(run_dir) / f"w{width}"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"format": "ckpt-analyzer.done/1", "version": __version__,
+            **({} if width is None else {"width": width}), **info}
+    atomic_write_json(folder / DONE_FILE, body)
+    return folder / DONE_FILE
+
+
+def is_done(run_dir: str | Path, width: int | None = None) -> bool:
+    """Whether ``width`` (None: the whole run) carries its completion marker."""
+    folder = Path(run_dir) if width is None else Path(run_dir) / f"w{width}"
+    return (folder / DONE_FILE).is_file()
 
 
 def save_labels(run_dir: str | Path, train_labels: Any, clean_labels: Any, noisy_mask: Any) -> None:
@@ -271,7 +388,8 @@ def build_model_for(meta: Mapping[str, Any], model: str | None = None) -> nn.Mod
 
 def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
                pattern: str | None = None, num_classes: int | None = None,
-               in_channels: int | None = None) -> nn.Module:
+               in_channels: int | None = None, width: int | None = None,
+               prefix: str | None = None) -> nn.Module:
     """One checkpoint's model, weights loaded, eval mode (DESIGN §8)."""
     import torch
 
@@ -295,15 +413,16 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
                     break
             if m is None:
                 raise CheckpointError(f"path does not match pattern '{pattern}'", path)
-            meta.setdefault("width", m["width"])
-        for key, val in (("num_classes", num_classes), ("in_channels", in_channels)):
+            meta.setdefault("width", _match_fields(m, width or 1)[0])
+        for key, val in (("num_classes", num_classes), ("in_channels", in_channels),
+                         ("width", width)):
             if val is not None:
                 meta[key] = val
         missing = [k for k in ("width", "num_classes", "in_channels") if k not in meta]
         if missing:
             raise CheckpointError(f"cannot build a model: unknown {', '.join(missing)}", path)
     net = build_model_for(meta, model)
-    load_state_into(net, read_state_dict(path, allow_pt=path.suffix != ".safetensors"), path)
+    load_state_into(net, read_state_dict(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
     return net.to(torch.device(device)).eval()
 
 
@@ -317,8 +436,6 @@ def load_subset(run_dir: str | Path, subset: str) -> tuple[torch.Tensor, torch.T
 
 
 # ---------------------------------------------------------------- prefetch
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, R | BaseException]]:

@@ -76,11 +76,19 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
 @click.option("--overwrite", is_flag=True, help="Recompute a probe whose config changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint.")
-@click.option("--model", default=None, metavar="MODULE:FACTORY", help="Model of foreign checkpoints.")
+@click.option("--model", default=None, metavar="MODULE:FACTORY",
+              help="Model of foreign checkpoints: a name, module:factory, file.py:factory, "
+                   "torchvision:NAME or timm:NAME.")
 @click.option("--dataset", default=None, help="Dataset of foreign checkpoints [digits].")
 @click.option("--data-root", default=None, help="Folder of the dataset.")
-@click.option("--pattern", default=None, help="Foreign layout, e.g. 'w{width}/ckpt_{epoch}.safetensors'.")
-@click.option("--allow-pt", is_flag=True, help="Also read .pt/.pth state_dicts (weights_only=True).")
+@click.option("--pattern", default=None,
+              help="Foreign layout, e.g. 'w{width}/ckpt_{epoch}.safetensors' or "
+                   "'checkpoint-{step}/model.safetensors'.")
+@click.option("--allow-pt", is_flag=True,
+              help="Also read .pt/.pth/.bin/.ckpt state_dicts (weights_only=True).")
+@click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
+@click.option("--width", "single_width", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Width of a --pattern without {width} (a single model).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
@@ -88,7 +96,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         config_file: str | None, device: str, batch_size: str, widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
-        allow_pt: bool, as_json: bool, quiet: bool) -> None:
+        allow_pt: bool, prefix: str | None, single_width: int, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
     _load_plugins(plugins)
     from .probes import make_probes, parse_settings
@@ -112,7 +120,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         device=device, batch_size=bs, widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
-        progress=report,
+        prefix=prefix, width=single_width, progress=report,
     )
     if prog is not None:
         with prog:

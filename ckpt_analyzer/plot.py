@@ -50,7 +50,9 @@ PROBE_OF = {"spectrum": "spectrum", "double-descent": "metrics", "sharpness": "s
 KINDS = tuple(PROBE_OF)
 FORMATS = ("png", "pdf", "svg")
 _MISSING_MPL = "matplotlib is not installed: pip install 'ckpt-analyzer[plot]'"
-_EPOCH_LABEL = "epoch (symlog scale, 0 = initialization)"
+def _time_axis(info: CubeInfo) -> str:
+    """Axis label of the cube's time axis (epochs or steps, root attribute ``time_unit``)."""
+    return f"{info.time_unit} (symlog scale, 0 = initialization)"
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,7 @@ def _spectrum(info: CubeInfo, opts: PlotOptions) -> Figure:
                         negative_linestyles="solid")
         ax.clabel(cs, fmt="%.1f", fontsize=7, colors="white")
     ax.set_xlim(*_edges(ax, epochs)[[0, -1]])
-    ax.set_xlabel(_EPOCH_LABEL)
+    ax.set_xlabel(_time_axis(info))
     ax.set_ylabel("frequency k (cycles per line)")
     cb = fig.colorbar(mesh, ax=ax, pad=0.02, fraction=0.05)
     cb.set_label(r"$R_k = \ln(A_k / A_0)$")
@@ -420,7 +422,7 @@ def _double_descent(info: CubeInfo, opts: PlotOptions) -> Figure:
                 Line2D([], [], color="0.3", lw=1.2, ls="--", label=other_name)]
     a1.legend(handles=handles, fontsize=7, ncol=2 if len(handles) > 8 else 1,
               loc="upper right")
-    a1.set_xlabel(_EPOCH_LABEL)
+    a1.set_xlabel(_time_axis(info))
     a1.set_ylabel("error (%)")
     a1.set_ylim(0, 100)
     a1.set_title(f"(a) test and {other_name} error over training", fontsize=10)
@@ -456,7 +458,7 @@ def _double_descent(info: CubeInfo, opts: PlotOptions) -> Figure:
     a3.set_ylim(*_edges(a3, epochs, "y")[[0, -1]])
     a3.set_xticks(range(len(widths)), [str(w) for w in widths])
     a3.set_xlabel("width (base channels)")
-    a3.set_ylabel(_EPOCH_LABEL)
+    a3.set_ylabel(_time_axis(info))
     cb = fig.colorbar(mesh, ax=a3, fraction=0.06)
     cb.set_label("test error (%, square-root colour scale)")
     px, py = [], []
@@ -578,9 +580,9 @@ def _interpolation(info: CubeInfo, opts: PlotOptions) -> Figure:
                             + (" in the chosen epochs" if opts.epochs else ""), info.path)
         cells = [(i, j) for i in rows]
         labels = [str(int(ip.epochs[i])) for i in rows]
-        head = f"width {width}, one line per epoch"
-        bar = "epoch"
-    continuous = bar == "epoch" and len(cells) > 12
+        head = f"width {width}, one line per {info.time_unit}"
+        bar = info.time_unit
+    continuous = bar == info.time_unit and len(cells) > 12
     if continuous:
         ep = np.array([float(ip.epochs[i]) for i, _ in cells])
         norm = SymLogNorm(linthresh=1, linscale=0.5, vmin=float(ep.min()),
@@ -618,7 +620,7 @@ def _interpolation(info: CubeInfo, opts: PlotOptions) -> Figure:
         cb = fig.colorbar(ScalarMappable(norm, cmap), ax=list(axes), fraction=0.04, pad=0.01)
         cb.formatter = FuncFormatter(lambda v, _: f"{v:g}")
         cb.update_ticks()
-        cb.set_label("epoch (symlog)")
+        cb.set_label(f"{info.time_unit} (symlog)")
     else:
         _legend_bar(fig, list(axes), colors, labels, bar)
     fig.suptitle(f"{info.describe()}: softmax change along interpolation paths ({head})",

@@ -20,13 +20,16 @@ from torch import nn
 
 from . import __version__
 from .checkpoints import (
+    PICKLE_EXTS,
     CheckpointRef,
     build_model_for,
     discover,
     load_state_into,
+    pattern_time_unit,
     prefetch,
     read_run_json,
     read_state_dict,
+    strip_prefix,
 )
 from .config import config_to_dict
 from .data.run import RunData, load_run_data
@@ -124,6 +127,8 @@ class Analysis:
     data_root: str | None = None
     pattern: str | None = None
     allow_pt: bool = False
+    prefix: str | None = None
+    width: int = 1
     progress: Callable[[str, Any], None] | None = None
 
     def run(self) -> RunSummary:
@@ -140,7 +145,12 @@ class Analysis:
         if run is None and self.model is None:
             raise UsageError(f"{run_dir}: no run.json, so this is a foreign folder: pass "
                              "--model MODULE:FACTORY (and --dataset, --pattern)")
-        all_refs = discover(run_dir, self.pattern, self.allow_pt)
+        if self.pattern and not self.allow_pt and self.pattern.endswith(PICKLE_EXTS):
+            raise UsageError(f"--pattern '{self.pattern}' names pickle-based files: pass "
+                             "--allow-pt (read with torch.load(weights_only=True) only)")
+        all_refs = discover(run_dir, self.pattern, self.allow_pt, self.width)
+        unplanned = _unplanned(all_refs, run)
+        all_refs = [r for r in all_refs if r not in unplanned]
         refs = [r for r in all_refs
                 if (self.widths is None or r.width in self.widths)
                 and (self.epochs is None or r.epoch in self.epochs)]
@@ -168,7 +178,10 @@ class Analysis:
 
         def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
             r = initial.get(width)
-            return None if r is None else read_state_dict(r.path, dev, self.allow_pt)
+            if r is None:
+                return None
+            return strip_prefix(read_state_dict(r.path, dev, self.allow_pt),
+                                build(width).state_dict(), self.prefix, r.path)
 
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
             bs = auto_batch_size(build(widths[-1]), data.x_train, dev)
@@ -183,6 +196,8 @@ class Analysis:
         with Cube(output) as cube:
             cube.set_root({"format": "ckpt-analyzer.cube/1", "version": __version__,
                            "source": str(run_dir.resolve()),
+                           "time_unit": pattern_time_unit(self.pattern) if self.pattern
+                           else str((run or {}).get("time_unit", "epoch")),
                            "run_json": (run_dir / "run.json").read_text() if run else ""})
             prepared = []
             for p in probes:
@@ -191,6 +206,12 @@ class Analysis:
                 cube.begin_probe(p.name, p.version, config_to_dict(p.resolved_config()), self.seed, outs,
                                  inputs, overwrite=self.overwrite)
                 prepared.append(PreparedProbe(p, outs))
+            for r in unplanned:  # skipped like a bad checkpoint: named, recorded, exit 1
+                msg = (f"{r.path}: width {r.width} was never planned by the trainer (run.json "
+                       f"widths: {', '.join(map(str, run['widths']))})") if run else ""
+                summary.failed.append({"path": r.path, "width": r.width, "epoch": r.epoch,
+                                       "error": msg})
+                cube.record_failure(r.epoch, r.width, r.path, msg)
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
             todo = []
             for r in refs:
@@ -250,7 +271,7 @@ class Analysis:
                         models.clear()  # one width's model alive at a time
                         models[ref.width] = build(ref.width)
                     model = models[ref.width]
-                    load_state_into(model, state, ref.path)
+                    load_state_into(model, state, ref.path, self.prefix)
                     model.to(dev)
                     results = measure(model, ref, plist, ctx, summary.probe_seconds)
                 except CheckpointError as exc:
@@ -277,6 +298,14 @@ class Analysis:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
             cube.materialize(epochs, widths)  # the journal holds every finished cell
+
+
+def _unplanned(refs: Sequence[CheckpointRef], run: Mapping[str, Any] | None) -> list[CheckpointRef]:
+    """Checkpoints of widths that run.json does not plan (none when it plans no widths)."""
+    planned = (run or {}).get("widths")
+    if not isinstance(planned, list):
+        return []
+    return [r for r in refs if r.width not in planned]
 
 
 def run_analysis(**kwargs: Any) -> RunSummary:

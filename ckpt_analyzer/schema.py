@@ -55,3 +55,21 @@ class Outputs:
                 )
             out[name] = arr
         return out
+
+
+TIME_UNITS = ("epoch", "step")
+
+
+def time_unit(attrs: Mapping[str, Any] | None) -> str:
+    """The time axis of a cube from its root attributes: ``"epoch"`` (default, also for cubes
+    written before the attribute existed) or ``"step"``. The coordinate is named ``epoch`` in
+    the file either way."""
+    raw = (attrs or {}).get("time_unit", "epoch")
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return str(raw) if str(raw) in TIME_UNITS else "epoch"
+
+
+def time_label(unit: str, plural: bool = False) -> str:
+    """``epoch``/``epochs`` or ``step``/``steps``: for report text and axis labels."""
+    return unit + ("s" if plural else "")

@@ -66,9 +66,12 @@ def test_contract_file_by_file(digits_run: Path) -> None:
         assert f.get_tensor("noisy_mask").dtype == torch.uint8
 
     files = sorted(p.relative_to(digits_run).as_posix() for p in digits_run.rglob("*") if p.is_file())
-    expected = ["labels.safetensors", "run.json"] + [
-        f"w{w}/e{e:05d}.safetensors" for w in (1, 4) for e in range(5)]
+    expected = ["done", "labels.safetensors", "run.json"] + [
+        f"w{w}/e{e:05d}.safetensors" for w in (1, 4) for e in range(5)] + ["w1/done", "w4/done"]
     assert files == sorted(expected)  # no temporaries or training state left behind
+    # completion markers (for analyzing beside a live run): per width, then the whole run
+    assert json.loads((digits_run / "w4" / "done").read_text())["epochs"] == [0, 1, 2, 3, 4]
+    assert json.loads((digits_run / "done").read_text())["widths"] == [1, 4]
     for ref in discover(digits_run):
         meta = ref.metadata
         assert set(REQUIRED_META) <= set(meta)

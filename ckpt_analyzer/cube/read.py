@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import flatten
 from ..errors import CkptError, UsageError, did_you_mean
+from ..schema import time_unit
 from .hdf5 import NOT_A_VARIABLE
 from .schema import CUBE_FORMAT, RESERVED, Decl
 
@@ -196,6 +197,7 @@ class CubeInfo:
     epochs: np.ndarray
     widths: np.ndarray
     probes: tuple[str, ...]
+    time_unit: str = "epoch"  # the time axis: "epoch" or "step" (root attribute time_unit)
 
     @property
     def name(self) -> str:
@@ -281,8 +283,9 @@ def read_cube_info(path: str | os.PathLike[str]) -> CubeInfo:
                 run = None
         epochs = f["epoch"][()] if "epoch" in f else np.zeros(0, dtype=np.int64)
         widths = f["width"][()] if "width" in f else np.zeros(0, dtype=np.int64)
+        unit = time_unit(dict(f.attrs))
     return CubeInfo(p, str(source) if source else None, run if isinstance(run, dict) else None,
-                    np.asarray(epochs), np.asarray(widths), probes)
+                    np.asarray(epochs), np.asarray(widths), probes, unit)
 
 
 def read_probe_group(f: h5py.File, name: str, metrics: Sequence[str] | None) -> ProbeData | None:

@@ -10,7 +10,8 @@ the entry-point group ``ckpt_analyzer.models``::
 
 or pass it without registering as ``--model my_package.models:my_cnn`` (a module path) or
 ``--model path/to/file.py:my_cnn`` (a file). Built-ins: ``mcnn``, ``mcnn_nobn``,
-``preact_resnet18``, ``mlp``.
+``preact_resnet18``, ``mlp``; other libraries' architectures by name: ``torchvision:resnet18``,
+``timm:NAME`` (when timm is installed), untrained, without a width (see :mod:`.external`).
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ def build_model(arch: str, width: int, num_classes: int, in_channels: int) -> nn
     """
     from torch import nn
 
+    from .external import build_external, is_external
+
     check_factory_args(width, num_classes, in_channels)
-    factory = load_factory(arch) if ":" in arch else MODELS.get(arch)
+    if is_external(arch):
+        factory: Factory = lambda w, c, i: build_external(arch, w, c, i)
+    else:
+        factory = load_factory(arch) if ":" in arch else MODELS.get(arch)
     try:
         model = factory(width, num_classes, in_channels)
     except CkptError:

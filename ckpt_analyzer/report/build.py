@@ -15,6 +15,7 @@ import numpy as np
 from .. import events as an
 from ..cube.read import CubeInfo, ProbeData, read_cube_info, read_probe_group
 from ..errors import UsageError, did_you_mean
+from ..schema import time_label
 
 if TYPE_CHECKING:
     import os
@@ -297,10 +298,11 @@ def build_report(cube_path: str | os.PathLike[str],
         "subset": r_subset,
         "k_min": 1,
         "alphas": "1 for every k >= 1 (R_t = sum_k R_k,t)",
-        "unit": "epochs",
-        "counting": "patience and window are in epochs, on the curves interpolated linearly "
-                    "in epoch between saved checkpoints; an event whose patience runs past "
-                    "the last epoch is not found",
+        "unit": time_label(info.time_unit, plural=True),
+        "time_unit": info.time_unit,
+        "counting": f"patience and window are in {time_label(info.time_unit, True)}, on the "
+                    f"curves interpolated linearly in {info.time_unit} between saved checkpoints; "
+                    f"an event whose patience runs past the last {info.time_unit} is not found",
         "epoch_spacing": epoch_spacing(epochs),
         "save_spec": save.get("spec"),
         "checkpoints": int(epochs.size),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..schema import time_label
+
 
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
@@ -28,16 +30,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = 
 def format_report(report: dict[str, Any]) -> str:
     """The report as plain-text tables (what ``ckpt-analyze report`` prints)."""
     p = report["parameters"]
+    u = p.get("time_unit", "epoch")
+    us = time_label(u, plural=True)
+    spacing = p["epoch_spacing"] if u == "epoch" else p["epoch_spacing"].replace("epoch", u)
     out = [f"{report['cube']}  ({report['run']['description']})",
-           f"  {p['checkpoints']} checkpoints, epochs {p['epochs'][0] if p['epochs'] else '-'}"
-           f"..{p['epochs'][-1] if p['epochs'] else '-'}, {p['epoch_spacing']}"
+           f"  {p['checkpoints']} checkpoints, {us} {p['epochs'][0] if p['epochs'] else '-'}"
+           f"..{p['epochs'][-1] if p['epochs'] else '-'}, {spacing}"
            + (f" (saved with '{p['save_spec']}')" if p.get("save_spec") else ""),
            (f"  patience T = "
-            f"{p['patience'] if p['patience'] is not None else 'none (whole curve)'} epochs, "
-            f"window dT = {p['window']} epochs (curves interpolated linearly in epoch between "
+            f"{p['patience'] if p['patience'] is not None else 'none (whole curve)'} {us}, "
+            f"window dT = {p['window']} {us} (curves interpolated linearly in {u} between "
             f"checkpoints); R_t = sum of R_k over k >= 1 on the {p['subset']} subset"),
            "",
-           "Per width (events in epochs; '-' = not found or undefined, 'none' = no rise after "
+           f"Per width (events in {us}; '-' = not found or undefined, 'none' = no rise after "
            "the minimum)"]
     rows = []
     for r in report["per_width"]:
@@ -48,7 +53,8 @@ def format_report(report: dict[str, Any]) -> str:
             _fmt(r["T_R_min"]),
             _fmt(r["T_R_peak"]) if r["R_peak_found"] or r["T_R_peak"] is None else "none",
             _fmt(r["T_dP_peak"]), _fmt(r["pcc_R"]), _fmt(r["pcc_error"])])
-    out.append(_table(["width", "last ep", "train err", "test err", "T_E,min", "T_E,peak",
+    out.append(_table(["width", "last ep" if u == "epoch" else "last step", "train err",
+                       "test err", "T_E,min", "T_E,peak",
                        "T_R,min", "T_R,peak", "T_dP,peak", "PCC R", "PCC err"], rows))
     out.append("  PCC R: Pearson r of R_k on the train and test subsets over epochs, mean over "
                "k >= 1; PCC err: of the train and test errors (Zhang & Wu Fig. 5)")

@@ -19,6 +19,9 @@ from ..checkpoints import (
     CKPT_FORMAT,
     RUN_FORMAT,
     checkpoint_path,
+    dataset_manifest,
+    is_done,
+    mark_done,
     read_header,
     read_run_json,
     read_state_dict,
@@ -50,18 +53,7 @@ def make_manifest(cfg: TrainConfig, data: Any, smoothing: Mapping[str, Any] | No
     return {
         "format": RUN_FORMAT,
         "version": __version__,
-        "dataset": {
-            "name": cfg.dataset,
-            "root": None if cfg.data_root is None else str(Path(cfg.data_root).resolve()),
-            "split_seed": cfg.split_seed,
-            "n_train": int(data.n_train),
-            "n_test": int(data.n_test),
-            "num_classes": int(data.num_classes),
-            "in_channels": int(data.in_channels),
-            "image_size": int(data.image_size),
-            "mean": [float(v) for v in data.mean],
-            "std": [float(v) for v in data.std],
-        },
+        "dataset": dataset_manifest(cfg.dataset, cfg.data_root, cfg.split_seed, data),
         "label_noise": {
             "kind": cfg.noise_kind,
             "fraction": cfg.label_noise,
@@ -246,7 +238,10 @@ class Trainer:
         return (x01 - self.mean) / self.std
 
     def run(self) -> list[WidthResult]:
-        return [self.train_width(w) for w in self.cfg.widths]
+        results = [self.train_width(w) for w in self.cfg.widths]
+        if all(is_done(self.out, w) for w in self.cfg.widths):
+            mark_done(self.out, widths=list(self.cfg.widths))
+        return results
 
     def _metrics(self, model: nn.Module) -> dict[str, float]:
         xs = self.xs_train
@@ -296,6 +291,8 @@ class Trainer:
                             ("train_loss", "train_error", "noisy_error", "test_loss", "test_error")
                             if k in meta}
             result.resumed_from = cfg.epochs
+            if not is_done(self.out, width):  # a run written before the markers existed
+                mark_done(self.out, width, epochs=sorted(saves))
             return result
         start, step = 0, 0
         if state_path.exists():
@@ -336,6 +333,7 @@ class Trainer:
                 self.progress("epoch", width, epoch, cfg.epochs, metrics)
         if state_path.exists():
             state_path.unlink()
+        mark_done(self.out, width, epochs=sorted(saves))
         result.final = metrics or self._metrics(model)
         result.seconds = time.perf_counter() - t0
         return result
