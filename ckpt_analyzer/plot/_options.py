@@ -1,0 +1,29 @@
+"""What to draw (:class:`PlotOptions`) and the output formats: no numpy, no matplotlib, so that
+importing :mod:`ckpt_analyzer.plot` (the CLI does, for its ``--kind`` help) stays cheap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMATS = ("png", "pdf", "svg")
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """What to draw of a cube.
+
+    Attributes:
+        width: the width of one-width figures (spectrum, interpolation); default the largest.
+            For double-descent and normalization it restricts the curves/points to it.
+        subset: spectrum subset (default train); second error curve of double-descent
+            (default train); one sharpness row (default clean and noisy).
+        epochs: restrict to these epochs (e.g. ``range(0, 101)``); sharpness uses the last
+            selected epoch with data; interpolation with one epoch and no width draws one
+            line per width.
+        dpi: resolution of raster output.
+    """
+
+    width: int | None = None
+    subset: str | None = None
+    epochs: tuple[int, ...] | None = None
+    dpi: int = 150
