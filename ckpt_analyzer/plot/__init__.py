@@ -18,6 +18,17 @@ only list of kinds (dispatch, the CLI's ``--kind`` help, the unknown-kind error)
   at a single epoch when ``--epochs E`` is given without ``--width`` (Fridovich-Keil Fig. 11).
 * ``normalization`` (normalization): test against train cross-entropy, raw and normalized, one
   point per (epoch, width) cell, each with its least-squares line and slope (Liao Fig. 2).
+* ``hessian`` (hessian; metrics optional): the top Hessian eigenvalue (with each width's
+  peak epoch, patience as the report) and the Hutchinson trace ± its standard error against
+  epoch, one line per width (all, or ``--width``), subset ``train`` by default; the test
+  error per width in a third panel when the cube has the metrics probe (PyHessian).
+* ``landscape`` (landscape): for one width (default the largest) the 1-D loss slices against
+  α, one line per epoch; the barrier height on the path to each width's last checkpoint
+  against epoch; with ``directions=2`` the 2-D loss contours at the last epoch, or at the
+  ``--epochs`` chosen (at most four panels). Subset ``train`` by default (Li et al. 2018).
+* ``weights-spectrum`` (weights_spectrum): for one width, each conv/linear layer's power-law
+  exponent α (layers without a fit omitted, named in the title), spectral norm and stable
+  rank against epoch (Martin & Mahoney).
 
 Shared helpers (figure creation, the symlog epoch axis, the width axis, colours, the no-data
 text, :class:`PlotOptions`) are in :mod:`ckpt_analyzer.plot._common`. matplotlib comes from the
@@ -81,6 +92,16 @@ KIND_TABLE: dict[str, Kind] = {
     "normalization": Kind("normalization", "normalization",
                           "test against train cross-entropy, raw and normalized",
                           (("subset", ""),)),
+    "hessian": Kind("hessian", "hessian",
+                    "Hessian top eigenvalue and trace (± stderr) over epochs per width, next to "
+                    "the test error"),
+    "landscape": Kind("landscape", "landscape",
+                      "loss slices over epochs for one width, barrier height per width, 2-D "
+                      "contours"),
+    "weights-spectrum": Kind("weights_spectrum", "weights_spectrum",
+                             "per-layer power-law alpha, spectral norm and stable rank over "
+                             "epochs for one width",
+                             (("subset", "weights only: no data subset"),)),
 }
 KINDS = tuple(KIND_TABLE)
 #: Plot kinds and the probe each one reads.
