@@ -13,13 +13,15 @@ class PlotOptions:
     """What to draw of a cube.
 
     Attributes:
-        width: the width of one-width figures (spectrum, interpolation); default the largest.
-            For double-descent and normalization it restricts the curves/points to it.
-        subset: spectrum subset (default train); second error curve of double-descent
-            (default train); one sharpness row (default clean and noisy).
+        width: the width of one-width figures (spectrum, interpolation, landscape,
+            weights-spectrum); default the largest. For double-descent, normalization and
+            hessian it restricts the curves/points to it.
+        subset: spectrum, hessian and landscape subset (default train); second error curve of
+            double-descent (default train); one sharpness row (default clean and noisy).
         epochs: restrict to these epochs (e.g. ``range(0, 101)``); sharpness uses the last
             selected epoch with data; interpolation with one epoch and no width draws one
-            line per width.
+            line per width; landscape with two directions draws the 2-D contours at them (at
+            most four, evenly picked) instead of at the last epoch.
         dpi: resolution of raster output.
     """
 
