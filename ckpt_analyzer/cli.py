@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .plot import KINDS, kinds_help
 from .util import handle_errors, parse_ints
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -234,10 +235,9 @@ def report(cube: str, as_json: bool, patience: int | None, window: int | None,
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, epilog="\b\nKinds:\n" + kinds_help())
 @click.argument("cube", type=click.Path())
-@click.option("--kind", required=True,
-              help="spectrum | double-descent | sharpness | interpolation | normalization.")
+@click.option("--kind", required=True, help=" | ".join(KINDS) + " (see Kinds below).")
 @click.option("-o", "--output", required=True, help="Figure file: .png, .pdf or .svg.")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="Width of one-width figures [largest].")

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from ckpt_analyzer.errors import CkptError, UsageError
 from ckpt_analyzer.plot import KINDS, PlotOptions, make_figure, plot
 from ckpt_analyzer.probes.base import Metric, Outputs
 
-PROBES = ("metrics", "spectrum", "sharpness", "interpolation", "normalization")
+PROBES = ("metrics", "spectrum", "sharpness", "interpolation", "normalization", "hessian",
+          "landscape", "weights_spectrum")
 MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<svg"}
 
 
@@ -36,8 +38,14 @@ def real_cube(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         args += ["--probe", p]
     args += ["--set", "spectrum.points=20", "--set", "spectrum.n=16",
              "--set", "sharpness.samples=32", "--set", "sharpness.paths=2",
-             "--set", "interpolation.pairs=3"]
-    res = CliRunner().invoke(main, args)
+             "--set", "interpolation.pairs=3",
+             "--set", "hessian.points=32", "--set", "hessian.iterations=6",
+             "--set", "hessian.trace_samples=4", "--set", "landscape.points=32",
+             "--set", "landscape.steps=5", "--set", "landscape.barrier_steps=3",
+             "--set", "weights_spectrum.min_evals=10", "--set", "weights_spectrum.min_tail=5"]
+    with warnings.catch_warnings():  # tiny layers: alpha NaN by design (tested elsewhere)
+        warnings.filterwarnings("ignore", message="weights_spectrum: width")
+        res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     return out
 
@@ -143,10 +151,13 @@ def test_unknown_kind_and_format(real_cube: Path, tmp_path: Path) -> None:
 
 def test_missing_probe_names_cube_probe_and_command(metrics_only: Path) -> None:
     for kind, probe in (("spectrum", "spectrum"), ("sharpness", "sharpness"),
-                        ("interpolation", "interpolation"), ("normalization", "normalization")):
+                        ("interpolation", "interpolation"), ("normalization", "normalization"),
+                        ("hessian", "hessian"), ("landscape", "landscape"),
+                        ("weights-spectrum", "weights_spectrum")):
         with pytest.raises(CkptError) as exc:
             make_figure(metrics_only, kind)
         msg = str(exc.value)
+        assert "\n" not in msg and f"needed by --kind {kind}" in msg
         assert str(metrics_only) in msg and f"no '{probe}' probe" in msg
         assert f"ckpt-analyze run /runs/x --probe {probe} -o {metrics_only}" in msg
     # metrics alone is enough for double descent; without noisy/sharpness it still draws
@@ -161,6 +172,10 @@ def test_missing_probe_names_cube_probe_and_command(metrics_only: Path) -> None:
     ("sharpness", PlotOptions(width=4), "--width does not apply"),
     ("interpolation", PlotOptions(subset="train"), "--subset does not apply"),
     ("interpolation", PlotOptions(width=4, epochs=(7,)), "no checkpoint in 7..7"),
+    ("hessian", PlotOptions(subset="clean"), "was not measured on it"),
+    ("hessian", PlotOptions(width=3), "--width 3: not in this cube"),
+    ("landscape", PlotOptions(width=3), "--width 3: not in this cube"),
+    ("weights-spectrum", PlotOptions(subset="train"), "--subset does not apply"),
 ])
 def test_bad_options(real_cube: Path, kind: str, opts: PlotOptions, msg: str) -> None:
     with pytest.raises(UsageError, match=msg):
@@ -219,3 +234,132 @@ def test_cli_help_imports_nothing_heavy() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert json.loads(res.stdout) == []
+
+
+# ----------------------------------------------------------------------------- peer probes
+
+PEER_EPOCHS = range(6)
+PEER_WIDTHS = (1, 2, 4)
+LAYERS = ["conv1", "conv2", "fc"]
+
+
+def top_eig(e: int, w: int) -> float:
+    return (1 + w) * (1 + e) ** 0.5
+
+
+@pytest.fixture(scope="module")
+def peer_cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic metrics, hessian, 2-D landscape and weights_spectrum cells (known values)."""
+    path = tmp_path_factory.mktemp("plot_peer") / "peer.h5"
+    grid = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    sub2 = ["train", "test"]
+    with Cube(path) as cube:
+        cube.set_root({"source": "/runs/p"})
+        cube.begin_probe("metrics", "1", {}, 0, Outputs(
+            coords={"subset": sub2}, metrics={"error": Metric(("subset",))}), {})
+        cube.begin_probe("hessian", "1", {}, 0, Outputs(
+            coords={"subset": sub2, "k": [0, 1]},
+            metrics={"eigenvalues": Metric(("subset", "k")), "trace": Metric(("subset",)),
+                     "trace_stderr": Metric(("subset",))}), {})
+        cube.begin_probe("landscape", "1", {}, 0, Outputs(
+            coords={"subset": sub2, "alpha": grid, "beta": grid},
+            metrics={"loss": Metric(("subset", "alpha", "beta")),
+                     "barrier": Metric(("subset",))}), {})
+        cube.begin_probe("weights_spectrum", "1", {"min_evals": 50}, 0, Outputs(
+            coords={"layer": LAYERS},
+            metrics={m: Metric(("layer",)) for m in ("alpha", "spectral_norm", "stable_rank",
+                                                     "num_evals")}), {})
+        a = np.array(grid)
+        bowl = a[:, None] ** 2 + 2 * a[None, :] ** 2
+        for e in PEER_EPOCHS:
+            for w in PEER_WIDTHS:
+                lam = top_eig(e, w)
+                cube.record("metrics", e, w, {"error": np.array([0.5 / (e + 1), 0.6 / (e + w)])})
+                cube.record("hessian", e, w, {
+                    "eigenvalues": np.array([[lam, lam / 2], [2 * lam, lam]]),
+                    "trace": np.array([3 * lam, 4 * lam]), "trace_stderr": np.array([0.1, 0.2])})
+                cube.record("landscape", e, w, {
+                    "loss": np.stack([0.1 + (1 + e) * bowl, 0.2 + (1 + e) * bowl]),
+                    "barrier": np.array([0.5 / (e + 1), 0.4 / (e + 1)])})
+                cube.record("weights_spectrum", e, w, {
+                    "alpha": np.array([np.nan, 3.0 + 0.1 * e, 4.0 - 0.1 * w]),
+                    "spectral_norm": np.array([1.0, 2.0, 3.0]) * (1 + e),
+                    "stable_rank": np.array([1.0, 5.0, 9.0]) + w,
+                    "num_evals": np.array([9.0, 64.0, 10.0 * w + 60])})
+        cube.materialize()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["hessian", "landscape", "weights-spectrum"])
+def test_peer_kinds_render_from_a_synthetic_cube(peer_cube: Path, tmp_path: Path,
+                                                 kind: str) -> None:
+    out = plot(peer_cube, kind, tmp_path / f"{kind}.png")
+    assert out.stat().st_size > 10_000
+
+
+def test_hessian_lines_are_the_cube(peer_cube: Path) -> None:
+    fig = make_figure(peer_cube, "hessian")
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 3  # eigenvalue, trace, test error (metrics probe present)
+    eig, tr, err = panels
+    assert eig.get_xscale() == "symlog" and "train subset" in eig.get_title()
+    for line, w in zip(eig.get_lines(), PEER_WIDTHS, strict=True):
+        np.testing.assert_allclose(line.get_ydata(), [top_eig(e, w) for e in PEER_EPOCHS])
+    np.testing.assert_allclose(tr.get_lines()[0].get_ydata(),
+                               [3 * top_eig(e, 1) for e in PEER_EPOCHS])
+    assert len(tr.collections) == 3  # one +- stderr band per width
+    np.testing.assert_allclose(err.get_lines()[1].get_ydata(),
+                               [100 * 0.6 / (e + 2) for e in PEER_EPOCHS])
+    # --subset test, one width, chosen epochs
+    fig = make_figure(peer_cube, "hessian", PlotOptions(subset="test", width=2, epochs=(1, 2)))
+    line, = fig.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [2 * top_eig(1, 2), 2 * top_eig(2, 2)])
+
+
+def test_hessian_without_metrics_has_two_panels(real_cube: Path, tmp_path: Path) -> None:
+    import h5py
+
+    cube = tmp_path / "h.h5"
+    shutil.copy(real_cube, cube)
+    with h5py.File(cube, "a") as f:
+        del f["metrics"]
+    fig = make_figure(cube, "hessian")
+    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 2
+    assert "no metrics probe" in fig.get_suptitle()
+
+
+def test_landscape_slices_and_contours(peer_cube: Path) -> None:
+    fig = make_figure(peer_cube, "landscape")  # width 4 (largest), train, contour at epoch 5
+    slices = next(a for a in fig.axes if "loss slices" in a.get_title())
+    assert "width 4" in slices.get_title() and "beta = 0" in slices.get_title()
+    ys = [line.get_ydata() for line in slices.get_lines() if len(line.get_ydata()) == 5]
+    a = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(ys[-1], 0.1 + 6 * a**2)  # epoch 5 on the beta = 0 row
+    barrier = next(a for a in fig.axes if "barrier" in a.get_title())
+    np.testing.assert_allclose(barrier.get_lines()[0].get_ydata(),
+                               [0.5 / (e + 1) for e in PEER_EPOCHS])
+    contours = [a for a in fig.axes if "2-D loss surface" in a.get_title()]
+    assert len(contours) == 1 and contours[0].get_title().startswith("(c) epoch 5:")
+    fig = make_figure(peer_cube, "landscape", PlotOptions(epochs=(0, 1, 2, 3, 4, 5), width=1,
+                                                          subset="test"))
+    titles = [a.get_title() for a in fig.axes if a.get_title().startswith("epoch ")]
+    assert titles == ["epoch 0", "epoch 2", "epoch 3", "epoch 5"]  # at most four, evenly picked
+
+
+def test_weights_spectrum_omits_unfitted_layers(peer_cube: Path) -> None:
+    fig = make_figure(peer_cube, "weights-spectrum", PlotOptions(width=2))
+    alpha = fig.axes[0]
+    assert "omitted" in alpha.get_title() and "conv1" in alpha.get_title()
+    lines = alpha.get_lines()
+    assert len(lines) == 2  # conv2 and fc; conv1 has no fit
+    np.testing.assert_allclose(lines[0].get_ydata(), [3.0 + 0.1 * e for e in PEER_EPOCHS])
+    np.testing.assert_allclose(fig.axes[2].get_lines()[2].get_ydata(), [11.0] * 6)
+    assert "width 2" in fig.get_suptitle()
+
+
+def test_cli_plot_help_lists_every_kind() -> None:
+    res = run("plot", "--help")
+    assert res.exit_code == 0
+    for kind in KINDS:
+        assert kind in res.output
+    assert "weights_spectrum probe" in res.output

@@ -45,6 +45,12 @@ FINAL_TRAIN = [0.3, 0.1, 0.0, 0.0]  # interpolation threshold: width 4
 #: Patience and window (epochs) that fit the 30-epoch synthetic run; the paper's defaults
 #: (T = 30, dT = 5) are longer than it.
 SHORT: dict[str, Any] = {"patience": 10, "window": 2}
+# Hessian top eigenvalue (train subset, k = 0): a minimum at epoch T_H_MIN, a peak at T_H_PEAK[i],
+# then falling to FINAL_EIG[i]; over width the final values peak at width 2 (an interior maximum,
+# prominence 3.0 - max(1.0, 2.0) = 1.0), one step below the interpolation threshold (width 4).
+T_H_MIN = 4
+T_H_PEAK = [10, 11, 13, 15]
+FINAL_EIG = [1.0, 3.0, 2.0, 2.5]
 LOG_EPOCHS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 23, 27,
               32, 37, 44, 52, 61, 72, 85, 100]  # save_epochs("log:30", 100)
 
@@ -59,6 +65,10 @@ def r_curve(i: int) -> np.ndarray:
     """g(t) with a minimum at T_R_MIN and a peak at T_R_PEAK[i]; R_k = k * g (k >= 1)."""
     g = np.interp(np.arange(N), [0, T_R_MIN, T_R_PEAK[i], N - 1], [-1.0, -2.0, -0.5, -1.0])
     return g[:, None] * np.arange(K)[None, :]
+
+
+def top_eigenvalue(i: int) -> np.ndarray:
+    return np.interp(np.arange(N), [0, T_H_MIN, T_H_PEAK[i], N - 1], [5.0, 1.0, 8.0, FINAL_EIG[i]])
 
 
 def noisy_error() -> np.ndarray:
@@ -124,6 +134,16 @@ def make_cube(path: Path, probes: Iterable[str] = ("metrics", "spectrum", "sharp
             for i, w in enumerate(WIDTHS):
                 cube.record("sharpness", epochs[0], w, sharp_values(i, False))
                 cube.record("sharpness", epochs[-1], w, sharp_values(i, True))
+        if "hessian" in probes:
+            cube.begin_probe("hessian", "1", {}, 0, Outputs(
+                coords={"subset": ["test", "train"], "k": [0, 1]},
+                metrics={"eigenvalues": Metric(("subset", "k"))}), {})
+            for i, w in enumerate(WIDTHS):
+                lam = top_eigenvalue(i)
+                for t, e in enumerate(epochs):
+                    # test subset and k = 1 peak elsewhere: using them would show
+                    eig = np.array([[10 * lam[t] * (t < 20), 1.0], [lam[t], 0.5 + t % 3]])
+                    cube.record("hessian", e, w, {"eigenvalues": eig})
         if extra_probe:
             cube.begin_probe(extra_probe, "1", {}, 0, Outputs(
                 coords={"c": [0]}, metrics={"m": Metric(("c",))}), {})
@@ -509,3 +529,56 @@ def test_real_cube_report_matches_the_analysis_functions(real_cube: Path) -> Non
     res = run("report", str(real_cube))
     assert res.exit_code == 0, res.output
     assert read_report(real_cube) == rep
+
+
+# ----------------------------------------------------------------------------- hessian events
+
+
+def test_hessian_events_have_the_constructed_answers(built: Any, tmp_path: Path) -> None:
+    cube = built(tmp_path, probes=["metrics", "spectrum", "sharpness", "hessian"])
+    rep = build_report(cube, **SHORT)
+    for i, r in enumerate(rep["per_width"]):
+        assert (r["T_H_min"], r["T_H_peak"]) == (T_H_MIN, T_H_PEAK[i])
+        assert r["H_peak_found"]
+        assert (r["T_E_min"], r["T_E_peak"]) == (T_E_MIN[i], T_E_PEAK[i])  # unchanged
+    h = rep["model_wise"]["hessian"]
+    assert rep["model_wise"]["hessian_peak_width"] == 2
+    assert h["subset"] == "train" and h["k"] == 0
+    assert h["epochs"] == {str(w): N - 1 for w in WIDTHS}
+    assert h["peak"]["width"] == 2 and h["peak"]["kind"] == "max"
+    assert h["peak"]["value"] == pytest.approx(3.0)
+    assert h["peak"]["prominence"] == pytest.approx(1.0)
+    assert h["peak"]["threshold_distance"] == {"ratio": 0.5, "difference": -2, "steps": -1}
+    assert not any("'hessian' probe" in n or "Hessian" in n for n in rep["notes"])
+    text = format_report(rep)
+    assert "T_H,peak" in text
+    assert "top Hessian eigenvalue peak (train subset): width 2 (value 3.000, prominence 1.000)" \
+        in text
+    # same patience as the test-error events: the whole curve finds the same peaks here
+    whole = build_report(cube, patience=None)
+    assert [r["T_H_peak"] for r in whole["per_width"]] == T_H_PEAK
+    write_report(cube, rep)
+    assert read_report(cube) == json.loads(json.dumps(rep))
+    with h5py.File(cube, "r") as f:
+        np.testing.assert_array_equal(f["report/T_H_peak"][()], T_H_PEAK)
+    json.dumps(rep, allow_nan=False)
+
+
+def test_no_hessian_probe_is_a_note_and_no_events(cube: Path) -> None:
+    rep = build_report(cube, **SHORT)
+    assert all(r["T_H_min"] is None and r["T_H_peak"] is None and not r["H_peak_found"]
+               for r in rep["per_width"])
+    assert rep["model_wise"]["hessian"] is None and rep["model_wise"]["hessian_peak_width"] is None
+    assert any("no 'hessian' probe" in n and "--probe hessian" in n for n in rep["notes"])
+    text = format_report(rep)
+    assert "T_H,peak" not in text and "Hessian eigenvalue peak" not in text
+
+
+def test_report_of_an_older_version_still_formats(cube: Path) -> None:
+    rep = build_report(cube, **SHORT)
+    for r in rep["per_width"]:
+        for key in ("T_H_min", "T_H_peak", "H_peak_found"):
+            del r[key]
+    for key in ("hessian", "hessian_peak_width"):
+        del rep["model_wise"][key]
+    assert "Per width" in format_report(rep)

@@ -15,6 +15,9 @@
   its distance to the interpolation threshold, or "none" when the curve has no interior
   maximum; accuracy gets its interior minimum instead
   (:func:`ckpt_analyzer.events.model_wise_peak`);
+* with the ``hessian`` probe: per width T_H,min and T_H,peak (the same search on the top
+  Hessian eigenvalue, k = 0, of the ``train`` subset, same patience), and model-wise the width
+  of that eigenvalue's peak at each width's last checkpoint (the sharpness rule);
 * the linear fit of T_R,peak against T_E,peak (and against T_ΔP,peak) across widths: slope,
   intercept, Pearson r and the number of widths used (Zhang & Wu Fig. 6).
 

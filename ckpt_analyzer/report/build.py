@@ -39,7 +39,11 @@ PEAK_RULE = ("interior local maximum over the widths in order (minimum for accur
 
 
 WIDTH_FIELDS = (*an.EVENT_KEYS, "final_epoch", "final_train_error", "final_test_error",
-                "pcc_R", "pcc_error")
+                "pcc_R", "pcc_error", "T_H_min", "T_H_peak")
+
+
+#: The Hessian events use the top eigenvalue (k = 0) of the ``hessian`` probe on this subset.
+HESSIAN_SUBSET = "train"
 
 
 def epoch_spacing(epochs: Sequence[int] | np.ndarray) -> str:
@@ -145,8 +149,12 @@ def build_report(cube_path: str | os.PathLike[str],
     ``final_test_error``, ``pcc_R`` (mean over k ≥ 1 of the PCC of R_k on train and test),
     ``pcc_R_std``, ``pcc_error``), ``model_wise`` (``interpolation_threshold``,
     ``test_error_peak_width``, ``test_error_peak``: width, value, prominence, kind and
-    ``threshold_distance`` {ratio, difference, steps}; ``sharpness``), ``correlations``,
-    ``notes``.
+    ``threshold_distance`` {ratio, difference, steps}; ``sharpness``; ``hessian``: the top
+    Hessian eigenvalue's peak over width at each width's last checkpoint, {subset, k, metric,
+    epochs, peak} or ``None`` without the probe; ``hessian_peak_width``), ``correlations``,
+    ``notes``. Per width also ``T_H_min`` / ``T_H_peak`` / ``H_peak_found``: the
+    :func:`ckpt_analyzer.events.peak_epochs` events of the top Hessian eigenvalue (k = 0) on the
+    ``train`` subset, with the same patience (``None`` without the probe).
     Undefined values are ``None``.
     """
     _check_params(patience, window, subset)
@@ -159,6 +167,7 @@ def build_report(cube_path: str | os.PathLike[str],
         metrics = read_probe_group(f, "metrics", ("error",))
         spectrum = read_probe_group(f, "spectrum", ("R",))
         sharp = read_probe_group(f, "sharpness", SHARPNESS_METRICS)
+        hess = read_probe_group(f, "hessian", ("eigenvalues",))
     epochs = np.asarray(info.epochs, dtype=np.int64)
     widths = [int(w) for w in info.widths.tolist()]
 
@@ -192,6 +201,8 @@ def build_report(cube_path: str | os.PathLike[str],
             notes.append("spectrum lacks the train or test subset: no PCC of R between train "
                          "and test (measure both: --set spectrum.subsets=train,test)")
 
+    top_eig = _hessian_curve(hess, info, notes)
+
     # -- per width
     per_width: list[dict[str, Any]] = []
     curves_seen: dict[int, set[str]] = {}
@@ -208,11 +219,15 @@ def build_report(cube_path: str | os.PathLike[str],
         train_e = curve(metrics, err["train"])
         r_w = curve(spectrum, R)
         ev = an.events_for_width(epochs, test_e, r_w, noisy_e, patience=patience, window=window)
-        curves_seen[w] = {k for k, c in (("T_E", test_e), ("T_R", r_w))
+        h_w = curve(hess, top_eig)
+        curves_seen[w] = {k for k, c in (("T_E", test_e), ("T_R", r_w), ("T_H", h_w))
                           if c is not None and np.isfinite(c).any()}
         row.update(ev)
         row["E_peak_found"] = ev["T_E_peak"] is not None and ev["T_E_peak"] != ev["T_E_min"]
         row["R_peak_found"] = ev["T_R_peak"] is not None and ev["T_R_peak"] != ev["T_R_min"]
+        found = an.peak_epochs(epochs, h_w, patience) if h_w is not None else None
+        row["T_H_min"], row["T_H_peak"] = found or (None, None)
+        row["H_peak_found"] = row["T_H_peak"] is not None and row["T_H_peak"] != row["T_H_min"]
         row["final_train_error"], ep_train = _last(train_e, epochs)
         row["final_test_error"], ep_test = _last(test_e, epochs)
         row["final_epoch"] = ep_test if ep_test is not None else ep_train
@@ -233,7 +248,7 @@ def build_report(cube_path: str | os.PathLike[str],
         notes.append(f"patience T = {patience} epochs is longer than the run (epochs "
                      f"{_span_text(epochs)}): T_min and T_peak are reported as not found")
     elif patience is not None:
-        for key, label in (("T_E", "T_E"), ("T_R", "T_R")):
+        for key, label in (("T_E", "T_E"), ("T_R", "T_R"), ("T_H", "T_H")):
             missing = [r["width"] for r in per_width if r[f"{key}_min"] is None
                        and r[f"{key}_peak"] is None and key in curves_seen[r["width"]]]
             late = [r["width"] for r in per_width if r[f"{key}_min"] is not None
@@ -277,6 +292,8 @@ def build_report(cube_path: str | os.PathLike[str],
                      f"({', '.join(map(str, model['final_epochs']))}): model-wise events use "
                      "each width's last checkpoint")
     model["sharpness"] = _sharpness_peaks(sharp, info, notes, model["interpolation_threshold"])
+    model["hessian"] = _hessian_peak(hess, top_eig, notes, model["interpolation_threshold"])
+    model["hessian_peak_width"] = model["hessian"]["peak"]["width"] if model["hessian"] else None
 
     # -- correlations across widths (Zhang & Wu Fig. 6)
     r_peak = [r["T_R_peak"] if r["R_peak_found"] else None for r in per_width]
@@ -376,3 +393,40 @@ def _sharpness_peaks(sharp: ProbeData | None, info: CubeInfo, notes: list[str],
     return {"volumes": picked, "epochs": dict(zip(map(str, widths), last, strict=True)),
             "peak": PEAK_RULE, "kinds": {m: SHARPNESS_KIND[m] for m in peaks},
             "peaks": peaks, "details": details}
+
+
+def _hessian_curve(hess: ProbeData | None, info: CubeInfo, notes: list[str]) -> np.ndarray | None:
+    """The top Hessian eigenvalue (k = 0) on :data:`HESSIAN_SUBSET`, (epoch, width), or
+    ``None`` with a note saying what is missing."""
+    if hess is None:
+        notes.append(f"no 'hessian' probe: no Hessian events (compute it: "
+                     f"{info.rerun_hint('hessian')})")
+        return None
+    eig = hess.get("eigenvalues", subset=HESSIAN_SUBSET, k=0)
+    if eig is None:
+        have = ", ".join(map(str, hess.coords.get("subset", ()))) or "none"
+        notes.append(f"hessian has no '{HESSIAN_SUBSET}' subset (have: {have}): no Hessian "
+                     f"events (measure it: --set hessian.subsets={HESSIAN_SUBSET},test)")
+        return None
+    if not np.isfinite(eig).any():
+        notes.append("hessian eigenvalues were not computed (all NaN): no Hessian events")
+        return None
+    return eig
+
+
+def _hessian_peak(hess: ProbeData | None, top_eig: np.ndarray | None, notes: list[str],
+                  threshold: Any = None) -> dict[str, Any] | None:
+    """The model-wise peak of the top Hessian eigenvalue over width at each width's last
+    computed checkpoint (the rule of the sharpness peaks), with those epochs."""
+    if hess is None or top_eig is None:
+        return None
+    widths = [int(w) for w in hess.widths.tolist()]
+    ok = np.isfinite(top_eig)
+    last = [int(hess.epochs[np.flatnonzero(ok[:, j])[-1]]) if ok[:, j].any() else None
+            for j in range(len(widths))]
+    peak = _peak(widths, an.last_finite(top_eig), "max", threshold)
+    if peak["width"] is None:
+        notes.append("the top Hessian eigenvalue at the last checkpoint has no interior maximum "
+                     "over width (monotone or flat): no model-wise Hessian peak")
+    return {"subset": HESSIAN_SUBSET, "k": 0, "metric": "eigenvalues",
+            "epochs": dict(zip(map(str, widths), last, strict=True)), "peak": peak}

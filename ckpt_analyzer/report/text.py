@@ -45,17 +45,25 @@ def format_report(report: dict[str, Any]) -> str:
            f"Per width (events in {us}; '-' = not found or undefined, 'none' = no rise after "
            "the minimum)"]
     rows = []
+    # reports of cubes with the hessian probe (and of versions that know it) get a T_H column
+    hess = "hessian" in report.get("probes", ()) and all("T_H_peak" in r
+                                                        for r in report["per_width"])
     for r in report["per_width"]:
+        t_h = ([_fmt(r["T_H_peak"]) if r["H_peak_found"] or r["T_H_peak"] is None else "none"]
+               if hess else [])
         rows.append([
             str(r["width"]), _fmt(r["final_epoch"]), _fmt(r["final_train_error"]),
             _fmt(r["final_test_error"]), _fmt(r["T_E_min"]),
             _fmt(r["T_E_peak"]) if r["E_peak_found"] or r["T_E_peak"] is None else "none",
-            _fmt(r["T_R_min"]),
+            *t_h, _fmt(r["T_R_min"]),
             _fmt(r["T_R_peak"]) if r["R_peak_found"] or r["T_R_peak"] is None else "none",
             _fmt(r["T_dP_peak"]), _fmt(r["pcc_R"]), _fmt(r["pcc_error"])])
     out.append(_table(["width", "last ep" if u == "epoch" else "last step", "train err",
-                       "test err", "T_E,min", "T_E,peak",
+                       "test err", "T_E,min", "T_E,peak", *(["T_H,peak"] if hess else []),
                        "T_R,min", "T_R,peak", "T_dP,peak", "PCC R", "PCC err"], rows))
+    if hess:
+        out.append(f"  T_H,peak: {u} of the peak of the top Hessian eigenvalue (train subset), "
+                   "same patience as T_E")
     out.append("  PCC R: Pearson r of R_k on the train and test subsets over epochs, mean over "
                "k >= 1; PCC err: of the train and test errors (Zhang & Wu Fig. 5)")
     m = report["model_wise"]
@@ -64,6 +72,10 @@ def format_report(report: dict[str, Any]) -> str:
             (f"  interpolation threshold (smallest width with train error 0): "
              f"{_fmt(m['interpolation_threshold'])}"),
             f"  test error peak: {_peak_text(m.get('test_error_peak'))}"]
+    h = m.get("hessian")
+    if h:
+        out.append(f"  top Hessian eigenvalue peak ({h['subset']} subset): "
+                   f"{_peak_text(h['peak'])}")
     sh = m.get("sharpness")
     if sh and sh["peaks"]:
         vols = [str(v) for v in sh["volumes"]]
