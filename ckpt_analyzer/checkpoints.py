@@ -127,21 +127,31 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 
 
 def discover(run_dir: str | Path, pattern: str | None = None,
-             allow_pt: bool = False) -> list[CheckpointRef]:
+             allow_pt: bool = False, warnings: list[str] | None = None) -> list[CheckpointRef]:
     """All checkpoints below ``run_dir`` sorted by (width, epoch).
 
-    Contract checkpoints take width and epoch from their metadata. With ``pattern`` (foreign
-    folders), paths matching it supply width and epoch where metadata lacks them. A file that
-    cannot be validated is returned with ``error`` set, so the caller can skip and report it.
+    Contract checkpoints take width and epoch from their metadata (it wins over a file name
+    that says otherwise, with a warning). With ``pattern`` (foreign folders), paths matching it
+    supply width and epoch where metadata lacks them. A file that cannot be validated is
+    returned with ``error`` set, so the caller can skip and report it. Two files claiming the
+    same (width, epoch): the one at the contract's own path is kept and the other skipped; when
+    neither is, the pair is returned as one ref with ``error`` set. Each such decision appends a
+    line to ``warnings`` (when given), as do ``.pt``/``.pth`` files left unread without
+    ``allow_pt``.
     """
     root = Path(run_dir)
     if not root.is_dir():
         raise CkptError("no such run folder", root)
+    notes: list[str] = [] if warnings is None else warnings
     rx = pattern_regex(pattern) if pattern else CKPT_RE
     exts = (".safetensors", ".pt", ".pth") if allow_pt else (".safetensors",)
     refs: dict[tuple[int, int], CheckpointRef] = {}
+    pickles = 0
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix not in exts or p.name.endswith(".tmp"):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        if p.suffix not in exts:
+            pickles += p.suffix in (".pt", ".pth")
             continue
         rel = p.relative_to(root).as_posix()
         m = rx.match(rel)
@@ -155,18 +165,45 @@ def discover(run_dir: str | Path, pattern: str | None = None,
                 _, raw = read_header(p)
                 if raw.get("format") == CKPT_FORMAT or pattern is None:
                     meta = parse_metadata(raw, p)
+                    if (meta["width"], meta["epoch"]) != (width, epoch):
+                        notes.append(f"{p}: metadata says width {meta['width']} epoch "
+                                     f"{meta['epoch']}, the file name width {width} epoch "
+                                     f"{epoch}; the metadata wins")
                     width, epoch = meta["width"], meta["epoch"]
                 else:
                     meta = dict(raw)
             except CheckpointError as exc:
                 error = str(exc)
         key = (width, epoch)
-        if key in refs and refs[key].error is None:
-            if error is None:
-                raise CheckpointError(f"two checkpoints for width {width} epoch {epoch} "
-                                      f"({refs[key].path})", p)
+        ref = CheckpointRef(width, epoch, str(p), meta, error)
+        old = refs.get(key)
+        if old is None:
+            refs[key] = ref
             continue
-        refs[key] = CheckpointRef(width, epoch, str(p), meta, error)
+        if error is not None:  # an unreadable file does not displace a readable one
+            notes.append(f"{p}: skipped, unreadable and width {width} epoch {epoch} is also "
+                         f"in {old.path}")
+            continue
+        clash = f"two checkpoints for width {width} epoch {epoch}"
+        if old.error is not None and clash not in old.error:
+            notes.append(f"{old.path}: skipped, unreadable and width {width} epoch {epoch} is "
+                         f"also in {p}")
+            refs[key] = ref
+            continue
+        own = str(checkpoint_path(root, width, epoch)) if pattern is None else None
+        if old.error is None and own in (old.path, str(p)):
+            keep, drop = (old, ref) if old.path == own else (ref, old)
+            notes.append(f"{drop.path}: skipped, it also claims width {width} epoch {epoch}; "
+                         f"measuring {keep.path}")
+            refs[key] = keep
+            continue
+        if old.error is None:
+            refs[key] = CheckpointRef(width, epoch, old.path, old.metadata,
+                                      f"{old.path}: {clash} ({p}); neither is measured")
+        notes.append(f"{p}: {clash} ({old.path}); neither is measured")
+    if pickles:
+        notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
+                     "them with torch.load(weights_only=True))")
     return [refs[k] for k in sorted(refs)]
 
 

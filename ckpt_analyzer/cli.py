@@ -90,6 +90,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
         allow_pt: bool, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
+    from .util import check_seed
+
+    check_seed(seed)
     _load_plugins(plugins)
     from .probes import make_probes, parse_settings
 

@@ -715,7 +715,13 @@ def write_report(cube_path: str | os.PathLike[str], report: dict[str, Any]) -> N
                             "storing the report", p)
     text = json.dumps(_clean(report), sort_keys=False)
     journal = Path(f"{p}.journal")
-    lock = Cube(p).open() if journal.exists() else None
+    try:
+        lock = Cube(p).open() if journal.exists() else None
+    except CkptError as exc:
+        if "another process" not in str(exc):
+            raise
+        raise CkptError("a 'ckpt-analyze run' is writing this cube; not storing the report "
+                        "(use --no-store to print it without storing)", p) from None
     tmp = Path(f"{p}.tmp")
     try:
         shutil.copyfile(p, tmp)

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The most values one ``--widths``/``--epochs`` selection may expand to.
+MAX_SELECTION = 100_000
+
 
 def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) -> list[int] | None:
     """``'4'``, ``'1,5,10'`` or an inclusive range ``'0:100'`` -> sorted unique ints."""
@@ -34,6 +37,11 @@ def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) ->
                     a, b = int(lo), int(hi)
                     if b < a:
                         raise ValueError
+                    if b - a + 1 > MAX_SELECTION:
+                        raise UsageError(
+                            f"{what}: range '{part}' has {b - a + 1:,} values (~"
+                            f"{(b - a + 1) * 36 / 2**30:.1f} GiB as a list); at most "
+                            f"{MAX_SELECTION:,}")
                     values.extend(range(a, b + 1))
                 else:
                     values.append(int(part))
@@ -41,6 +49,8 @@ def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) ->
                 raise UsageError(f"{what}: '{part}' is not an integer, a list or a range a:b") from None
     if not values:
         raise UsageError(f"{what}: no values given")
+    if len(values) > MAX_SELECTION:
+        raise UsageError(f"{what}: {len(values):,} values; at most {MAX_SELECTION:,}")
     bad = [v for v in values if v < minimum]
     if bad:
         kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
@@ -67,6 +77,16 @@ def resolve_device(spec: str) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise UsageError(f"--device: unsupported device '{spec}'")
     return dev
+
+
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: int, what: str = "--seed") -> int:
+    """UsageError unless ``seed`` is an integer in [0, 2**64 - 1] (what numpy and torch take)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{what}: must be an integer in [0, 2**64 - 1] (got {seed})")
+    return seed
 
 
 def derive_seed(*parts: int) -> int:
