@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -367,6 +368,35 @@ def read_labels(run_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- models
+def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], Mapping[str, Any]],
+                  model: str | None = None) -> tuple[list[CheckpointRef], list[CheckpointRef]]:
+    """Split ``refs`` into those whose model can be built and those whose (metadata) width would
+    build an absurdly large model (``error`` set, with the estimated size), checked on torch's
+    meta device without allocating."""
+    from .models import check_model_size
+
+    verdict: dict[tuple[Any, ...], str | None] = {}
+    keep, rejected = [], []
+    for ref in refs:
+        if ref.error is not None:
+            keep.append(ref)
+            continue
+        meta = meta_of(ref)
+        key = (model or meta.get("arch"), ref.width, meta.get("num_classes"), meta.get("in_channels"))
+        if key not in verdict:
+            verdict[key] = None
+            try:
+                check_model_size(str(key[0]), int(ref.width), int(meta["num_classes"]),
+                                 int(meta["in_channels"]), what="metadata width")
+            except (UsageError, KeyError, TypeError, ValueError) as exc:
+                verdict[key] = str(exc)
+        if verdict[key] is None:
+            keep.append(ref)
+        else:
+            rejected.append(dataclasses.replace(ref, error=f"{ref.path}: {verdict[key]}; skipped"))
+    return keep, rejected
+
+
 def build_model_for(meta: Mapping[str, Any], model: str | None = None) -> nn.Module:
     """A fresh model for a checkpoint's metadata (``model`` overrides ``arch``)."""
     from .models import build_model

@@ -74,8 +74,9 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
-@click.option("--overwrite", is_flag=True, help="Recompute a probe whose config changed.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Recompute a probe whose config changed; start afresh a cube of another run.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint or failing probe.")
 @click.option("--model", default=None, metavar="MODULE:FACTORY", help="Model of foreign checkpoints.")
 @click.option("--dataset", default=None, help="Dataset of foreign checkpoints [digits].")
 @click.option("--data-root", default=None, help="Folder of the dataset.")
@@ -122,6 +123,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
             summary = analysis.run()
     else:
         summary = analysis.run()
+    for w in summary.warnings:
+        sys.stderr.write(f"warning: {w}\n")
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:

@@ -196,6 +196,35 @@ class Cube:
             row = cur.execute("SELECT value FROM meta WHERE key='root'").fetchone()
         return json.loads(row[0]) if row else {}
 
+    def extra(self, key: str) -> str | None:
+        """A value kept in the journal only (not materialized), e.g. checkpoint identities."""
+        with self._tx() as cur:
+            return _meta(cur, f"extra:{key}")
+
+    def set_extra(self, key: str, value: str) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"extra:{key}", value))
+
+    def reset(self) -> None:
+        """Forget everything measured (cells, probes, inputs, failures, coordinates, root
+        attributes): the next materialization writes an empty cube."""
+        with self._tx() as cur:
+            for table in ("cell", "probe", "input", "failure", "axis"):
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("DELETE FROM meta WHERE key='root' OR key LIKE 'extra:%'")
+            _bump_layout(cur)
+        self._decls.clear()
+
+    def forget(self, epoch: int, width: int) -> int:
+        """Drop the cells of every probe at (epoch, width), e.g. of a replaced checkpoint, so
+        they are measured again; returns how many were dropped."""
+        with self._tx() as cur:
+            n = cur.execute("DELETE FROM cell WHERE epoch=? AND width=?",
+                            (as_int(epoch, "epoch"), as_int(width, "width"))).rowcount
+            if n:
+                _bump_layout(cur)
+        return int(n)
+
     def probes(self) -> list[str]:
         """Probes known to the journal."""
         with self._tx() as cur:
