@@ -254,6 +254,7 @@ class Analysis:
                       build_model=build, initial_state=initial_state)
 
         with Cube(output) as cube:
+            summary.warnings += cube.notes  # e.g. a damaged cube rebuilt from its journal
             check_run(cube, run_dir, self.overwrite)  # a cube of another run is refused
             summary.warnings += check_checkpoints(cube, refs)  # replaced ones are measured again
             for r in rejected:

@@ -108,6 +108,12 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        try:  # a file-size limit: EFBIG, reported as one line, not a silent kill
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except (AttributeError, ValueError):  # no such signal, or not the main thread
+            pass
         try:
             return fn(*args, **kwargs)
         except CkptError as exc:
