@@ -134,8 +134,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         for f in summary.failed:
             click.echo(f"  failed: {f['error']}")
     if summary.failed:
-        sys.stderr.write(f"error: {len(summary.failed)} checkpoint(s) could not be measured "
-                         f"(recorded in {summary.cube})\n")
+        sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
+                         f"failure(s) in all, recorded in {summary.cube})\n")
         sys.exit(1)
 
 
