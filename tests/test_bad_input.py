@@ -5,6 +5,7 @@ Commands run in-process through click's CliRunner (no interpreter start per row)
 works on its own copy of a small digits run that was measured once (probe ``metrics``).
 """
 
+# ruff: noqa: E501  (the table reads best one row per line)
 from __future__ import annotations
 
 import json
@@ -262,7 +263,7 @@ def test_bad_input(row: Row, measured: Path, tmp_path: Path) -> None:
         row.damage(run)
     args = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in row.args]
     cli = train_main if args[0] == "train" else analyze_main
-    argv = args[1:] + ["--quiet"] if args[0] == "train" else args
+    argv = [*args[1:], "--quiet"] if args[0] == "train" else args
     try:
         r = CliRunner().invoke(cli, argv)
     finally:
