@@ -8,6 +8,7 @@ arrays) can spread checkpoints over devices while one process writes the cube.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -381,7 +382,12 @@ class Analysis:
         finally:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
-            cube.materialize(epochs, widths)  # the journal holds every finished cell
+            in_flight = sys.exc_info()[1]
+            try:
+                cube.materialize(epochs, widths)  # the journal holds every finished cell
+            except CkptError:
+                if in_flight is None:  # else the first cause (e.g. a full journal) is the line
+                    raise
 
 
 def run_analysis(**kwargs: Any) -> RunSummary:
