@@ -102,6 +102,7 @@ def test_truncated_cube_rebuilt_from_journal(run: Path) -> None:
     cube.write_bytes(cube.read_bytes()[:20000])
     r = CliRunner().invoke(main, ["inspect", str(cube)])
     assert r.exit_code == 1 and "cannot read the cube" in r.stderr
+    assert "re-run 'ckpt-analyze run' on its run to rebuild it" in r.stderr
     r = CliRunner().invoke(main, ["run", str(run), *FAST, "--json"])
     assert r.exit_code == 0, r.stderr
     assert "rebuilt it from its journal" in r.stderr and '"computed": 0' in r.stdout

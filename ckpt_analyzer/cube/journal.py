@@ -158,8 +158,9 @@ class Cube:
                     # the next materialization rewrites the whole file from the journal
                     cur.execute("DELETE FROM meta WHERE key='materialized'")
                     _bump_layout(cur)
-                    self.notes.append(f"{self.path}: {damaged.split(': ', 1)[-1]}; rebuilt it "
-                                      f"from its journal {self.journal_path.name}")
+                    why = damaged.split(": ", 1)[-1].split("; its journal")[0]
+                    self.notes.append(f"{self.path}: {why}; rebuilt it from its journal "
+                                      f"{self.journal_path.name}")
                 elif damaged is not None:
                     raise CkptError(damaged.split(": ", 1)[-1], self.path)
                 if fmt is None:
