@@ -3,6 +3,7 @@ target, fsync the folder. Readers see the old file or the new one, never half of
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -45,6 +46,14 @@ def atomic_path(target: str | os.PathLike[str], tmp: str | os.PathLike[str] | No
         yield t
         fsync_file(t)
         os.replace(t, dst)
+    except OSError as exc:
+        t.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            from .errors import CkptError
+
+            raise CkptError(f"cannot write ({exc.strerror}); the previous file, if any, is "
+                            "unchanged", dst) from None
+        raise
     except BaseException:
         t.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -155,24 +156,34 @@ def _match_fields(m: re.Match[str], width: int) -> tuple[int, int]:
 
 
 def discover(run_dir: str | Path, pattern: str | None = None,
-             allow_pt: bool = False, width: int = 1) -> list[CheckpointRef]:
+             allow_pt: bool = False, width: int = 1,
+             warnings: list[str] | None = None) -> list[CheckpointRef]:
     """All checkpoints below ``run_dir`` sorted by (width, epoch).
 
-    Contract checkpoints take width and epoch from their metadata. With ``pattern`` (foreign
-    folders), paths matching it supply width and epoch (or step: the ref's ``epoch`` is then the
-    step) where metadata lacks them; ``width`` is the width of a pattern without ``{width}``.
-    A file that cannot be validated is returned with ``error`` set, so the caller can skip and
-    report it.
+    Contract checkpoints take width and epoch from their metadata (it wins over a file name
+    that says otherwise, with a warning). With ``pattern`` (foreign folders), paths matching it
+    supply width and epoch (or step: the ref's ``epoch`` is then the step) where metadata lacks
+    them; ``width`` is the width of a pattern without ``{width}``. A file that cannot be
+    validated is returned with ``error`` set, so the caller can skip and report it. Two files
+    claiming the same (width, epoch): the one at the contract's own path is kept and the other
+    skipped; when neither is, the pair is returned as one ref with ``error`` set. Each such
+    decision appends a line to ``warnings`` (when given), as do ``.pt``/``.pth`` files left
+    unread without ``allow_pt``.
     """
     root = Path(run_dir)
     if not root.is_dir():
         raise CkptError("no such run folder", root)
+    notes: list[str] = [] if warnings is None else warnings
     rx = pattern_regex(pattern) if pattern else CKPT_RE
     exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
     single_width = width
     refs: dict[tuple[int, int], CheckpointRef] = {}
+    pickles = 0
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix not in exts or p.name.endswith(".tmp"):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        if p.suffix not in exts:
+            pickles += p.suffix in PICKLE_EXTS
             continue
         rel = p.relative_to(root).as_posix()
         m = rx.match(rel)
@@ -186,18 +197,45 @@ def discover(run_dir: str | Path, pattern: str | None = None,
                 _, raw = read_header(p)
                 if raw.get("format") == CKPT_FORMAT or pattern is None:
                     meta = parse_metadata(raw, p)
+                    if (meta["width"], meta["epoch"]) != (width, epoch):
+                        notes.append(f"{p}: metadata says width {meta['width']} epoch "
+                                     f"{meta['epoch']}, the file name width {width} epoch "
+                                     f"{epoch}; the metadata wins")
                     width, epoch = meta["width"], meta["epoch"]
                 else:
                     meta = dict(raw)
             except CheckpointError as exc:
                 error = str(exc)
         key = (width, epoch)
-        if key in refs and refs[key].error is None:
-            if error is None:
-                raise CheckpointError(f"two checkpoints for width {width} epoch {epoch} "
-                                      f"({refs[key].path})", p)
+        ref = CheckpointRef(width, epoch, str(p), meta, error)
+        old = refs.get(key)
+        if old is None:
+            refs[key] = ref
             continue
-        refs[key] = CheckpointRef(width, epoch, str(p), meta, error)
+        if error is not None:  # an unreadable file does not displace a readable one
+            notes.append(f"{p}: skipped, unreadable and width {width} epoch {epoch} is also "
+                         f"in {old.path}")
+            continue
+        clash = f"two checkpoints for width {width} epoch {epoch}"
+        if old.error is not None and clash not in old.error:
+            notes.append(f"{old.path}: skipped, unreadable and width {width} epoch {epoch} is "
+                         f"also in {p}")
+            refs[key] = ref
+            continue
+        own = str(checkpoint_path(root, width, epoch)) if pattern is None else None
+        if old.error is None and own in (old.path, str(p)):
+            keep, drop = (old, ref) if old.path == own else (ref, old)
+            notes.append(f"{drop.path}: skipped, it also claims width {width} epoch {epoch}; "
+                         f"measuring {keep.path}")
+            refs[key] = keep
+            continue
+        if old.error is None:
+            refs[key] = CheckpointRef(width, epoch, old.path, old.metadata,
+                                      f"{old.path}: {clash} ({p}); neither is measured")
+        notes.append(f"{p}: {clash} ({old.path}); neither is measured")
+    if pickles:
+        notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
+                     "them with torch.load(weights_only=True))")
     return [refs[k] for k in sorted(refs)]
 
 
@@ -303,8 +341,12 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any] | None:
         run = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CkptError(f"unreadable manifest ({exc})", path) from None
-    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
+    if not isinstance(run, dict):
+        raise CkptError(f"not a ckpt-analyzer run manifest (a JSON {type(run).__name__}, not an "
+                        "object)", path)
+    if run.get("format") != RUN_FORMAT:
         raise CkptError(f"not a ckpt-analyzer run manifest (format {run.get('format')!r})", path)
+    check_manifest(run, path)
     return run
 
 
@@ -346,6 +388,65 @@ def is_done(run_dir: str | Path, width: int | None = None) -> bool:
     """Whether ``width`` (None: the whole run) carries its completion marker."""
     folder = Path(run_dir) if width is None else Path(run_dir) / f"w{width}"
     return (folder / DONE_FILE).is_file()
+def check_manifest(run: Mapping[str, Any], path: str | Path) -> None:
+    """CkptError naming the key when the manifest's dataset block cannot describe the data."""
+    import math
+
+    ds = run.get("dataset")
+    if ds is None:
+        raise CkptError("missing key 'dataset'", path)
+    if not isinstance(ds, dict):
+        raise CkptError(f"'dataset' must be an object (got {type(ds).__name__})", path)
+    if not isinstance(ds.get("name"), str) or not ds["name"]:
+        raise CkptError(f"'dataset.name' must be a dataset name (got {ds.get('name')!r})", path)
+    if not isinstance(ds.get("root"), (str, type(None))):
+        raise CkptError(f"'dataset.root' must be a path or null (got {ds['root']!r})", path)
+    seed = ds.get("split_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise CkptError(f"'dataset.split_seed' must be an integer in [0, 2**64) (got {seed!r})",
+                        path)
+    for key in ("mean", "std"):
+        vals = ds.get(key)
+        if not isinstance(vals, list) or not vals or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in vals):
+            raise CkptError(f"'dataset.{key}' must be a non-empty list of finite numbers "
+                            f"(got {vals!r})"[:200], path)
+    if len(ds["mean"]) != len(ds["std"]):
+        raise CkptError(f"'dataset.mean' has {len(ds['mean'])} channels, 'dataset.std' "
+                        f"{len(ds['std'])}", path)
+    if any(v <= 0 for v in ds["std"]):
+        raise CkptError(f"'dataset.std' must be positive (got {ds['std']})", path)
+    smoothing = run.get("label_smoothing")
+    if smoothing is not None and not isinstance(smoothing, dict):
+        raise CkptError(f"'label_smoothing' must be null or an object (got {smoothing!r})", path)
+
+
+def check_labels(labels: Mapping[str, torch.Tensor], n_train: int, num_classes: int,
+                 path: str | Path) -> None:
+    """CkptError naming the tensor when the labels do not describe ``n_train`` points of
+    ``num_classes`` classes (lengths, integer dtype, range, a mask consistent with the
+    labels)."""
+    import torch
+
+    for key in ("train_labels", "clean_labels", "noisy_mask"):
+        t = labels[key]
+        if t.dim() != 1 or len(t) != n_train:
+            raise CkptError(f"'{key}' has shape {tuple(t.shape)}, the dataset has {n_train} "
+                            "training points", path)
+    for key in ("train_labels", "clean_labels"):
+        t = labels[key]
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise CkptError(f"'{key}' must hold integer class ids (got {t.dtype})", path)
+        if n_train and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise CkptError(f"'{key}' holds class {bad}, outside 0..{num_classes - 1}", path)
+    clean = ~labels["noisy_mask"].bool()
+    differ = labels["train_labels"] != labels["clean_labels"]
+    if bool((differ & clean).any()):
+        i = int(torch.nonzero(differ & clean)[0])
+        raise CkptError(f"'noisy_mask' marks point {i} clean but its trained and clean labels "
+                        "differ", path)
 
 
 def save_labels(run_dir: str | Path, train_labels: Any, clean_labels: Any, noisy_mask: Any) -> None:
@@ -373,11 +474,44 @@ def read_labels(run_dir: str | Path) -> dict[str, torch.Tensor]:
     for k in ("train_labels", "clean_labels", "noisy_mask"):
         if k not in out:
             raise CheckpointError(f"missing tensor '{k}'", path)
-    out["noisy_mask"] = out["noisy_mask"].bool()
+    mask = out["noisy_mask"]
+    if mask.dtype.is_floating_point or mask.dtype.is_complex or (
+            mask.numel() and not bool(((mask == 0) | (mask == 1)).all())):
+        raise CkptError(f"'noisy_mask' must hold 0/1 flags (got {mask.dtype})", path)
+    out["noisy_mask"] = mask.bool()
     return out
 
 
 # ---------------------------------------------------------------- models
+def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], Mapping[str, Any]],
+                  model: str | None = None) -> tuple[list[CheckpointRef], list[CheckpointRef]]:
+    """Split ``refs`` into those whose model can be built and those whose (metadata) width would
+    build an absurdly large model (``error`` set, with the estimated size), checked on torch's
+    meta device without allocating."""
+    from .models import check_model_size
+
+    verdict: dict[tuple[Any, ...], str | None] = {}
+    keep, rejected = [], []
+    for ref in refs:
+        if ref.error is not None:
+            keep.append(ref)
+            continue
+        meta = meta_of(ref)
+        key = (model or meta.get("arch"), ref.width, meta.get("num_classes"), meta.get("in_channels"))
+        if key not in verdict:
+            verdict[key] = None
+            try:
+                check_model_size(str(key[0]), int(ref.width), int(meta["num_classes"]),
+                                 int(meta["in_channels"]), what="metadata width")
+            except (UsageError, KeyError, TypeError, ValueError) as exc:
+                verdict[key] = str(exc)
+        if verdict[key] is None:
+            keep.append(ref)
+        else:
+            rejected.append(dataclasses.replace(ref, error=f"{ref.path}: {verdict[key]}; skipped"))
+    return keep, rejected
+
+
 def build_model_for(meta: Mapping[str, Any], model: str | None = None) -> nn.Module:
     """A fresh model for a checkpoint's metadata (``model`` overrides ``arch``)."""
     from .models import build_model

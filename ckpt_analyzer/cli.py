@@ -75,8 +75,9 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
-@click.option("--overwrite", is_flag=True, help="Recompute a probe whose config changed.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Recompute a probe whose config changed; start afresh a cube of another run.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint or failing probe.")
 @click.option("--model", default=None, metavar="MODULE:FACTORY",
               help="Model of foreign checkpoints: a name, module:factory, file.py:factory, "
                    "torchvision:NAME or timm:NAME.")
@@ -99,6 +100,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
         allow_pt: bool, prefix: str | None, single_width: int, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
+    from .util import check_seed
+
+    check_seed(seed)
     _load_plugins(plugins)
     from .probes import make_probes, parse_settings
 
@@ -128,6 +132,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
             summary = analysis.run()
     else:
         summary = analysis.run()
+    for w in summary.warnings:
+        sys.stderr.write(f"warning: {w}\n")
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -137,8 +143,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         for f in summary.failed:
             click.echo(f"  failed: {f['error']}")
     if summary.failed:
-        sys.stderr.write(f"error: {len(summary.failed)} checkpoint(s) could not be measured "
-                         f"(recorded in {summary.cube})\n")
+        sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
+                         f"failure(s) in all, recorded in {summary.cube})\n")
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -63,7 +64,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ConfigError(f"{where}: must be a finite number (got {value})")
+            return f
         if tp is str:
             return str(value)
     except (TypeError, ValueError):

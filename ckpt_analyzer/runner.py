@@ -8,6 +8,7 @@ arrays) can spread checkpoints over devices while one process writes the cube.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +30,16 @@ from .checkpoints import (
     prefetch,
     read_run_json,
     read_state_dict,
+    screen_widths,
     strip_prefix,
 )
 from .config import config_to_dict
+from .cube.identity import check_checkpoints, check_run
 from .data.run import RunData, load_run_data
 from .errors import CheckpointError, CkptError, UsageError
 from .probes import make_probes
 from .probes.base import Context, Outputs, Probe
+from .util import first_line
 
 MATERIALIZE_EVERY_S = 30.0
 
@@ -71,21 +75,83 @@ class PreparedProbe:
 
 
 def measure(model: nn.Module, ref: CheckpointRef, probes: Sequence[PreparedProbe],
-            ctx: Context, timings: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
+            ctx: Context, timings: dict[str, float] | None = None,
+            failures: dict[str, str] | None = None,
+            strict: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """Every probe on one loaded checkpoint; results checked against the declarations.
+
+    Probes are isolated from each other: one that raises (even ``SystemExit``), returns an
+    undeclared metric or a wrong shape, or changes the model's weights or buffers is a failure
+    of that probe alone; the model is restored before the next probe, so no probe sees another's
+    changes. With ``failures`` (a dict) each failed probe's one-line error is put there and the
+    other probes go on; without it, or with ``strict``, the first failure raises
+    :class:`CheckpointError`. A checkpoint with NaN/Inf weights raises CheckpointError before
+    any probe runs: it is reported, never stored as a measurement.
 
     ``timings`` (optional) accumulates each probe's compute seconds."""
     cctx = ctx.with_checkpoint(ref)
-    model.eval()
+    bad = _non_finite(model)
+    if bad:
+        raise CheckpointError(f"has non-finite weights ({bad}); not measured", ref.path)
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out = {}
     for p in probes:
+        name = p.probe.name
+        model.eval()
         t0 = time.perf_counter()
-        out[p.probe.name] = p.probe.measure(model, cctx)  # numpy, checked against outputs()
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
+        try:
+            checked = p.probe.measure(model, cctx)  # numpy, checked against outputs()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            error = None
+        except CkptError as exc:
+            error = str(exc) if str(exc).startswith(f"probe '{name}'") else f"probe '{name}': {exc}"
+        except (Exception, SystemExit) as exc:
+            error = f"probe '{name}' failed: {_one_line(exc)}"
         if timings is not None:
-            timings[p.probe.name] = timings.get(p.probe.name, 0.0) + time.perf_counter() - t0
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        changed = _changed(model, snapshot)
+        if changed:
+            with torch.no_grad():
+                model.load_state_dict(snapshot, strict=True)
+            if error is None:
+                error = (f"probe '{name}' changed the model's '{changed}' (a probe must not "
+                         "modify the model); its result is discarded")
+        if error is None:
+            out[name] = checked
+            continue
+        if failures is None or strict:
+            raise CheckpointError(error, ref.path)
+        failures[name] = error
     return out
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return first_line(exc)
+
+
+def _non_finite(model: nn.Module) -> str:
+    """``'<n> NaN/Inf values in <tensor>'`` for the first non-finite floating tensor, or ''."""
+    for key, t in model.state_dict().items():
+        if t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                return f"{n} NaN/Inf value(s) in '{key}'"
+    return ""
+
+
+def _changed(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> str:
+    """The first tensor of the model's state that differs from ``snapshot`` (or '')."""
+    state = model.state_dict()
+    if set(state) != set(snapshot):
+        return sorted(set(state) ^ set(snapshot))[0]
+    for key, t in state.items():
+        ref = snapshot[key]
+        if t.shape != ref.shape or t.dtype != ref.dtype or not torch.equal(t, ref):
+            return key
+    return ""
 
 
 @dataclass
@@ -95,6 +161,7 @@ class RunSummary:
     computed: int = 0
     skipped_done: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     probes: list[str] = field(default_factory=list)
     probe_seconds: dict[str, float] = field(default_factory=dict)
@@ -148,7 +215,8 @@ class Analysis:
         if self.pattern and not self.allow_pt and self.pattern.endswith(PICKLE_EXTS):
             raise UsageError(f"--pattern '{self.pattern}' names pickle-based files: pass "
                              "--allow-pt (read with torch.load(weights_only=True) only)")
-        all_refs = discover(run_dir, self.pattern, self.allow_pt, self.width)
+        notes: list[str] = []
+        all_refs = discover(run_dir, self.pattern, self.allow_pt, self.width, notes)
         unplanned = _unplanned(all_refs, run)
         all_refs = [r for r in all_refs if r not in unplanned]
         refs = [r for r in all_refs
@@ -157,12 +225,17 @@ class Analysis:
         if not refs:
             where = "" if len(all_refs) == 0 else f" matching --widths/--epochs (found {len(all_refs)})"
             hint = "" if run is not None or self.pattern else " (foreign folder? pass --pattern)"
-            raise CkptError(f"no checkpoints{where}{hint}", run_dir)
+            pt = next((n.split(": ", 1)[1] for n in notes if "--allow-pt" in n), "")
+            raise CkptError(f"no checkpoints{where}{hint}{'; ' + pt if pt else ''}", run_dir)
         data = load_run_data(run_dir, dev, self.dataset, self.data_root)
         meta_of = self._metadata_factory(run, data)
         output = Path(self.output) if self.output else run_dir / "analysis.h5"
+        refs, rejected = screen_widths(refs, meta_of, self.model)
         summary = RunSummary(cube=str(output), probes=[p.name for p in probes],
-                             checkpoints=len(refs))
+                             checkpoints=len(refs) + len(rejected), warnings=notes)
+        if not refs:
+            raise CkptError(rejected[0].error or "no checkpoints", rejected[0].path)
+        all_refs = [r for r in all_refs if r not in rejected]
 
         widths = sorted({r.width for r in refs})
         width_meta = {r.width: meta_of(r) for r in all_refs if r.error is None}
@@ -194,6 +267,13 @@ class Analysis:
                       build_model=build, initial_state=initial_state)
 
         with Cube(output) as cube:
+            summary.warnings += cube.notes  # e.g. a damaged cube rebuilt from its journal
+            check_run(cube, run_dir, self.overwrite)  # a cube of another run is refused
+            summary.warnings += check_checkpoints(cube, refs)  # replaced ones are measured again
+            for r in rejected:
+                summary.failed.append({"path": r.path, "width": r.width, "epoch": r.epoch,
+                                       "error": r.error})
+                cube.record_failure(None, None, r.path, str(r.error))
             cube.set_root({"format": "ckpt-analyzer.cube/1", "version": __version__,
                            "source": str(run_dir.resolve()),
                            "time_unit": pattern_time_unit(self.pattern) if self.pattern
@@ -201,10 +281,24 @@ class Analysis:
                            "run_json": (run_dir / "run.json").read_text() if run else ""})
             prepared = []
             for p in probes:
-                inputs = {k: np.asarray(v) for k, v in p.prepare(ctx).items()}
-                outs = p.outputs()
-                cube.begin_probe(p.name, p.version, config_to_dict(p.resolved_config()), self.seed, outs,
-                                 inputs, overwrite=self.overwrite)
+                try:
+                    inputs = {k: np.asarray(v) for k, v in p.prepare(ctx).items()}
+                    outs = p.outputs()
+                    cube.begin_probe(p.name, p.version, config_to_dict(p.resolved_config()),
+                                     self.seed, outs, inputs, overwrite=self.overwrite)
+                except UsageError:
+                    raise
+                except (Exception, SystemExit) as exc:  # this probe is out; the others go on
+                    err = (f"probe '{p.name}' failed to prepare: "
+                           f"{exc if isinstance(exc, CkptError) else _one_line(exc)}")
+                    if self.strict:
+                        raise CkptError(err, run_dir) from None
+                    summary.failed.append({"path": str(run_dir), "width": None, "epoch": None,
+                                           "probe": p.name, "error": err})
+                    cube.record_failure(None, None, str(run_dir), err, probe=p.name)
+                    if self.progress:
+                        self.progress("fail", err)
+                    continue
                 prepared.append(PreparedProbe(p, outs))
             for r in unplanned:  # skipped like a bad checkpoint: named, recorded, exit 1
                 msg = (f"{r.path}: width {r.width} was never planned by the trainer (run.json "
@@ -212,6 +306,9 @@ class Analysis:
                 summary.failed.append({"path": r.path, "width": r.width, "epoch": r.epoch,
                                        "error": msg})
                 cube.record_failure(r.epoch, r.width, r.path, msg)
+            if not prepared:
+                raise CkptError(f"no probe could be prepared ({summary.failed[-1]['error']})",
+                                run_dir)
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
             todo = []
             for r in refs:
@@ -273,7 +370,9 @@ class Analysis:
                     model = models[ref.width]
                     load_state_into(model, state, ref.path, self.prefix)
                     model.to(dev)
-                    results = measure(model, ref, plist, ctx, summary.probe_seconds)
+                    probe_failures: dict[str, str] = {}
+                    results = measure(model, ref, plist, ctx, summary.probe_seconds,
+                                      probe_failures, self.strict)
                 except CheckpointError as exc:
                     summary.failed.append({"path": ref.path, "width": ref.width,
                                            "epoch": ref.epoch, "error": str(exc)})
@@ -285,6 +384,12 @@ class Analysis:
                     continue
                 for name, res in results.items():
                     cube.record(name, ref.epoch, ref.width, res)
+                for name, err in probe_failures.items():
+                    summary.failed.append({"path": ref.path, "width": ref.width,
+                                           "epoch": ref.epoch, "probe": name, "error": err})
+                    cube.record_failure(ref.epoch, ref.width, ref.path, err, probe=name)
+                    if self.progress:
+                        self.progress("fail", err)
                 summary.computed += 1
                 if self.progress:
                     self.progress("advance", ref)
@@ -297,7 +402,12 @@ class Analysis:
         finally:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
-            cube.materialize(epochs, widths)  # the journal holds every finished cell
+            in_flight = sys.exc_info()[1]
+            try:
+                cube.materialize(epochs, widths)  # the journal holds every finished cell
+            except CkptError:
+                if in_flight is None:  # else the first cause (e.g. a full journal) is the line
+                    raise
 
 
 def _unplanned(refs: Sequence[CheckpointRef], run: Mapping[str, Any] | None) -> list[CheckpointRef]:

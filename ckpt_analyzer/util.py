@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The most values one ``--widths``/``--epochs`` selection may expand to.
+MAX_SELECTION = 100_000
+
 
 def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) -> list[int] | None:
     """``'4'``, ``'1,5,10'`` or an inclusive range ``'0:100'`` -> sorted unique ints."""
@@ -34,6 +37,11 @@ def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) ->
                     a, b = int(lo), int(hi)
                     if b < a:
                         raise ValueError
+                    if b - a + 1 > MAX_SELECTION:
+                        raise UsageError(
+                            f"{what}: range '{part}' has {b - a + 1:,} values (~"
+                            f"{(b - a + 1) * 36 / 2**30:.1f} GiB as a list); at most "
+                            f"{MAX_SELECTION:,}")
                     values.extend(range(a, b + 1))
                 else:
                     values.append(int(part))
@@ -41,6 +49,8 @@ def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) ->
                 raise UsageError(f"{what}: '{part}' is not an integer, a list or a range a:b") from None
     if not values:
         raise UsageError(f"{what}: no values given")
+    if len(values) > MAX_SELECTION:
+        raise UsageError(f"{what}: {len(values):,} values; at most {MAX_SELECTION:,}")
     bad = [v for v in values if v < minimum]
     if bad:
         kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
@@ -69,6 +79,16 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: int, what: str = "--seed") -> int:
+    """UsageError unless ``seed`` is an integer in [0, 2**64 - 1] (what numpy and torch take)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{what}: must be an integer in [0, 2**64 - 1] (got {seed})")
+    return seed
+
+
 def derive_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (no Python hash randomization)."""
     import numpy as np
@@ -88,6 +108,12 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        try:  # a file-size limit: EFBIG, reported as one line, not a silent kill
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except (AttributeError, ValueError):  # no such signal, or not the main thread
+            pass
         try:
             return fn(*args, **kwargs)
         except CkptError as exc:

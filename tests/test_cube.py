@@ -544,7 +544,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path: Pa
     rng = np.random.default_rng(0)
     committed: set[tuple[int, int]] = set()
     for round_ in range(6):
-        # odd rounds: killed inside a materialization (the .tmp half-written); even rounds:
+        # odd rounds: killed inside a materialization (the new file half-composed); even rounds:
         # killed after a random number of committed cells, wherever the worker then is
         # (rounds 2 and 3 commit without fsync: still safe against a killed process)
         stall = round_ % 2 == 1
@@ -566,8 +566,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path: Pa
                 break
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "worker finished before it was killed"
-        if stall:
-            assert Path(f"{path}.tmp").exists() and path.exists()
+        if stall:  # killed while composing the new file (in memory): nothing half-written
+            assert path.exists() and not Path(f"{path}.tmp").exists()
         with Cube(path) as cube:  # reopen: every reported commit survived
             assert committed <= cube.done("spectrum")
             committed = cube.done("spectrum")

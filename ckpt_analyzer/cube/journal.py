@@ -9,6 +9,7 @@ complete, readable earlier state.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -89,6 +90,8 @@ class Cube:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._decls: dict[str, Decl] = {}
+        #: one line per repair done on opening (e.g. a damaged cube rebuilt from the journal)
+        self.notes: list[str] = []
 
     # -- life cycle
 
@@ -106,8 +109,14 @@ class Cube:
             return self
         if self.path.is_dir():
             raise CkptError("is a directory, not a cube file", self.path)
+        damaged = None
         if self.path.exists():
-            check_cube(self.path)
+            try:
+                check_cube(self.path)
+            except CkptError as exc:
+                if not self.journal_path.is_file():
+                    raise
+                damaged = str(exc)  # our journal is next to it: rebuilt from the journal below
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.journal_path, isolation_level=None,
@@ -128,11 +137,10 @@ class Cube:
             db.close()
             if "locked" in str(exc) or "busy" in str(exc):
                 raise CkptError("another process is writing this cube", self.path) from None
-            if "not a database" in str(exc):
+            if "not a database" in str(exc) and damaged is None:
                 raise CkptError("is not a ckpt-analyzer journal (not an SQLite file)",
                                 self.journal_path) from None
-            raise CkptError(f"cannot write the cube's journal ({exc})",
-                            self.journal_path) from None
+            raise _journal_error(exc, self.journal_path) from None
         self._db = db
         try:
             with self._tx() as cur:
@@ -147,6 +155,15 @@ class Cube:
                 if fmt is not None and fmt != JOURNAL_FORMAT:
                     raise CkptError(f"journal format '{fmt}' is not {JOURNAL_FORMAT}",
                                     self.journal_path)
+                if fmt is not None and damaged is not None:
+                    # the next materialization rewrites the whole file from the journal
+                    cur.execute("DELETE FROM meta WHERE key='materialized'")
+                    _bump_layout(cur)
+                    why = damaged.split(": ", 1)[-1].split("; its journal")[0]
+                    self.notes.append(f"{self.path}: {why}; rebuilt it from its journal "
+                                      f"{self.journal_path.name}")
+                elif damaged is not None:
+                    raise CkptError(damaged.split(": ", 1)[-1], self.path)
                 if fmt is None:
                     for stmt in _SCHEMA.strip().split(";"):
                         if stmt.strip():
@@ -157,6 +174,8 @@ class Cube:
         except BaseException:
             self.close()
             raise
+        if damaged is not None:
+            self.materialize(rewrite=True)
         return self
 
     def close(self) -> None:
@@ -172,14 +191,23 @@ class Cube:
         with self._lock:
             if self._db is None:
                 raise CkptError("cube is not open", self.path)
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+                cur = self._db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    if self._db.in_transaction:
+                        cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise _journal_error(exc, self.journal_path) from None
 
     # -- provenance and probes
 
@@ -195,6 +223,35 @@ class Cube:
         with self._tx() as cur:
             row = cur.execute("SELECT value FROM meta WHERE key='root'").fetchone()
         return json.loads(row[0]) if row else {}
+
+    def extra(self, key: str) -> str | None:
+        """A value kept in the journal only (not materialized), e.g. checkpoint identities."""
+        with self._tx() as cur:
+            return _meta(cur, f"extra:{key}")
+
+    def set_extra(self, key: str, value: str) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"extra:{key}", value))
+
+    def reset(self) -> None:
+        """Forget everything measured (cells, probes, inputs, failures, coordinates, root
+        attributes): the next materialization writes an empty cube."""
+        with self._tx() as cur:
+            for table in ("cell", "probe", "input", "failure", "axis"):
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("DELETE FROM meta WHERE key='root' OR key LIKE 'extra:%'")
+            _bump_layout(cur)
+        self._decls.clear()
+
+    def forget(self, epoch: int, width: int) -> int:
+        """Drop the cells of every probe at (epoch, width), e.g. of a replaced checkpoint, so
+        they are measured again; returns how many were dropped."""
+        with self._tx() as cur:
+            n = cur.execute("DELETE FROM cell WHERE epoch=? AND width=?",
+                            (as_int(epoch, "epoch"), as_int(width, "width"))).rowcount
+            if n:
+                _bump_layout(cur)
+        return int(n)
 
     def probes(self) -> list[str]:
         """Probes known to the journal."""
@@ -375,26 +432,34 @@ class Cube:
                 and self.path.exists() and last["stat"] == _stat(self.path)
                 and all(last[a] == grid[a][:len(last[a])].tolist() for a in AXES)):
             since = last["seq"]
+        # The file is composed in memory and then written with plain file I/O: a full disk or a
+        # file-size limit is then an ordinary OSError (HDF5's own writes fail noisily and can
+        # crash the interpreter at exit), and the previous cube stays as it was.
+        buf = io.BytesIO(self.path.read_bytes() if since is not None else b"")
         try:
-            with atomic_path(self.path, tmp=f"{self.path}.tmp") as tmp:
-                if since is not None:
-                    shutil.copyfile(self.path, tmp)
-                with h5py.File(tmp, "r+" if since is not None else "w", track_order=True) as f:
-                    for k in list(f.attrs):
-                        del f.attrs[k]
-                    for k, v in root.items():
-                        f.attrs[k] = v
-                    f.attrs["failures"] = json.dumps(failures)
-                    write_axes(f, grid)
-                    for name, version, config, seed, outputs in probes:
-                        decl = Decl.from_json(outputs)
-                        if since is None:
-                            write_probe(f, name, version, config, seed, decl, grid,
-                                        self._cells(name, decl, 0, upto), self._inputs(name))
-                        else:
-                            update_probe(f[name], decl, grid, self._cells(name, decl, since, upto))
+            with h5py.File(buf, "r+" if since is not None else "w", track_order=True) as f:
+                for k in list(f.attrs):
+                    del f.attrs[k]
+                for k, v in root.items():
+                    f.attrs[k] = v
+                f.attrs["failures"] = json.dumps(failures)
+                write_axes(f, grid)
+                for name, version, config, seed, outputs in probes:
+                    decl = Decl.from_json(outputs)
+                    if since is None:
+                        write_probe(f, name, version, config, seed, decl, grid,
+                                    self._cells(name, decl, 0, upto), self._inputs(name))
+                    else:
+                        update_probe(f[name], decl, grid, self._cells(name, decl, since, upto))
+            with atomic_path(self.path, tmp=f"{self.path}.tmp") as tmp, open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
         except OSError as exc:
-            raise CkptError(f"cannot write the cube ({exc.strerror or exc})", self.path) from None
+            why = str(exc.strerror or exc).splitlines()[0]
+            raise CkptError(f"cannot write the cube ({why}); the previous cube is unchanged and "
+                            "the journal keeps every cell: re-run when there is room",
+                            self.path) from None
+        finally:
+            buf.close()
         state = {"layout": layout, "seq": upto, "stat": _stat(self.path),
                  **{a: grid[a].tolist() for a in AXES}}
         with self._tx() as cur:
@@ -423,6 +488,20 @@ class Cube:
         for e, w, blob in rows:
             yield e, w, {m: np.frombuffer(blob, dt, count, off).reshape(shape)
                          for m, dt, count, shape, off in layout}
+
+
+def _journal_error(exc: sqlite3.Error, path: Path) -> CkptError:
+    """One line for an SQLite failure: a full disk or file-size limit, a damaged file, other."""
+    msg = str(exc)
+    if "full" in msg or "I/O error" in msg or "too large" in msg:
+        return CkptError(f"cannot write the cube's journal ({msg}: the disk is full or a file-size "
+                         "limit was reached); cells recorded before are kept, re-run when there "
+                         "is room", path)
+    if "malformed" in msg or "not a database" in msg or "corrupt" in msg:
+        return CkptError(f"the cube's journal is damaged ({msg}); move it aside and re-run: it "
+                         "is rebuilt from the cube file (cells not yet in the cube are measured "
+                         "again)", path)
+    return CkptError(f"cannot use the cube's journal ({msg})", path)
 
 
 def _table_names() -> list[str]:

@@ -34,7 +34,9 @@ def check_cube(path: Path) -> None:
         with h5py.File(path, "r") as f:
             fmt = f.attrs.get("format")
     except OSError as exc:
-        raise CkptError(f"cannot read the cube ({exc})", path) from None
+        hint = ("; its journal is intact: re-run 'ckpt-analyze run' on its run to rebuild it"
+                if Path(f"{path}.journal").is_file() else "")
+        raise CkptError(f"cannot read the cube ({str(exc).splitlines()[0]}){hint}", path) from None
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt != CUBE_FORMAT:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoints import read_labels, read_run_json
+from ..checkpoints import check_labels, read_labels, read_run_json
 from ..errors import CkptError
 from ..schema import SUBSETS
 from . import denormalize, load_dataset, normalize
@@ -75,11 +75,13 @@ def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
         ds = run["dataset"]
         data = load_dataset(dataset or ds["name"], data_root or ds.get("root"), ds.get("split_seed", 0))
         labels = read_labels(run_dir)
-        if len(labels["train_labels"]) != data.n_train:
-            raise CkptError(f"labels.safetensors has {len(labels['train_labels'])} training labels, "
-                            f"dataset '{ds['name']}' has {data.n_train}", Path(run_dir))
+        check_labels(labels, data.n_train, data.num_classes, Path(run_dir) / "labels.safetensors")
         mean, std = ds["mean"], ds["std"]
-        y_train, clean, mask = labels["train_labels"], labels["clean_labels"], labels["noisy_mask"]
+        if len(mean) != data.in_channels:
+            raise CkptError(f"'dataset.mean' has {len(mean)} channels, dataset '{ds['name']}' "
+                            f"has {data.in_channels}", Path(run_dir) / "run.json")
+        y_train, clean = labels["train_labels"].long(), labels["clean_labels"].long()
+        mask = labels["noisy_mask"].bool()
         smoothing = run.get("label_smoothing")
     else:
         data = load_dataset(dataset or "digits", data_root, 0)

@@ -104,6 +104,38 @@ def build_model(arch: str, width: int, num_classes: int, in_channels: int) -> nn
     return model
 
 
+#: The largest model (parameters and buffers) a width may build: beyond it the width is refused
+#: with its estimated size instead of allocating.
+MAX_MODEL_BYTES = 16 * 2**30
+
+
+def model_bytes(arch: str, width: int, num_classes: int, in_channels: int) -> int | None:
+    """Bytes of the parameters and buffers of ``build_model(...)``, computed without allocating
+    (the model is built on torch's ``meta`` device); None when the factory cannot build there."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, width, num_classes, in_channels)
+    except UsageError:
+        raise
+    except Exception as exc:  # a factory that cannot build on meta: size unknown
+        return 2**63 if "overflow" in str(exc) else None
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def check_model_size(arch: str, width: int, num_classes: int, in_channels: int,
+                     what: str = "--widths") -> None:
+    """UsageError naming the estimated size when width ``width`` would exceed MAX_MODEL_BYTES."""
+    size = model_bytes(arch, width, num_classes, in_channels)
+    if size is not None and size >= 2**63:
+        raise UsageError(f"{what}: {arch} of width {width:,} is too large to build (its tensor "
+                         "sizes overflow 64 bits)")
+    if size is not None and size > MAX_MODEL_BYTES:
+        raise UsageError(f"{what}: {arch} of width {width:,} would need ~{size / 2**30:,.1f} GiB "
+                         f"for its weights alone (limit {MAX_MODEL_BYTES / 2**30:.0f} GiB)")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters (weights and biases; buffers such as BN statistics excluded)."""
     return sum(p.numel() for p in model.parameters())

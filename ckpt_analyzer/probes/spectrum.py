@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+#: The most line samples (points x n x subsets) one checkpoint may evaluate: the logits of
+#: all of them are held at once (~5 GiB at 10 classes).
+MAX_SAMPLES = 2**27
+
+
 class SpectrumProbe(Probe):
     """Fourier spectrum of the logits along random lines through data points (Zhang & Wu).
 
@@ -67,6 +72,11 @@ class SpectrumProbe(Probe):
         def __post_init__(self) -> None:
             check(self.points >= 1, f"spectrum.points must be >= 1 (got {self.points})")
             check(self.n >= 2, f"spectrum.n must be >= 2 (got {self.n})")
+            samples = self.points * self.n * len(self.subsets)
+            check(samples <= MAX_SAMPLES,
+                  f"spectrum.points x spectrum.n = {samples:,} line samples would hold "
+                  f"~{samples * 40 / 2**30:,.0f} GiB of logits (at 10 classes); at most "
+                  f"{MAX_SAMPLES:,}")
             check(self.h == "auto" or (not isinstance(self.h, (str, bool))
                                        and isinstance(self.h, (int, float)) and self.h > 0
                                        and math.isfinite(self.h)),

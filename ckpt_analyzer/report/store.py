@@ -11,6 +11,7 @@ import numpy as np
 
 from ..cube.journal import store_derived_group
 from ..cube.read import read_cube_info, text
+from ..errors import CkptError
 from .build import REPORT_FORMAT, WIDTH_FIELDS, _clean
 
 #: Name of the cube group holding the stored report (cubes of 0.1 used ``analysis``).
@@ -29,7 +30,13 @@ def write_report(cube_path: str | os.PathLike[str], report: dict[str, Any]) -> N
              "description": ("derived by 'ckpt-analyze report'; dropped when "
                              "'ckpt-analyze run' rewrites the cube"),
              "report": json.dumps(_clean(report), sort_keys=False)}
-    store_derived_group(cube_path, GROUP, attrs, per_width, np.array([r["width"] for r in rows]))
+    try:
+        store_derived_group(cube_path, GROUP, attrs, per_width, np.array([r["width"] for r in rows]))
+    except CkptError as exc:
+        if "another process" not in str(exc):
+            raise
+        raise CkptError("a 'ckpt-analyze run' is writing this cube; not storing the report "
+                        "(use --no-store to print it without storing)", cube_path) from None
 
 
 def read_report(cube_path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -60,7 +60,7 @@ def _progress_printer(enabled: bool) -> tuple[Any, Any]:
 @click.option("--ls-amplitude", default=0.5, show_default=True, type=float)
 @click.option("--ls-index", default=1, show_default=True, type=int,
               help="Fourier basis index of the direction for --label-smoothing direction.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="In [0, 2**64 - 1].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
@@ -101,6 +101,8 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
     prog, report = _progress_printer(not quiet and sys.stderr.isatty())
     trainer = Trainer(cfg, out, dev, progress=report)
     trainer.prepare()
+    for w in trainer.warnings:
+        sys.stderr.write(f"warning: {w}\n")
     if prog is not None:
         with prog:
             results = trainer.run()

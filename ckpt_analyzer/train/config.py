@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import UsageError, unknown
+from ..util import check_seed
 from .schedule import SCHEDULES, save_epochs
 
 OPTIMIZERS = ("adam", "sgd")
+MAX_WIDTHS = 1000
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,20 @@ class TrainConfig:
     ls_index: int = 1
 
     def __post_init__(self) -> None:
+        for flag, value in (("--lr", self.lr), ("--momentum", self.momentum),
+                            ("--weight-decay", self.weight_decay),
+                            ("--label-noise", self.label_noise),
+                            ("--ls-frequency", self.ls_frequency),
+                            ("--ls-amplitude", self.ls_amplitude)):
+            if not math.isfinite(value):
+                raise UsageError(f"{flag}: must be a finite number (got {value})")
+        check_seed(self.seed, "--seed")
+        check_seed(self.split_seed, "--split-seed")
+        if len(self.widths) > MAX_WIDTHS:
+            raise UsageError(f"--widths: {len(self.widths):,} widths; at most {MAX_WIDTHS}")
+        if self.epochs > MAX_EPOCHS:
+            raise UsageError(f"--epochs: at most {MAX_EPOCHS:,} (got {self.epochs:,}): every "
+                             "epoch may be saved")
         if not self.widths or any(w < 1 for w in self.widths):
             raise UsageError("--widths: must be positive integers")
         if self.epochs < 1:

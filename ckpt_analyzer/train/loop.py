@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -184,11 +185,12 @@ class Trainer:
         self.out = Path(out)
         self.device = device
         self.progress = progress
+        self.warnings: list[str] = []
 
     def prepare(self) -> dict[str, Any]:
         from ..data import load_dataset
         from ..data.noise import label_noise
-        from ..models import build_model
+        from ..models import build_model, check_model_size
 
         cfg = self.cfg
         if self.out.exists() and not self.out.is_dir():
@@ -196,7 +198,9 @@ class Trainer:
         data = load_dataset(cfg.dataset, cfg.data_root, cfg.split_seed)
         labels, mask = label_noise(data.y_train.numpy(), data.num_classes, cfg.noise_kind,
                                    cfg.label_noise, cfg.seed, cfg.noise_classes)
-        # fail on a bad --arch/--model before anything is written
+        # fail on a bad --arch/--model, or a width too large to build, before anything is written
+        for w in cfg.widths:
+            check_model_size(cfg.arch, w, data.num_classes, data.in_channels)
         build_model(cfg.arch, cfg.widths[0], data.num_classes, data.in_channels)
         self.data = data
         self.x_train = data.x_train.to(self.device)  # [0, 1] pixels: augmentation works here
@@ -215,17 +219,34 @@ class Trainer:
         old = read_run_json(self.out) if self.out.is_dir() else None
         if old is not None:
             diff = manifest_diff(old, manifest)
-            if diff:
+            if diff and self._has_checkpoints():
                 raise CkptError("holds a run with other settings: " + "; ".join(diff)
                                 + " (use another OUT folder)", self.out / "run.json")
-        elif self.out.is_dir() and any(self.out.iterdir()):
+            if diff:  # a manifest without a single checkpoint: nothing to keep, start afresh
+                self.warnings.append(f"{self.out / 'run.json'}: no checkpoint was written with "
+                                     "its settings; starting afresh with the new ones ("
+                                     + "; ".join(diff) + ")")
+                old = None
+        elif self.out.is_dir() and not self._only_own_start():
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if old is None:
+            for stale in self.out.glob("*.tmp"):  # left by a run killed while starting
+                stale.unlink()
             save_labels(self.out, labels, data.y_train, mask)
             atomic_write_json(self.out / "run.json", manifest)
         self.manifest = manifest
         return manifest
+
+    #: What a run killed while creating its folder can leave before run.json (written last).
+    _START_FILES = re.compile(r"^(labels\.safetensors|(labels\.safetensors|run\.json)\.[0-9a-f]+\.tmp)$")
+
+    def _only_own_start(self) -> bool:
+        """True for a folder holding nothing but what :meth:`prepare` writes before run.json."""
+        return all(p.is_file() and self._START_FILES.match(p.name) for p in self.out.iterdir())
+
+    def _has_checkpoints(self) -> bool:
+        return any(p.is_file() for p in self.out.glob("w*/*"))
 
     def _make_smoother(self) -> Any:
         if self.cfg.label_smoothing is None:
