@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,14 @@ from .checkpoints import (
     CheckpointRef,
     build_model_for,
     discover,
-    load_state_into,
-    prefetch,
     read_run_json,
     read_state_dict,
 )
 from .config import config_to_dict
 from .data.run import RunData, load_run_data
 from .errors import CheckpointError, CkptError, UsageError
+from .executors.local import LocalExecutor
+from .executors.work import Outcome, Plan, Task, Worker
 from .probes import make_probes
 from .probes.base import Context, Outputs, Probe
 
@@ -96,6 +96,9 @@ class RunSummary:
     seconds: float = 0.0
     probes: list[str] = field(default_factory=list)
     probe_seconds: dict[str, float] = field(default_factory=dict)
+    executor: str = "local"
+    workers: int = 1
+    shard: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -126,6 +129,14 @@ class Analysis:
     pattern: str | None = None
     allow_pt: bool = False
     progress: Callable[[str, Any], None] | None = None
+    # scale-out (DESIGN §6 "Executors"): where the unit of work runs; the cube is written here
+    executor: str = "local"  # local | pool | ray
+    workers: int | None = None  # pool processes / Ray actors (None: local; ray: one per slot)
+    devices: Sequence[str] | None = None  # CUDA devices of the pool workers, e.g. cuda:0, cuda:1
+    worker_threads: int | None = None  # torch threads per worker [cores // workers]
+    ray_address: str | None = None
+    shard: tuple[int, int] | None = None  # (i, n), 1 <= i <= n: this process's share of cells
+    plugins: Sequence[str] = ()  # --plugin specs, imported again by every worker
 
     def run(self) -> RunSummary:
         from .cube import Cube
@@ -149,16 +160,26 @@ class Analysis:
             where = "" if len(all_refs) == 0 else f" matching --widths/--epochs (found {len(all_refs)})"
             hint = "" if run is not None or self.pattern else " (foreign folder? pass --pattern)"
             raise CkptError(f"no checkpoints{where}{hint}", run_dir)
+        grid_epochs = sorted({r.epoch for r in refs})
+        grid_widths = sorted({r.width for r in refs})
+        if self.shard is not None:
+            from .executors.shard import shard_refs
+
+            refs = shard_refs(refs, *self.shard)
+        executor = self._executor(dev)  # a bad --ray-address fails before any work
         data = load_run_data(run_dir, dev, self.dataset, self.data_root)
         meta_of = self._metadata_factory(run, data)
-        output = Path(self.output) if self.output else run_dir / "analysis.h5"
+        output = Path(self.output) if self.output else run_dir / (
+            "analysis.h5" if self.shard is None
+            else f"analysis.shard-{self.shard[0]}-of-{self.shard[1]}.h5")
         summary = RunSummary(cube=str(output), probes=[p.name for p in probes],
-                             checkpoints=len(refs))
+                             checkpoints=len(refs), executor=executor.name,
+                             shard=None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}")
 
-        widths = sorted({r.width for r in refs})
+        widths = grid_widths
         width_meta = {r.width: meta_of(r) for r in all_refs if r.error is None}
         for w in widths:
-            width_meta.setdefault(w, meta_of(next(r for r in refs if r.width == w)))
+            width_meta.setdefault(w, meta_of(next(r for r in all_refs if r.width == w)))
 
         def build(width: int) -> nn.Module:
             meta = dict(width_meta.get(width) or width_meta[widths[0]])
@@ -178,7 +199,7 @@ class Analysis:
             if bs < 1:
                 raise UsageError(f"--batch-size: must be a positive integer or auto (got {bs})")
         ctx = Context(data=data, device=dev, batch_size=bs, seed=self.seed, run=run or {},
-                      widths=tuple(widths), epochs=tuple(sorted({r.epoch for r in refs})),
+                      widths=tuple(widths), epochs=tuple(grid_epochs),
                       build_model=build, initial_state=initial_state)
 
         with Cube(output) as cube:
@@ -193,15 +214,22 @@ class Analysis:
                                  inputs, overwrite=self.overwrite)
                 prepared.append(PreparedProbe(p, outs))
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
-            todo = []
+            todo: list[Task] = []
             for r in refs:
-                missing = [p for p in prepared if (r.epoch, r.width) not in done[p.probe.name]]
+                missing = tuple(p.probe.name for p in prepared
+                                if (r.epoch, r.width) not in done[p.probe.name])
                 if missing:
-                    todo.append((r, missing))
+                    todo.append(Task(len(todo), r, missing))
                 else:
                     summary.skipped_done += 1
-            all_epochs = sorted({r.epoch for r in refs})
-            self._stream(cube, todo, ctx, build, summary, all_epochs, widths)
+            if isinstance(executor, LocalExecutor):
+                executor.worker = Worker.in_process(ctx, prepared, build, self.allow_pt)
+                plan = None
+            else:
+                plan = self._plan(run_dir, run, prepared, ctx, width_meta,
+                                  {w: r.path for w, r in initial.items()})
+            self._stream(cube, executor.run(plan, todo), summary, grid_epochs, widths, len(todo))
+            summary.workers = getattr(executor, "used", 1) or 1
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -218,11 +246,46 @@ class Analysis:
 
         return meta_of
 
-    def _stream(self, cube: Any, todo: list[tuple[CheckpointRef, list[PreparedProbe]]],
-                ctx: Context, build: Callable[[int], nn.Module], summary: RunSummary,
-                epochs: list[int], widths: list[int]) -> None:
-        dev = ctx.device
-        models: dict[int, nn.Module] = {}
+    def _executor(self, dev: torch.device) -> Any:
+        kind = self.executor
+        if kind == "local" and self.workers is not None:
+            kind = "pool"
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers: must be at least 1 (got {self.workers})")
+        if kind == "local":
+            return LocalExecutor()  # its worker is set in run(), once the probes are prepared
+        devices = list(self.devices or [])
+        if kind == "pool":
+            if dev.type == "cuda" and not devices:
+                devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            workers = self.workers or max(1, len(devices))
+            from .executors.pool import PoolExecutor
+
+            return PoolExecutor(workers, devices or [str(dev)], threads=self.worker_threads)
+        if kind == "ray":
+            from .executors.ray import RayExecutor
+
+            return RayExecutor(self.workers, self.ray_address, device=dev.type,
+                               threads=self.worker_threads)
+        raise UsageError(f"--executor: unknown executor '{kind}' (local, pool or ray)")
+
+    def _plan(self, run_dir: Path, run: Mapping[str, Any] | None, prepared: list[PreparedProbe],
+              ctx: Context, width_meta: Mapping[int, Mapping[str, Any]],
+              initial: Mapping[int, str]) -> Plan:
+        import pickle
+
+        plugins = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
+                        for p in self.plugins)
+        return Plan(run_dir=str(run_dir.resolve()), probes=pickle.dumps(prepared),
+                    plugins=plugins, device=str(ctx.device), batch_size=ctx.batch_size,
+                    seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
+                    width_meta={w: dict(m) for w, m in width_meta.items()},
+                    initial=dict(initial), model=self.model, dataset=self.dataset,
+                    data_root=self.data_root, allow_pt=self.allow_pt)
+
+    def _stream(self, cube: Any, outcomes: Iterator[Outcome], summary: RunSummary,
+                epochs: list[int], widths: list[int], total: int) -> None:
+        """The single writer: commit each outcome to the journal as it arrives."""
         last_flush = time.monotonic()
         old_term = signal.getsignal(signal.SIGTERM)
 
@@ -234,36 +297,24 @@ class Analysis:
         except ValueError:  # not the main thread
             old_term = None
 
-        def load(item: tuple[CheckpointRef, list[PreparedProbe]]) -> dict[str, torch.Tensor]:
-            ref = item[0]
-            if ref.error:
-                raise CheckpointError(ref.error.split(": ", 1)[-1], ref.path)
-            return read_state_dict(ref.path, "cpu", self.allow_pt)
-
         if self.progress:
-            self.progress("start", len(todo))
+            self.progress("start", total)
         try:
-            for (ref, plist), state in prefetch(todo, load):
-                try:
-                    if isinstance(state, BaseException):
-                        raise state
-                    if ref.width not in models:
-                        models.clear()  # one width's model alive at a time
-                        models[ref.width] = build(ref.width)
-                    model = models[ref.width]
-                    load_state_into(model, state, ref.path)
-                    model.to(dev)
-                    results = measure(model, ref, plist, ctx, summary.probe_seconds)
-                except CheckpointError as exc:
+            for out in outcomes:
+                ref = out.task.ref
+                for name, sec in out.probe_seconds.items():
+                    summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
+                if out.error is not None:
                     summary.failed.append({"path": ref.path, "width": ref.width,
-                                           "epoch": ref.epoch, "error": str(exc)})
-                    cube.record_failure(ref.epoch, ref.width, ref.path, str(exc))
+                                           "epoch": ref.epoch, "error": out.error})
+                    cube.record_failure(ref.epoch, ref.width, ref.path, out.error)
                     if self.strict:
-                        raise
+                        prefix = f"{ref.path}: "
+                        raise CheckpointError(out.error.removeprefix(prefix), ref.path)
                     if self.progress:
-                        self.progress("fail", str(exc))
+                        self.progress("fail", out.error)
                     continue
-                for name, res in results.items():
+                for name, res in (out.results or {}).items():
                     cube.record(name, ref.epoch, ref.width, res)
                 summary.computed += 1
                 if self.progress:
@@ -275,6 +326,9 @@ class Analysis:
             raise CkptError("terminated: finished checkpoints are kept; re-run to resume",
                             summary.cube) from None
         finally:
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()  # stops the workers
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
             cube.materialize(epochs, widths)  # the journal holds every finished cell
