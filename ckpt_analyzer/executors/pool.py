@@ -78,8 +78,8 @@ class PoolExecutor:
         self.workers = workers
         self.devices = list(devices or [])
         self.threads = threads
-        self.started = 0
-        self.used = 0  # workers of the last run  # processes started, replacements included (for tests and summaries)
+        self.started = 0  # processes started, replacements included (for tests and summaries)
+        self.used = 0  # workers of the last run
 
     def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[Outcome]:
         if not tasks:
