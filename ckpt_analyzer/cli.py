@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .errors import UsageError
 from .util import handle_errors, parse_ints
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -102,13 +103,12 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         devices: str | None, shard: str | None, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
     if workers is not None and workers < 1:
-        raise click.BadParameter(f"must be at least 1 (got {workers})", param_hint="--workers")
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
     if ray_address is not None and executor not in (None, "ray"):
-        raise click.BadParameter("only with --executor ray", param_hint="--ray-address")
+        raise UsageError("--ray-address: only with --executor ray")
     kind = executor or ("ray" if ray_address else "pool" if workers or devices else "local")
     if kind == "local" and workers is not None and workers > 1:
-        raise click.BadParameter("--executor local runs in this process; use pool or ray",
-                                 param_hint="--workers")
+        raise UsageError("--workers: --executor local runs in this process; use pool or ray")
     dev_list = None
     if devices is not None:
         idx = parse_ints(devices, "--devices", 0) or []

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..util import handle_errors, parse_ints
 
 
@@ -82,7 +83,7 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
 
     Re-running the same command resumes every width where it stopped."""
     if workers is not None and workers < 1:
-        raise click.BadParameter(f"must be at least 1 (got {workers})", param_hint="--workers")
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
     kind = executor or ("ray" if ray_address else "pool" if workers and workers > 1 else "local")
     from ..data import DATASETS
     from ..models import MODELS
