@@ -283,7 +283,7 @@ class Analysis:
                     initial=dict(initial), model=self.model, dataset=self.dataset,
                     data_root=self.data_root, allow_pt=self.allow_pt)
 
-    def _stream(self, cube: Any, outcomes: Iterator[Outcome], summary: RunSummary,
+    def _stream(self, cube: Any, outcomes: Iterator[list[Outcome]], summary: RunSummary,
                 epochs: list[int], widths: list[int], total: int) -> None:
         """The single writer: commit each outcome to the journal as it arrives."""
         last_flush = time.monotonic()
@@ -300,25 +300,28 @@ class Analysis:
         if self.progress:
             self.progress("start", total)
         try:
-            for out in outcomes:
-                ref = out.task.ref
-                for name, sec in out.probe_seconds.items():
-                    summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
-                if out.error is not None:
-                    summary.failed.append({"path": ref.path, "width": ref.width,
-                                           "epoch": ref.epoch, "error": out.error})
-                    cube.record_failure(ref.epoch, ref.width, ref.path, out.error)
-                    if self.strict:
-                        prefix = f"{ref.path}: "
-                        raise CheckpointError(out.error.removeprefix(prefix), ref.path)
+            for batch in outcomes:
+                # group commit: every ready checkpoint's cells in one transaction (one fsync)
+                cube.record_many([(name, o.task.ref.epoch, o.task.ref.width, res)
+                                  for o in batch if o.error is None
+                                  for name, res in (o.results or {}).items()])
+                for out in batch:
+                    ref = out.task.ref
+                    for name, sec in out.probe_seconds.items():
+                        summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
+                    if out.error is not None:
+                        summary.failed.append({"path": ref.path, "width": ref.width,
+                                               "epoch": ref.epoch, "error": out.error})
+                        cube.record_failure(ref.epoch, ref.width, ref.path, out.error)
+                        if self.strict:
+                            prefix = f"{ref.path}: "
+                            raise CheckpointError(out.error.removeprefix(prefix), ref.path)
+                        if self.progress:
+                            self.progress("fail", out.error)
+                        continue
+                    summary.computed += 1
                     if self.progress:
-                        self.progress("fail", out.error)
-                    continue
-                for name, res in (out.results or {}).items():
-                    cube.record(name, ref.epoch, ref.width, res)
-                summary.computed += 1
-                if self.progress:
-                    self.progress("advance", ref)
+                        self.progress("advance", ref)
                 if time.monotonic() - last_flush > MATERIALIZE_EVERY_S:
                     cube.materialize(epochs, widths)
                     last_flush = time.monotonic()

@@ -14,7 +14,9 @@ IN_FLIGHT = 2  # tasks handed to one worker at a time: one computing, the next o
 
 
 class Executor(Protocol):
-    """Runs tasks under a plan and yields their outcomes as they finish (any order).
+    """Runs tasks under a plan and yields their outcomes as they finish (any order), in batches:
+    each yielded list holds every outcome that was ready at that moment, so the writer commits
+    them in one transaction (group commit) when results arrive faster than the disk syncs.
 
     An executor never writes the cube. Unexpected worker exceptions are re-raised from the
     iterator; a bad checkpoint or a worker that died too often comes back as ``Outcome.error``.
@@ -22,7 +24,7 @@ class Executor(Protocol):
 
     name: str
 
-    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[Outcome]: ...
+    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[list[Outcome]]: ...
 
 
 def available_cores() -> int:

@@ -16,9 +16,9 @@ class LocalExecutor:
     def __init__(self, worker: Worker | None = None) -> None:
         self.worker = worker  # the runner sets it once the probes are prepared
 
-    def run(self, plan: Plan | None, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def run(self, plan: Plan | None, tasks: Sequence[Task]) -> Iterator[list[Outcome]]:
         worker = self.worker
         if worker is None:
             raise RuntimeError("LocalExecutor.run: no worker set")
         for task, state in prefetch(tasks, worker.load):
-            yield worker.compute(task, state)
+            yield [worker.compute(task, state)]

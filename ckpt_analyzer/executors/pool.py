@@ -81,7 +81,7 @@ class PoolExecutor:
         self.started = 0  # processes started, replacements included (for tests and summaries)
         self.used = 0  # workers of the last run
 
-    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[list[Outcome]]:
         if not tasks:
             return
         ctx = mp.get_context("spawn")
@@ -117,6 +117,7 @@ class PoolExecutor:
             while remaining:
                 ready = wait([s.conn for s in slots] + [s.proc.sentinel for s in slots])
                 dead: list[_Slot] = []
+                batch: list[Outcome] = []
                 for slot in list(slots):
                     if slot.conn not in ready and slot.proc.sentinel not in ready:
                         continue
@@ -133,7 +134,7 @@ class PoolExecutor:
                             else:
                                 slot.tasks.remove(arg.task)
                                 remaining -= 1
-                                yield arg
+                                batch.append(arg)
                     except (EOFError, OSError):
                         dead.append(slot)
                         continue
@@ -150,13 +151,15 @@ class PoolExecutor:
                     for k, task in enumerate(slot.tasks):
                         if not sched.give_back(task, charged=k == 0):
                             remaining -= 1
-                            yield Outcome(task, error=f"{cause} while measuring it, "
-                                          f"{sched.max_attempts} times", worker=slot.name)
+                            batch.append(Outcome(task, error=f"{cause} while measuring it, "
+                                                 f"{sched.max_attempts} times", worker=slot.name))
                     if remaining and (sched.pending() or not slots):
                         slots.append(start(next_id))
                         next_id += 1
                 for slot in slots:
-                    feed(slot)
+                    feed(slot)  # before yielding: the workers compute while the writer commits
+                if batch:
+                    yield batch
         finally:
             for slot in slots:
                 try:

@@ -10,6 +10,7 @@ is started. Ray is optional: ``pip install 'ckpt-analyzer[ray]'``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -102,7 +103,7 @@ class RayExecutor:
             return self.workers, use_gpu
         return (gpus if use_gpu else max(1, int(res.get("CPU", 1)))), use_gpu
 
-    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[list[Outcome]]:
         if not tasks:
             return
         ray = self.ray
@@ -146,42 +147,43 @@ class RayExecutor:
                 refs = list(owner)
                 if not refs:
                     raise CkptError("no Ray actor is left to measure the remaining checkpoints")
-                done, _ = ray.wait(refs, num_returns=1, timeout=None)
-                ref = done[0]
-                a = owner.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except (RayActorError, GetTimeoutError) as exc:
-                    cause = f"Ray actor died ({type(exc).__name__})"
-                    pending = actors.pop(a, [])
-                    for _, r in pending:
-                        owner.pop(r, None)
-                    sched.release(a)
-                    for k, (task, _) in enumerate(pending):
-                        if not sched.give_back(task, charged=k == 0):
-                            remaining -= 1
-                            yield Outcome(task, error=f"{cause} while measuring it, "
-                                          f"{sched.max_attempts} times")
+                done, rest = ray.wait(refs, num_returns=1, timeout=None)
+                if rest:  # and whatever else is ready now: one batch for the writer
+                    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                    done += more
+                batch: list[Outcome] = []
+                for ref in done:
+                    a = owner.pop(ref, None)
+                    if a is None:  # its actor died earlier in this batch
+                        continue
                     try:
-                        ray.kill(a)
-                    except Exception:
-                        pass
-                    if remaining and (sched.pending() or not actors):
-                        feed(start())
-                    for b in list(actors):
-                        feed(b)
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    raise exc.as_instanceof_cause() from None
-                actors[a] = [(t, r) for t, r in actors[a] if r != ref]
-                remaining -= 1
-                yield out
-                feed(a)
+                        out = ray.get(ref)
+                    except (RayActorError, GetTimeoutError) as exc:
+                        cause = f"Ray actor died ({type(exc).__name__})"
+                        pending = actors.pop(a, [])
+                        for _, r in pending:
+                            owner.pop(r, None)
+                        sched.release(a)
+                        for k, (task, _) in enumerate(pending):
+                            if not sched.give_back(task, charged=k == 0):
+                                remaining -= 1
+                                batch.append(Outcome(task, error=f"{cause} while measuring "
+                                                     f"it, {sched.max_attempts} times"))
+                        with contextlib.suppress(Exception):
+                            ray.kill(a)
+                        if remaining and (sched.pending() or not actors):
+                            start()
+                        continue
+                    except ray.exceptions.RayTaskError as exc:
+                        raise exc.as_instanceof_cause() from None
+                    actors[a] = [(t, r) for t, r in actors[a] if r != ref]
+                    remaining -= 1
+                    batch.append(out)
                 for b in list(actors):
-                    feed(b)
+                    feed(b)  # before yielding: the actors compute while the writer commits
+                if batch:
+                    yield batch
         finally:
             for a in list(actors):
-                try:
+                with contextlib.suppress(Exception):
                     ray.kill(a)
-                except Exception:
-                    pass
