@@ -99,6 +99,7 @@ class RunSummary:
     executor: str = "local"
     workers: int = 1
     shard: str | None = None
+    worker_cpu_seconds: dict[str, float] = field(default_factory=dict)  # pool/ray: CPU per worker
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -307,6 +308,9 @@ class Analysis:
                                   for name, res in (o.results or {}).items()])
                 for out in batch:
                     ref = out.task.ref
+                    if out.cpu_seconds:
+                        w = summary.worker_cpu_seconds
+                        w[out.worker] = w.get(out.worker, 0.0) + out.cpu_seconds
                     for name, sec in out.probe_seconds.items():
                         summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
                     if out.error is not None:

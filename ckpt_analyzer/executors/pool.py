@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import signal
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .work import Outcome, Plan, Task, Worker, describe_death, set_threads
 
 def _worker_main(conn: Connection, plan: Plan, device: str | None, threads: int | None,
                  name: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_threads(threads)
     try:
         worker = Worker(plan, device, name=name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Outcome:
     error: str | None = None
     probe_seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
+    cpu_seconds: float = 0.0  # CPU time of the worker's process on this task (load + probes)
 
 
 def set_threads(threads: int | None) -> None:
@@ -178,11 +180,14 @@ class Worker:
         return Outcome(task, results=results, probe_seconds=timings, worker=self.name)
 
     def run(self, task: Task) -> Outcome:
+        cpu = time.process_time()
         try:
             state: Any = self.load(task)
         except Exception as exc:
             state = exc
-        return self.compute(task, state)
+        out = self.compute(task, state)
+        out.cpu_seconds = time.process_time() - cpu
+        return out
 
 
 def measure_checkpoint(plan: Plan, task: Task, _cache: dict[int, Worker] = {}) -> Outcome:  # noqa: B006
