@@ -1,10 +1,12 @@
 """``--shard I/N``: this process's deterministic share of the (epoch, width) cells.
 
-The selected checkpoints are ordered by (width, epoch) and cut into N contiguous blocks whose
-sizes differ by at most one; shard I (1-based) takes block I. Contiguous blocks keep a width's
-checkpoints together (each shard builds few models) and balance the count. Deterministic given
-the same run folder and selection (``--widths``/``--epochs``), so run the shards after training
-has finished; ``ckpt-analyze merge`` joins their cubes."""
+The selected checkpoints are ordered by (width, epoch) and dealt round-robin: shard I (1-based)
+takes checkpoints I, I+N, I+2N, ... Every shard thus gets the same mix of widths and epochs, so
+the shards take about equally long although a wide model costs several times a narrow one
+(contiguous blocks would give one shard all the widest checkpoints); building a model per width
+costs milliseconds. Deterministic given the same run folder and selection
+(``--widths``/``--epochs``), so run the shards after training has finished;
+``ckpt-analyze merge`` joins their cubes."""
 
 from __future__ import annotations
 
@@ -27,6 +29,4 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_refs(refs: Sequence[CheckpointRef], i: int, n: int) -> list[CheckpointRef]:
     cells = sorted(refs, key=lambda r: (r.width, r.epoch))
-    total = len(cells)
-    lo, hi = (i - 1) * total // n, i * total // n
-    return cells[lo:hi]
+    return cells[i - 1::n]
