@@ -256,6 +256,9 @@ class Analysis:
         if kind == "local":
             return LocalExecutor()  # its worker is set in run(), once the probes are prepared
         devices = list(self.devices or [])
+        if devices and dev.type != "cuda":
+            raise UsageError(f"--devices: the device is {dev.type}; pass --device cuda (or auto "
+                             "on a machine with CUDA)")
         if kind == "pool":
             if dev.type == "cuda" and not devices:
                 devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
