@@ -46,6 +46,7 @@ def train_widths(cfg: TrainConfig, out: str | Path, device: str, workers: int | 
     """Train ``cfg.widths`` in parallel (the run folder must be prepared); results in the
     order of ``cfg.widths``. ``done`` is called as each width finishes."""
     widths = _order(cfg)
+    out = Path(out).resolve()  # workers may run elsewhere (Ray nodes) or in another folder
     results: dict[int, WidthResult] = {}
     if executor == "ray":
         from ..executors.ray import connect
