@@ -230,7 +230,7 @@ class Analysis:
                 plan = self._plan(run_dir, run, prepared, ctx, width_meta,
                                   {w: r.path for w, r in initial.items()})
             self._stream(cube, executor.run(plan, todo), summary, grid_epochs, widths, len(todo))
-            summary.workers = getattr(executor, "used", 1) or 1
+            summary.workers = getattr(executor, "used", 1)
         summary.seconds = time.perf_counter() - t0
         return summary
 
