@@ -12,7 +12,7 @@ checkpoints: widths 4 and 16, epochs 0-10), removed at the end.
 Part 1: ``ckpt_analyzer.runner.Analysis`` (what ``ckpt-analyze run RUN --probe metrics --probe
 spectrum`` runs; CPU, batch size auto = 512) on every checkpoint into a temporary cube:
 checkpoints per second, the time spent inside ``measure`` (the probes' computation, timed by
-wrapping ``runner.measure``), and, measured separately, ``read_state_dict`` of every checkpoint.
+wrapping ``executors.measure.measure``), and, measured separately, ``read_state_dict`` of every checkpoint.
 The runner reads the next checkpoint in a background thread while the probes run (prefetch),
 so the wall time should be close to set-up + computation, not + loading.
 
@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+import ckpt_analyzer.executors.measure as measure_mod
 import ckpt_analyzer.runner as runner
 from ckpt_analyzer.checkpoints import CheckpointRef, discover, read_state_dict
 
@@ -45,12 +46,12 @@ ALL_PROBES = ("metrics", "spectrum", "interpolation", "sharpness", "normalizatio
 
 
 class MeasureTimer:
-    """Wraps ``runner.measure`` (looked up by name in the runner's loop) and records its times."""
+    """Wraps ``executors.measure.measure`` (looked up by name in the worker) and records its times."""
 
     def __init__(self) -> None:
         self.cpu: list[float] = []
         self.wall: list[float] = []
-        self._orig: Callable[..., Any] = runner.measure
+        self._orig: Callable[..., Any] = measure_mod.measure
 
     def __enter__(self) -> MeasureTimer:
         orig = self._orig
@@ -62,11 +63,11 @@ class MeasureTimer:
             self.wall.append(time.perf_counter() - w)
             return out
 
-        runner.measure = timed  # type: ignore[assignment]
+        measure_mod.measure = timed  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        runner.measure = self._orig  # type: ignore[assignment]
+        measure_mod.measure = self._orig  # type: ignore[assignment]
 
 
 def run_analysis(run_dir: Path, probes: Sequence[str], out: Path, widths: Sequence[int] | None = None,

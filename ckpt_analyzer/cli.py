@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .errors import UsageError
 from .plot import KINDS, kinds_help
 from .util import handle_errors, parse_ints
 
@@ -91,6 +92,16 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
 @click.option("--width", "single_width", type=click.IntRange(min=1), default=1, show_default=True,
               help="Width of a --pattern without {width} (a single model).")
+@click.option("--workers", type=int, default=None,
+              help="Measure in N processes on this machine (or N Ray actors).")
+@click.option("--executor", type=click.Choice(["local", "pool", "ray"]), default=None,
+              help="Where checkpoints are measured [local; pool with --workers].")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Ray cluster to join (--executor ray) [a new local one].")
+@click.option("--devices", default=None, metavar="0,1",
+              help="CUDA devices of the pool workers, one worker each [all visible].")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Measure only share I of N of the cells, into its own cube (see merge).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
@@ -98,11 +109,29 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         config_file: str | None, device: str, batch_size: str, widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
-        allow_pt: bool, prefix: str | None, single_width: int, as_json: bool, quiet: bool) -> None:
+        allow_pt: bool, prefix: str | None, single_width: int, workers: int | None,
+        executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
+        as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
     from .util import check_seed
 
     check_seed(seed)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
+    if ray_address is not None and executor not in (None, "ray"):
+        raise UsageError("--ray-address: only with --executor ray")
+    kind = executor or ("ray" if ray_address else "pool" if workers or devices else "local")
+    if kind == "local" and workers is not None and workers > 1:
+        raise UsageError("--workers: --executor local runs in this process; use pool or ray")
+    dev_list = None
+    if devices is not None:
+        idx = parse_ints(devices, "--devices", 0) or []
+        dev_list = [f"cuda:{i}" for i in idx]
+        if workers is None:
+            workers = len(dev_list)
+    from .executors.shard import parse_shard
+
+    shard_of = parse_shard(shard) if shard is not None else None
     _load_plugins(plugins)
     from .probes import make_probes, parse_settings
 
@@ -125,7 +154,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         device=device, batch_size=bs, widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
-        prefix=prefix, width=single_width, progress=report,
+        prefix=prefix, width=single_width, progress=report, executor=kind,
+        workers=None if kind == "local" else workers, devices=dev_list, ray_address=ray_address,
+        shard=shard_of, plugins=plugins,
     )
     if prog is not None:
         with prog:
@@ -139,13 +170,33 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     else:
         click.echo(f"{summary.cube}: {summary.computed} checkpoint(s) measured, "
                    f"{summary.skipped_done} already done, {len(summary.failed)} failed, "
-                   f"probes {', '.join(summary.probes)} ({summary.seconds:.1f} s)")
+                   f"probes {', '.join(summary.probes)} ({summary.seconds:.1f} s"
+                   + (f", {summary.executor} x{summary.workers}" if summary.executor != "local"
+                      else "")
+                   + (f", shard {summary.shard}" if summary.shard else "") + ")")
         for f in summary.failed:
             click.echo(f"  failed: {f['error']}")
     if summary.failed:
         sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
                          f"failure(s) in all, recorded in {summary.cube})\n")
         sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cubes", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, help="The merged cube (must not exist).")
+@handle_errors
+def merge(cubes: tuple[str, ...], output: str) -> None:
+    """Join the cubes of 'run --shard I/N' (or any cubes of one run, probes and configs) into one.
+
+    Refuses, naming the key, cubes of different runs, probe versions, configs, seeds, outputs or
+    fixed inputs; a cell present in two cubes must be equal in both."""
+    from .cube.merge import merge_cubes
+
+    stats = merge_cubes(cubes, output)
+    click.echo(f"{output}: {stats['cells']} cell(s) of {stats['probes']} probe(s) from "
+               f"{len(cubes)} cube(s), {stats['duplicates']} duplicate(s) equal, "
+               f"{stats['failures']} failure(s)")
 
 
 @main.command(context_settings=CONTEXT)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,7 @@ from .checkpoints import (
     CheckpointRef,
     build_model_for,
     discover,
-    load_state_into,
     pattern_time_unit,
-    prefetch,
     read_run_json,
     read_state_dict,
     screen_widths,
@@ -37,9 +35,11 @@ from .config import config_to_dict
 from .cube.identity import check_checkpoints, check_run
 from .data.run import RunData, load_run_data
 from .errors import CheckpointError, CkptError, UsageError
+from .executors.local import LocalExecutor
+from .executors.measure import PreparedProbe, one_line
+from .executors.work import Outcome, Plan, Task, Worker
 from .probes import make_probes
-from .probes.base import Context, Outputs, Probe
-from .util import first_line
+from .probes.base import Context
 
 MATERIALIZE_EVERY_S = 30.0
 
@@ -67,93 +67,6 @@ def auto_batch_size(model: nn.Module, sample: torch.Tensor, device: torch.device
     return max(64, best // 2)  # headroom for the probes' own buffers
 
 
-# ---------------------------------------------------------------- the unit of work
-@dataclass(frozen=True)
-class PreparedProbe:
-    probe: Probe
-    outputs: Outputs
-
-
-def measure(model: nn.Module, ref: CheckpointRef, probes: Sequence[PreparedProbe],
-            ctx: Context, timings: dict[str, float] | None = None,
-            failures: dict[str, str] | None = None,
-            strict: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """Every probe on one loaded checkpoint; results checked against the declarations.
-
-    Probes are isolated from each other: one that raises (even ``SystemExit``), returns an
-    undeclared metric or a wrong shape, or changes the model's weights or buffers is a failure
-    of that probe alone; the model is restored before the next probe, so no probe sees another's
-    changes. With ``failures`` (a dict) each failed probe's one-line error is put there and the
-    other probes go on; without it, or with ``strict``, the first failure raises
-    :class:`CheckpointError`. A checkpoint with NaN/Inf weights raises CheckpointError before
-    any probe runs: it is reported, never stored as a measurement.
-
-    ``timings`` (optional) accumulates each probe's compute seconds."""
-    cctx = ctx.with_checkpoint(ref)
-    bad = _non_finite(model)
-    if bad:
-        raise CheckpointError(f"has non-finite weights ({bad}); not measured", ref.path)
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out = {}
-    for p in probes:
-        name = p.probe.name
-        model.eval()
-        t0 = time.perf_counter()
-        try:
-            checked = p.probe.measure(model, cctx)  # numpy, checked against outputs()
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            error = None
-        except CkptError as exc:
-            error = str(exc) if str(exc).startswith(f"probe '{name}'") else f"probe '{name}': {exc}"
-        except (Exception, SystemExit) as exc:
-            error = f"probe '{name}' failed: {_one_line(exc)}"
-        if timings is not None:
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-        changed = _changed(model, snapshot)
-        if changed:
-            with torch.no_grad():
-                model.load_state_dict(snapshot, strict=True)
-            if error is None:
-                error = (f"probe '{name}' changed the model's '{changed}' (a probe must not "
-                         "modify the model); its result is discarded")
-        if error is None:
-            out[name] = checked
-            continue
-        if failures is None or strict:
-            raise CheckpointError(error, ref.path)
-        failures[name] = error
-    return out
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"called sys.exit({exc.code!r})"
-    return first_line(exc)
-
-
-def _non_finite(model: nn.Module) -> str:
-    """``'<n> NaN/Inf values in <tensor>'`` for the first non-finite floating tensor, or ''."""
-    for key, t in model.state_dict().items():
-        if t.is_floating_point():
-            n = int((~torch.isfinite(t)).sum())
-            if n:
-                return f"{n} NaN/Inf value(s) in '{key}'"
-    return ""
-
-
-def _changed(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> str:
-    """The first tensor of the model's state that differs from ``snapshot`` (or '')."""
-    state = model.state_dict()
-    if set(state) != set(snapshot):
-        return sorted(set(state) ^ set(snapshot))[0]
-    for key, t in state.items():
-        ref = snapshot[key]
-        if t.shape != ref.shape or t.dtype != ref.dtype or not torch.equal(t, ref):
-            return key
-    return ""
-
-
 @dataclass
 class RunSummary:
     cube: str
@@ -165,6 +78,10 @@ class RunSummary:
     seconds: float = 0.0
     probes: list[str] = field(default_factory=list)
     probe_seconds: dict[str, float] = field(default_factory=dict)
+    executor: str = "local"
+    workers: int = 1
+    shard: str | None = None
+    worker_cpu_seconds: dict[str, float] = field(default_factory=dict)  # pool/ray: CPU per worker
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -197,6 +114,14 @@ class Analysis:
     prefix: str | None = None
     width: int = 1
     progress: Callable[[str, Any], None] | None = None
+    # scale-out (DESIGN §6 "Executors"): where the unit of work runs; the cube is written here
+    executor: str = "local"  # local | pool | ray
+    workers: int | None = None  # pool processes / Ray actors (None: local; ray: one per slot)
+    devices: Sequence[str] | None = None  # CUDA devices of the pool workers, e.g. cuda:0, cuda:1
+    worker_threads: int | None = None  # torch threads per worker [cores // workers]
+    ray_address: str | None = None
+    shard: tuple[int, int] | None = None  # (i, n), 1 <= i <= n: this process's share of cells
+    plugins: Sequence[str] = ()  # --plugin specs, imported again by every worker
 
     def run(self) -> RunSummary:
         from .cube import Cube
@@ -229,18 +154,30 @@ class Analysis:
             raise CkptError(f"no checkpoints{where}{hint}{'; ' + pt if pt else ''}", run_dir)
         data = load_run_data(run_dir, dev, self.dataset, self.data_root)
         meta_of = self._metadata_factory(run, data)
-        output = Path(self.output) if self.output else run_dir / "analysis.h5"
         refs, rejected = screen_widths(refs, meta_of, self.model)
-        summary = RunSummary(cube=str(output), probes=[p.name for p in probes],
-                             checkpoints=len(refs) + len(rejected), warnings=notes)
         if not refs:
             raise CkptError(rejected[0].error or "no checkpoints", rejected[0].path)
         all_refs = [r for r in all_refs if r not in rejected]
+        grid_epochs = sorted({r.epoch for r in refs})
+        grid_widths = sorted({r.width for r in refs})
+        n_checkpoints = len(refs) + len(rejected)
+        if self.shard is not None:
+            from .executors.shard import shard_refs
 
-        widths = sorted({r.width for r in refs})
+            refs = shard_refs(refs, *self.shard)
+        executor = self._executor(dev)  # a bad --ray-address fails before any work
+        output = Path(self.output) if self.output else run_dir / (
+            "analysis.h5" if self.shard is None
+            else f"analysis.shard-{self.shard[0]}-of-{self.shard[1]}.h5")
+        summary = RunSummary(cube=str(output), probes=[p.name for p in probes],
+                             checkpoints=n_checkpoints if self.shard is None else len(refs),
+                             warnings=notes, executor=executor.name,
+                             shard=None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}")
+
+        widths = grid_widths
         width_meta = {r.width: meta_of(r) for r in all_refs if r.error is None}
         for w in widths:
-            width_meta.setdefault(w, meta_of(next(r for r in refs if r.width == w)))
+            width_meta.setdefault(w, meta_of(next(r for r in all_refs if r.width == w)))
 
         def build(width: int) -> nn.Module:
             meta = dict(width_meta.get(width) or width_meta[widths[0]])
@@ -263,7 +200,7 @@ class Analysis:
             if bs < 1:
                 raise UsageError(f"--batch-size: must be a positive integer or auto (got {bs})")
         ctx = Context(data=data, device=dev, batch_size=bs, seed=self.seed, run=run or {},
-                      widths=tuple(widths), epochs=tuple(sorted({r.epoch for r in refs})),
+                      widths=tuple(widths), epochs=tuple(grid_epochs),
                       build_model=build, initial_state=initial_state)
 
         with Cube(output) as cube:
@@ -290,7 +227,7 @@ class Analysis:
                     raise
                 except (Exception, SystemExit) as exc:  # this probe is out; the others go on
                     err = (f"probe '{p.name}' failed to prepare: "
-                           f"{exc if isinstance(exc, CkptError) else _one_line(exc)}")
+                           f"{exc if isinstance(exc, CkptError) else one_line(exc)}")
                     if self.strict:
                         raise CkptError(err, run_dir) from None
                     summary.failed.append({"path": str(run_dir), "width": None, "epoch": None,
@@ -310,15 +247,23 @@ class Analysis:
                 raise CkptError(f"no probe could be prepared ({summary.failed[-1]['error']})",
                                 run_dir)
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
-            todo = []
+            todo: list[Task] = []
             for r in refs:
-                missing = [p for p in prepared if (r.epoch, r.width) not in done[p.probe.name]]
+                missing = tuple(p.probe.name for p in prepared
+                                if (r.epoch, r.width) not in done[p.probe.name])
                 if missing:
-                    todo.append((r, missing))
+                    todo.append(Task(len(todo), r, missing))
                 else:
                     summary.skipped_done += 1
-            all_epochs = sorted({r.epoch for r in refs})
-            self._stream(cube, todo, ctx, build, summary, all_epochs, widths)
+            if isinstance(executor, LocalExecutor):
+                executor.worker = Worker.in_process(ctx, prepared, build, self.allow_pt,
+                                                      self.prefix, self.strict)
+                plan = None
+            else:
+                plan = self._plan(run_dir, run, prepared, ctx, width_meta,
+                                  {w: r.path for w, r in initial.items()})
+            self._stream(cube, executor.run(plan, todo), summary, grid_epochs, widths, len(todo))
+            summary.workers = getattr(executor, "used", 1)
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -335,11 +280,50 @@ class Analysis:
 
         return meta_of
 
-    def _stream(self, cube: Any, todo: list[tuple[CheckpointRef, list[PreparedProbe]]],
-                ctx: Context, build: Callable[[int], nn.Module], summary: RunSummary,
-                epochs: list[int], widths: list[int]) -> None:
-        dev = ctx.device
-        models: dict[int, nn.Module] = {}
+    def _executor(self, dev: torch.device) -> Any:
+        kind = self.executor
+        if kind == "local" and self.workers is not None:
+            kind = "pool"
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers: must be at least 1 (got {self.workers})")
+        if kind == "local":
+            return LocalExecutor()  # its worker is set in run(), once the probes are prepared
+        devices = list(self.devices or [])
+        if devices and dev.type != "cuda":
+            raise UsageError(f"--devices: the device is {dev.type}; pass --device cuda (or auto "
+                             "on a machine with CUDA)")
+        if kind == "pool":
+            if dev.type == "cuda" and not devices:
+                devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            workers = self.workers or max(1, len(devices))
+            from .executors.pool import PoolExecutor
+
+            return PoolExecutor(workers, devices or [str(dev)], threads=self.worker_threads)
+        if kind == "ray":
+            from .executors.ray import RayExecutor
+
+            return RayExecutor(self.workers, self.ray_address, device=dev.type,
+                               threads=self.worker_threads)
+        raise UsageError(f"--executor: unknown executor '{kind}' (local, pool or ray)")
+
+    def _plan(self, run_dir: Path, run: Mapping[str, Any] | None, prepared: list[PreparedProbe],
+              ctx: Context, width_meta: Mapping[int, Mapping[str, Any]],
+              initial: Mapping[int, str]) -> Plan:
+        import pickle
+
+        plugins = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
+                        for p in self.plugins)
+        return Plan(run_dir=str(run_dir.resolve()), probes=pickle.dumps(prepared),
+                    plugins=plugins, device=str(ctx.device), batch_size=ctx.batch_size,
+                    seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
+                    width_meta={w: dict(m) for w, m in width_meta.items()},
+                    initial=dict(initial), model=self.model, dataset=self.dataset,
+                    data_root=self.data_root, allow_pt=self.allow_pt, prefix=self.prefix,
+                    strict=self.strict)
+
+    def _stream(self, cube: Any, outcomes: Iterator[list[Outcome]], summary: RunSummary,
+                epochs: list[int], widths: list[int], total: int) -> None:
+        """The single writer: commit each outcome to the journal as it arrives."""
         last_flush = time.monotonic()
         old_term = signal.getsignal(signal.SIGTERM)
 
@@ -351,48 +335,40 @@ class Analysis:
         except ValueError:  # not the main thread
             old_term = None
 
-        def load(item: tuple[CheckpointRef, list[PreparedProbe]]) -> dict[str, torch.Tensor]:
-            ref = item[0]
-            if ref.error:
-                raise CheckpointError(ref.error.split(": ", 1)[-1], ref.path)
-            return read_state_dict(ref.path, "cpu", self.allow_pt)
-
         if self.progress:
-            self.progress("start", len(todo))
+            self.progress("start", total)
         try:
-            for (ref, plist), state in prefetch(todo, load):
-                try:
-                    if isinstance(state, BaseException):
-                        raise state
-                    if ref.width not in models:
-                        models.clear()  # one width's model alive at a time
-                        models[ref.width] = build(ref.width)
-                    model = models[ref.width]
-                    load_state_into(model, state, ref.path, self.prefix)
-                    model.to(dev)
-                    probe_failures: dict[str, str] = {}
-                    results = measure(model, ref, plist, ctx, summary.probe_seconds,
-                                      probe_failures, self.strict)
-                except CheckpointError as exc:
-                    summary.failed.append({"path": ref.path, "width": ref.width,
-                                           "epoch": ref.epoch, "error": str(exc)})
-                    cube.record_failure(ref.epoch, ref.width, ref.path, str(exc))
-                    if self.strict:
-                        raise
+            for batch in outcomes:
+                # group commit: every ready checkpoint's cells in one transaction (one fsync)
+                cube.record_many([(name, o.task.ref.epoch, o.task.ref.width, res)
+                                  for o in batch if o.error is None
+                                  for name, res in (o.results or {}).items()])
+                for out in batch:
+                    ref = out.task.ref
+                    if out.cpu_seconds:
+                        w = summary.worker_cpu_seconds
+                        w[out.worker] = w.get(out.worker, 0.0) + out.cpu_seconds
+                    for name, sec in out.probe_seconds.items():
+                        summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
+                    if out.error is not None:
+                        summary.failed.append({"path": ref.path, "width": ref.width,
+                                               "epoch": ref.epoch, "error": out.error})
+                        cube.record_failure(ref.epoch, ref.width, ref.path, out.error)
+                        if self.strict:
+                            prefix = f"{ref.path}: "
+                            raise CheckpointError(out.error.removeprefix(prefix), ref.path)
+                        if self.progress:
+                            self.progress("fail", out.error)
+                        continue
+                    for name, err in out.probe_failures.items():
+                        summary.failed.append({"path": ref.path, "width": ref.width,
+                                               "epoch": ref.epoch, "probe": name, "error": err})
+                        cube.record_failure(ref.epoch, ref.width, ref.path, err, probe=name)
+                        if self.progress:
+                            self.progress("fail", err)
+                    summary.computed += 1
                     if self.progress:
-                        self.progress("fail", str(exc))
-                    continue
-                for name, res in results.items():
-                    cube.record(name, ref.epoch, ref.width, res)
-                for name, err in probe_failures.items():
-                    summary.failed.append({"path": ref.path, "width": ref.width,
-                                           "epoch": ref.epoch, "probe": name, "error": err})
-                    cube.record_failure(ref.epoch, ref.width, ref.path, err, probe=name)
-                    if self.progress:
-                        self.progress("fail", err)
-                summary.computed += 1
-                if self.progress:
-                    self.progress("advance", ref)
+                        self.progress("advance", ref)
                 if time.monotonic() - last_flush > MATERIALIZE_EVERY_S:
                     cube.materialize(epochs, widths)
                     last_flush = time.monotonic()
@@ -400,6 +376,9 @@ class Analysis:
             raise CkptError("terminated: finished checkpoints are kept; re-run to resume",
                             summary.cube) from None
         finally:
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()  # stops the workers
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
             in_flight = sys.exc_info()[1]

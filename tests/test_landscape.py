@@ -149,8 +149,8 @@ def test_checkpoint_not_matching_its_widths_directions_is_an_error() -> None:
 
 
 def test_barrier_runs_to_the_widths_last_checkpoint(digits_run: Path) -> None:
+    from ckpt_analyzer.data.run import load_run_data
     from ckpt_analyzer.models import build_model
-    from ckpt_analyzer.runner import load_run_data
 
     refs = {(r.width, r.epoch): r for r in discover(digits_run)}
     data = load_run_data(digits_run)

@@ -11,10 +11,10 @@ import torch
 
 from ckpt_analyzer.checkpoints import discover, load_state_into, read_state_dict
 from ckpt_analyzer.data.run import load_run_data
+from ckpt_analyzer.executors.measure import PreparedProbe, measure
 from ckpt_analyzer.models import build_model
 from ckpt_analyzer.probes import PROBES
 from ckpt_analyzer.probes.base import Context, Outputs, Probe
-from ckpt_analyzer.runner import PreparedProbe, measure
 
 # small settings so the whole registry runs in seconds; every other parameter keeps its default
 SMALL = {

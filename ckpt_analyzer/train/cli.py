@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..util import handle_errors, parse_ints
 
 
@@ -62,6 +63,12 @@ def _progress_printer(enabled: bool) -> tuple[Any, Any]:
               help="Fourier basis index of the direction for --label-smoothing direction.")
 @click.option("--seed", default=0, show_default=True, type=int, help="In [0, 2**64 - 1].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
+@click.option("--workers", type=int, default=None,
+              help="Train N widths at a time in separate processes (or Ray tasks).")
+@click.option("--executor", type=click.Choice(["local", "pool", "ray"]), default=None,
+              help="Where widths are trained [local; pool with --workers].")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Ray cluster to join (--executor ray) [a new local one].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
@@ -70,10 +77,14 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
          noise_classes: str | None, optimizer: str, lr: float, momentum: float,
          weight_decay: float, warmup_epochs: int, schedule: str, batch_size: int, augment: bool,
          save: str, label_smoothing: str | None, ls_frequency: float, ls_amplitude: float,
-         ls_index: int, seed: int, device: str, as_json: bool, quiet: bool) -> None:
+         ls_index: int, seed: int, device: str, workers: int | None, executor: str | None,
+         ray_address: str | None, as_json: bool, quiet: bool) -> None:
     """Train a width sweep into OUT, writing the checkpoint contract (DESIGN §2).
 
     Re-running the same command resumes every width where it stopped."""
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
+    kind = executor or ("ray" if ray_address else "pool" if workers and workers > 1 else "local")
     from ..data import DATASETS
     from ..models import MODELS
     from .config import TrainConfig
@@ -103,11 +114,22 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
     trainer.prepare()
     for w in trainer.warnings:
         sys.stderr.write(f"warning: {w}\n")
+    if kind != "local":
+        from .parallel import train_widths
+
+        def finished(r: Any) -> None:
+            if report is not None:
+                report("epoch", r.width, cfg.epochs, cfg.epochs, r.final)
+
+        def run_all() -> Any:
+            return train_widths(cfg, out, str(dev), workers, kind, ray_address, done=finished)
+    else:
+        run_all = trainer.run
     if prog is not None:
         with prog:
-            results = trainer.run()
+            results = run_all()
     else:
-        results = trainer.run()
+        results = run_all()
     if as_json:
         click.echo(to_json(results))
         return

@@ -1,0 +1,222 @@
+"""The unit of work: a picklable :class:`Plan`, one :class:`Task` per checkpoint, and the
+:class:`Worker` that measures tasks and returns plain :class:`Outcome` s.
+
+Nothing here touches the cube, progress displays or signals: a worker lives in the writer's
+process (the ``local`` executor), in a spawned process (``pool``) or in a Ray actor (``ray``), and
+only the writer (the runner) commits outcomes to the cube's journal.
+
+Decision: probes travel *pickled after* :meth:`Probe.prepare`. The parent prepares each probe once
+(its fixed inputs are numpy arrays that are also stored in the cube); the plan carries the pickled
+probe objects as bytes, and a worker first imports the run's ``--plugin`` s and then unpickles
+them. So a worker never re-draws inputs, and every worker measures on exactly the inputs the cube
+records. (A probe must therefore be picklable after ``prepare``: hold numpy arrays or plain data,
+and build device caches lazily in ``__call__``, as the built-in probes do.)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..checkpoints import CheckpointRef
+from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..probes.base import Context
+    from .measure import PreparedProbe
+
+KEEP_MODELS = 2  # models kept per worker (one per width, least recently used dropped)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs, picklable: the run folder, the prepared probes (pickled), the
+    data and device policy. Built once by the runner from the parent's prepared state."""
+
+    run_dir: str
+    probes: bytes  # pickle of list[PreparedProbe], after prepare()
+    plugins: tuple[str, ...] = ()
+    device: str = "cpu"
+    batch_size: int = 512
+    seed: int = 0
+    run: Mapping[str, Any] = field(default_factory=dict)
+    widths: tuple[int, ...] = ()
+    epochs: tuple[int, ...] = ()
+    width_meta: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    initial: Mapping[int, str] = field(default_factory=dict)  # width -> epoch-0 checkpoint
+    model: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    allow_pt: bool = False
+    prefix: str | None = None  # module prefix of the saved keys (None: found automatically)
+    strict: bool = False  # a failing probe fails the whole checkpoint
+
+
+@dataclass(frozen=True)
+class Task:
+    """One checkpoint and the probes it still misses (``index``: its place in the run's order)."""
+
+    index: int
+    ref: CheckpointRef
+    probes: tuple[str, ...]
+
+
+@dataclass
+class Outcome:
+    """What a worker returns for one task: results per probe, or the failure's cause."""
+
+    task: Task
+    results: dict[str, dict[str, Any]] | None = None
+    error: str | None = None
+    probe_failures: dict[str, str] = field(default_factory=dict)  # probe -> one-line cause
+    probe_seconds: dict[str, float] = field(default_factory=dict)
+    worker: str = ""
+    cpu_seconds: float = 0.0  # CPU time of the worker's process on this task (load + probes)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads of this process (before any work, so the pools are sized once)."""
+    if threads is None:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+class Worker:
+    """Measures tasks of one plan; keeps one model per width (LRU of :data:`KEEP_MODELS`) and
+    the probes' prepared state between checkpoints.
+
+    ``Worker(plan)`` rebuilds the data and probes from the plan (pool processes, Ray actors);
+    :meth:`in_process` reuses the writer's already prepared context and probes (``local``).
+    """
+
+    def __init__(self, plan: Plan, device: str | None = None, name: str = "") -> None:
+        import torch
+
+        from ..checkpoints import build_model_for, read_state_dict
+        from ..data.run import load_run_data
+        from ..probes import load_plugin
+        from ..probes.base import Context
+
+        self.plan = plan
+        self.name = name or f"pid {os.getpid()}"
+        dev = torch.device(device or plan.device)
+        for spec in plan.plugins:
+            load_plugin(spec)
+        prepared: list[PreparedProbe] = pickle.loads(plan.probes)
+        data = load_run_data(plan.run_dir, dev, plan.dataset, plan.data_root)
+
+        def build(width: int) -> nn.Module:
+            meta = dict(plan.width_meta.get(width) or plan.width_meta[plan.widths[0]])
+            meta["width"] = width
+            return build_model_for(meta, plan.model).to(dev).eval()
+
+        def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
+            path = plan.initial.get(width)
+            return None if path is None else read_state_dict(path, dev, plan.allow_pt)
+
+        ctx = Context(data=data, device=dev, batch_size=plan.batch_size, seed=plan.seed,
+                      run=dict(plan.run), widths=tuple(plan.widths), epochs=tuple(plan.epochs),
+                      build_model=build, initial_state=initial_state)
+        self._setup(ctx, prepared, build, plan.allow_pt, plan.prefix, plan.strict)
+
+    @classmethod
+    def in_process(cls, ctx: Context, prepared: Sequence[PreparedProbe], build: Any,
+                   allow_pt: bool, prefix: str | None = None, strict: bool = False,
+                   name: str = "local") -> Worker:
+        self = cls.__new__(cls)
+        self.name = name
+        self._setup(ctx, prepared, build, allow_pt, prefix, strict)
+        return self
+
+    def _setup(self, ctx: Context, prepared: Sequence[PreparedProbe], build: Any,
+               allow_pt: bool, prefix: str | None, strict: bool) -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.strict = strict
+        self.prepared = list(prepared)
+        self.build = build
+        self.allow_pt = allow_pt
+        self.models: OrderedDict[int, nn.Module] = OrderedDict()
+
+    # -- the two halves of one task (the local executor prefetches the first in a thread)
+
+    def load(self, task: Task) -> dict[str, torch.Tensor]:
+        from ..checkpoints import read_state_dict
+
+        ref = task.ref
+        if ref.error:
+            raise CheckpointError(ref.error.split(": ", 1)[-1], ref.path)
+        return read_state_dict(ref.path, "cpu", self.allow_pt)
+
+    def compute(self, task: Task, state: Mapping[str, torch.Tensor] | BaseException) -> Outcome:
+        """Measure one loaded checkpoint. A bad checkpoint (:class:`CheckpointError`) becomes
+        ``Outcome.error``; anything else is a bug or a device fault and propagates."""
+        from ..checkpoints import load_state_into
+        from .measure import measure
+
+        ref = task.ref
+        timings: dict[str, float] = {}
+        try:
+            if isinstance(state, BaseException):
+                raise state
+            model = self.models.get(ref.width)
+            if model is None:
+                while len(self.models) >= KEEP_MODELS:
+                    self.models.popitem(last=False)
+                model = self.models[ref.width] = self.build(ref.width)
+            self.models.move_to_end(ref.width)
+            load_state_into(model, state, ref.path, self.prefix)
+            model.to(self.ctx.device)
+            plist = [p for p in self.prepared if p.probe.name in task.probes]
+            failures: dict[str, str] = {}
+            results = measure(model, ref, plist, self.ctx, timings, failures, self.strict)
+        except CheckpointError as exc:
+            return Outcome(task, error=str(exc), probe_seconds=timings, worker=self.name)
+        return Outcome(task, results=results, probe_failures=failures, probe_seconds=timings,
+                       worker=self.name)
+
+    def run(self, task: Task) -> Outcome:
+        cpu = time.process_time()
+        try:
+            state: Any = self.load(task)
+        except Exception as exc:
+            state = exc
+        out = self.compute(task, state)
+        out.cpu_seconds = time.process_time() - cpu
+        return out
+
+
+def measure_checkpoint(plan: Plan, task: Task, _cache: dict[int, Worker] = {}) -> Outcome:  # noqa: B006
+    """The unit of work as one plain function: measure ``task`` under ``plan``. The worker (data,
+    prepared probes, models) is kept per plan in this process, so repeated calls are cheap."""
+    key = id(plan)
+    worker = _cache.get(key)
+    if worker is None or worker.plan is not plan:
+        _cache.clear()
+        worker = _cache[key] = Worker(plan)
+    return worker.run(task)
+
+
+def describe_death(exitcode: int | None) -> str:
+    import signal
+
+    if exitcode is None:
+        return "worker died"
+    if exitcode < 0:
+        try:
+            return f"worker killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"worker killed by signal {-exitcode}"
+    return f"worker exited with code {exitcode}"
