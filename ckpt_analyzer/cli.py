@@ -25,11 +25,15 @@ def main() -> None:
     """Stream checkpoints through probes into HDF5 cubes; report and plot them."""
 
 
-def _load_plugins(plugins: tuple[str, ...]) -> None:
+REPLACE_OPT = click.option("--replace-builtin", is_flag=True,
+                           help="Let a --plugin probe replace a built-in probe of the same name.")
+
+
+def _load_plugins(plugins: tuple[str, ...], replace: bool = False) -> None:
     from .probes import load_plugin
 
     for spec in plugins:
-        load_plugin(spec)
+        load_plugin(spec, replace)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:
@@ -76,6 +80,7 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
+@REPLACE_OPT
 @click.option("--overwrite", is_flag=True,
               help="Recompute a probe whose config changed; start afresh a cube of another run.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint or failing probe.")
@@ -109,13 +114,19 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         config_file: str | None, device: str, batch_size: str, widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
-        allow_pt: bool, prefix: str | None, single_width: int, workers: int | None,
+        allow_pt: bool, prefix: str | None, single_width: int, replace_builtin: bool,
+        workers: int | None,
         executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
         as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
+    from pathlib import Path
+
+    from .errors import CkptError
     from .util import check_seed
 
     check_seed(seed)
+    if not Path(run_dir).is_dir():  # before torch loads: usage errors stay instant
+        raise CkptError("no such run folder", run_dir)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: must be at least 1 (got {workers})")
     if ray_address is not None and executor not in (None, "ray"):
@@ -132,7 +143,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     from .executors.shard import parse_shard
 
     shard_of = parse_shard(shard) if shard is not None else None
-    _load_plugins(plugins)
+    _load_plugins(plugins, replace_builtin)
     from .probes import make_probes, parse_settings
 
     settings = parse_settings(sets, config_file)
@@ -201,11 +212,12 @@ def merge(cubes: tuple[str, ...], output: str) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
+@REPLACE_OPT
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def probes(plugins: tuple[str, ...], as_json: bool) -> None:
+def probes(plugins: tuple[str, ...], replace_builtin: bool, as_json: bool) -> None:
     """List built-in and plugin probes, their parameters, and broken plugins."""
-    _load_plugins(plugins)
+    _load_plugins(plugins, replace_builtin)
     from .probes import PROBES, describe
 
     rows = [describe(PROBES.get(n)) for n in PROBES.names()]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from .errors import PluginError, unknown
+from .errors import PluginError, UsageError, unknown
 
 T = TypeVar("T")
 
@@ -38,9 +39,11 @@ def _dist_name(ep: object) -> str:
 class Registry(Generic[T]):
     """Named objects of one kind, discovered lazily from an entry-point group."""
 
-    def __init__(self, group: str, kind: str) -> None:
+    def __init__(self, group: str, kind: str,
+                 validate: Callable[[str, Any], str | None] | None = None) -> None:
         self.group = group
         self.kind = kind
+        self.validate = validate  # (name, object) -> why it is unusable, or None
         self._items: dict[str, T] = {}
         self._origin: dict[str, str] = {}
         self._broken: dict[str, BrokenPlugin] = {}
@@ -59,11 +62,15 @@ class Registry(Generic[T]):
         """Import one entry point; a failure is recorded as a broken plugin, never raised."""
         dist = _dist_name(ep)
         try:
-            self._items[ep.name] = ep.load()
-            self._origin[ep.name] = dist
+            obj = ep.load()
+            problem = self.validate(ep.name, obj) if self.validate else None
         except Exception as exc:  # a broken plugin must not break the tool
-            self._broken[ep.name] = BrokenPlugin(ep.name, dist, ep.value,
-                                                 f"{type(exc).__name__}: {exc}")
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            self._items[ep.name] = obj
+            self._origin[ep.name] = dist
+        else:
+            self._broken[ep.name] = BrokenPlugin(ep.name, dist, ep.value, problem)
 
     def _discover(self) -> None:
         with self._lock:
@@ -74,9 +81,16 @@ class Registry(Generic[T]):
                 if ep.name not in self._items and ep.name not in self._broken:
                     self._load(ep)
 
-    def register(self, name: str, obj: T, origin: str = "runtime") -> T:
-        """Add (or replace) ``name``; used by ``--plugin`` files and tests."""
+    def register(self, name: str, obj: T, origin: str = "runtime", replace: bool = False) -> T:
+        """Add ``name`` (``--plugin`` files, tests). Checked like an entry point; a name that a
+        built-in of this package holds is refused unless ``replace``."""
         self._discover()
+        problem = self.validate(name, obj) if self.validate else None
+        if problem is not None:
+            raise PluginError(f"{self.kind} '{name}' from {origin}: {problem}")
+        if not replace and self._origin.get(name) == DIST_NAME and origin != DIST_NAME:
+            raise UsageError(f"{origin}: {self.kind} '{name}' would replace the built-in one; "
+                             "rename it, or pass --replace-builtin to replace it")
         with self._lock:
             self._items[name] = obj
             self._origin[name] = origin

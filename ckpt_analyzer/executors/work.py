@@ -113,7 +113,7 @@ class Worker:
         self.name = name or f"pid {os.getpid()}"
         dev = torch.device(device or plan.device)
         for spec in plan.plugins:
-            load_plugin(spec)
+            load_plugin(spec, replace=True)  # the parent checked the names
         prepared: list[PreparedProbe] = pickle.loads(plan.probes)
         data = load_run_data(plan.run_dir, dev, plan.dataset, plan.data_root)
 

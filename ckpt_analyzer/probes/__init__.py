@@ -17,7 +17,25 @@ from ..registry import Registry
 from ..util import first_line, import_user_file
 from .base import Probe
 
-PROBES: Registry[type[Probe]] = Registry("ckpt_analyzer.probes", "probe")
+
+def check_probe_class(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be the probe ``name`` (pluggy-style check at registration), or None."""
+    import dataclasses
+
+    if not (isinstance(obj, type) and issubclass(obj, Probe)):
+        return f"is {type(obj).__name__} {obj!r:.60}, not a ckpt_analyzer Probe subclass"
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        return f"{obj.__name__} does not implement {missing}"
+    if getattr(obj, "name", None) != name:
+        return f"{obj.__name__}.name is {getattr(obj, 'name', None)!r}, registered as '{name}'"
+    cfg = getattr(obj, "Config", None)
+    if not (dataclasses.is_dataclass(cfg) and cfg.__dataclass_params__.frozen):  # type: ignore[union-attr]
+        return f"{obj.__name__}.Config must be a frozen dataclass"
+    return None
+
+
+PROBES: Registry[type[Probe]] = Registry("ckpt_analyzer.probes", "probe", check_probe_class)
 
 
 def _import_plugin(spec: str) -> ModuleType:
@@ -32,14 +50,15 @@ def _import_plugin(spec: str) -> ModuleType:
         raise UsageError(f"--plugin {spec}: cannot import module ({first_line(exc)})") from None
 
 
-def load_plugin(spec: str) -> list[str]:
-    """Register every :class:`Probe` subclass defined in a file or module; return their names."""
+def load_plugin(spec: str, replace: bool = False) -> list[str]:
+    """Register every :class:`Probe` subclass defined in a file or module; return their names.
+    A probe named like a built-in is refused unless ``replace``."""
     module = _import_plugin(spec)
     names = []
     for _, obj in inspect.getmembers(module, inspect.isclass):
         if issubclass(obj, Probe) and obj is not Probe and not inspect.isabstract(obj) \
                 and obj.__module__ == module.__name__ and getattr(obj, "name", None):
-            PROBES.register(obj.name, obj, origin=f"plugin {spec}")
+            PROBES.register(obj.name, obj, origin=f"--plugin {spec}", replace=replace)
             names.append(obj.name)
     if not names:
         raise UsageError(f"--plugin {spec}: defines no Probe subclass with a name")

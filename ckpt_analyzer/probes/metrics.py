@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import check_choices
 from .base import SUBSETS, Context, Metric, Outputs, Probe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class MetricsProbe(Probe):
         return Outputs(coords={"subset": list(self.config.subsets)}, metrics=metrics)
 
     def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, np.ndarray]:
+        import torch.nn.functional as F
+
         d = ctx.data
         logits: dict[str, torch.Tensor] = {}
         if any(s != "test" for s in self.config.subsets):

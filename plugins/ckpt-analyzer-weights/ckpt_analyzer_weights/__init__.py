@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ckpt_analyzer.probes.base import Context, Metric, Outputs, Probe
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is measured: listing stays instant
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,186 @@
+"""The probe contract as a test, for plugin authors: ``check_probe(MyProbe)``.
+
+Runs the checks the built-in probes pass (docs/probes.md) on small real data: scikit-learn's
+digits with 20% of the training labels corrupted, and untrained ``mcnn`` models of widths 1 and
+2 (or the last checkpoints of a run folder you pass). Raises ``AssertionError`` naming the probe
+and what failed::
+
+    from ckpt_analyzer.testing import check_probe
+    from my_plugin import MyProbe
+
+    def test_my_probe_meets_the_contract():
+        check_probe(MyProbe, MyProbe.Config(points=16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .probes import check_probe_class
+from .probes.base import Context, Probe
+from .schema import Outputs
+
+__all__ = ["check_probe", "contract_context"]
+
+
+def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_size: int = 97
+                     ) -> tuple[Context, dict[int, tuple[Any, Any]]]:
+    """A CPU :class:`Context` and ``{width: (model, checkpoint ref)}`` to measure: the last checkpoint of each width
+    of ``run_dir``, or (without one) digits with 20% symmetric label noise and untrained
+    ``mcnn`` models of widths 1 and 2 (seeded)."""
+    import torch
+
+    from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
+    from .data.run import RunData, load_run_data
+    from .models import build_model
+
+    cpu = torch.device("cpu")
+    if run_dir is not None:
+        data = load_run_data(run_dir)
+        refs = discover(run_dir)
+        widths = tuple(sorted({r.width for r in refs}))
+        last = {w: max((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
+        first = {w: min((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
+        arch = _arch(run_dir)
+
+        def build(width: int) -> torch.nn.Module:
+            return build_model(arch, width, data.num_classes, int(data.x_train.shape[1])).eval()
+
+        models = {}
+        for w, ref in last.items():
+            m = build(w)
+            load_state_into(m, read_state_dict(ref.path), ref.path)
+            models[w] = (m, ref)
+        epochs = tuple(sorted({r.epoch for r in refs}))
+
+        def initial(width: int) -> Mapping[str, torch.Tensor] | None:
+            return read_state_dict(first[width].path)
+    else:
+        from .data.digits import load_digits
+
+        digits = load_digits(None, 0)
+        gen = np.random.default_rng(seed)
+        y = digits.y_train.clone()
+        noisy = np.zeros(len(y), dtype=bool)
+        noisy[gen.choice(len(y), size=len(y) // 5, replace=False)] = True
+        shift = torch.as_tensor(gen.integers(1, 10, size=int(noisy.sum())))
+        mask = torch.as_tensor(noisy)
+        y[mask] = (y[mask] + shift) % 10
+        mean = torch.tensor(digits.mean)
+        std = torch.tensor(digits.std)
+        norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        data = RunData(x_train=norm(digits.x_train), y_train=y, clean_labels=digits.y_train,
+                       noisy_mask=mask, x_test=norm(digits.x_test), y_test=digits.y_test,
+                       mean=mean, std=std, num_classes=10)
+        widths, epochs = (1, 2), (0, 1)
+
+        def build(width: int) -> torch.nn.Module:
+            torch.manual_seed(1000 + width)
+            return build_model("mcnn", width, 10, 1).eval()
+
+        inits = {w: {k: v.clone() for k, v in build(w).state_dict().items()} for w in widths}
+        models = {w: (build(w), CheckpointRef(width=w, epoch=1, path="<untrained mcnn>"))
+                  for w in widths}
+
+        def initial(width: int) -> Mapping[str, torch.Tensor] | None:
+            return inits[width]
+    ctx = Context(data=data, device=cpu, batch_size=batch_size, seed=seed,
+                  run={} if run_dir is None else (read_run_json(run_dir) or {}), widths=widths,
+                  epochs=epochs, build_model=build, initial_state=initial)
+    return ctx, models
+
+
+def _arch(run_dir: str | Path) -> str:
+    from .checkpoints import read_run_json
+
+    run = read_run_json(run_dir) or {}
+    return str(run.get("arch", "mcnn"))
+
+
+def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path | None = None,
+                *, every_metric_finite: bool | None = None) -> None:
+    """Assert that ``cls`` meets the probe contract (docs/probes.md); ``config`` defaults to
+    ``cls.Config()``. Checked: the class (name, version, description, frozen ``Config`` whose
+    fields have defaults and help), registration rules, declared outputs (float metrics on
+    declared coordinates), results shaped as declared, determinism given the seed (fixed inputs
+    and results), other seeds drawing other inputs, the model left untouched (weights, buffers,
+    no ``.grad``), pickling after ``prepare`` (as executors do) with the same results, and
+    finite values: in every metric with ``run_dir`` (trained models), somewhere without."""
+    import torch
+
+    name = getattr(cls, "name", "?")
+
+    def fail(msg: str) -> AssertionError:
+        return AssertionError(f"probe '{name}': {msg}")
+
+    problem = check_probe_class(name, cls)
+    if problem:
+        raise fail(problem)
+    if not isinstance(cls.version, str) or not cls.description:
+        raise fail("needs a str version and a description")
+    for f in dataclasses.fields(cls.Config):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise fail(f"Config.{f.name} has no default")
+        if not f.metadata.get("help"):
+            raise fail(f"Config.{f.name} has no help (field(metadata={{'help': ...}}))")
+    cfg = config if config is not None else cls.Config()
+    ctx, models = contract_context(run_dir)
+
+    def once(c: Context) -> tuple[Probe[Any], dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
+        probe = cls(cfg)
+        inputs = {k: np.asarray(v) for k, v in probe.prepare(c).items()}
+        outs = probe.outputs()
+        if not isinstance(outs, Outputs):
+            raise fail(f"outputs() returned {type(outs).__name__}, not Outputs")
+        for m, metric in outs.metrics.items():
+            if not set(metric.dims) <= set(outs.coords):
+                raise fail(f"metric '{m}' uses undeclared dims {set(metric.dims) - set(outs.coords)}")
+            if np.dtype(metric.dtype).kind != "f":
+                raise fail(f"metric '{m}' must be float (NaN marks cells not computed)")
+        results = {}
+        for w, (model, ref) in models.items():
+            before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            res = probe.measure(model, c.with_checkpoint(ref))
+            after = model.state_dict()
+            changed = [k for k in before if not torch.equal(before[k], after[k])]
+            if changed:
+                raise fail(f"changed the model's {changed[0]}")
+            if any(p.grad is not None for p in model.parameters()):
+                raise fail("left .grad set on the model's parameters")
+            results[w] = res
+        return probe, inputs, results
+
+    probe, inputs_a, res_a = once(ctx)
+    _, inputs_b, res_b = once(ctx)
+    if inputs_a.keys() != inputs_b.keys() or any(
+            not np.array_equal(inputs_a[k], inputs_b[k]) for k in inputs_a):
+        raise fail("prepare() is not deterministic given the seed")
+    for w in res_a:
+        for m in res_a[w]:
+            if not np.array_equal(res_a[w][m], res_b[w][m], equal_nan=True):
+                raise fail(f"metric '{m}' differs between two runs with the same seed")
+    strict = run_dir is not None if every_metric_finite is None else every_metric_finite
+    finite = {m: any(np.isfinite(r[m]).any() for r in res_a.values()) for m in next(iter(res_a.values()))}
+    if strict and not all(finite.values()):
+        raise fail(f"metric(s) {[m for m, ok in finite.items() if not ok]} are NaN everywhere")
+    if not any(finite.values()):
+        raise fail("every metric is NaN everywhere")
+    random_keys = [k for k in inputs_a if inputs_a[k].dtype.kind == "f" or k.endswith("index")]
+    if random_keys:
+        other = cls(cfg).prepare(dataclasses.replace(ctx, seed=ctx.seed + 1))
+        if all(np.array_equal(inputs_a[k], np.asarray(other[k])) for k in random_keys):
+            raise fail("another seed draws the same fixed inputs")
+    clone = pickle.loads(pickle.dumps(probe))
+    w = next(iter(models))
+    model, ref = models[w]
+    again = clone.measure(model, ctx.with_checkpoint(ref))
+    for m, v in res_a[w].items():
+        if not np.array_equal(v, again[m], equal_nan=True):
+            raise fail(f"after pickling, metric '{m}' differs (executors pickle prepared probes)")
+
