@@ -93,3 +93,11 @@ def test_the_check_catches_a_wrong_way_import(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(__import__(__name__), "PKG", fake)
     assert wrong_way_imports() == ["ckpt_analyzer/cube/x.py:2: cube -> probes",
                                    "ckpt_analyzer/plot/z.py:1: plot -> report"]
+
+
+if __name__ == "__main__":  # the layer check on its own (.ci/run)
+    import sys
+
+    problems = wrong_way_imports()
+    print("\n".join(problems) or "layers: every import runs one way")
+    sys.exit(1 if problems else 0)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-import tomllib
 
 from ..config import build_config
 from ..errors import UsageError, did_you_mean

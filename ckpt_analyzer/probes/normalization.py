@@ -167,6 +167,7 @@ class NormalizationProbe(Probe):
         key = "index" if subset == "train" else "test_index"
         x_all, y_all = ((ctx.data.x_train, ctx.data.y_train) if subset == "train"
                         else (ctx.data.x_test, ctx.data.y_test))
+        assert self.inputs is not None
         index = torch.as_tensor(self.inputs[key], dtype=torch.long, device=x_all.device)
         return x_all[index].to(ctx.device), y_all[index].to(ctx.device)
 
