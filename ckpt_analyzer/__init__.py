@@ -1,6 +1,6 @@
 """ckpt-analyzer: what networks learned over training, checkpoint by checkpoint.
 
-Notebook API (DESIGN §8): :func:`load_model`, :func:`load_subset`, :func:`open_cube`, and the
+Notebook API (the README's Python API): :func:`load_model`, :func:`load_subset`, :func:`open_cube`, and the
 probes' maths under :mod:`ckpt_analyzer.functional`; :class:`RunWriter` writes the checkpoint
 contract from your own training loop. Importing the package is cheap: torch and
 h5py are imported only when these are called.

@@ -524,7 +524,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
                pattern: str | None = None, num_classes: int | None = None,
                in_channels: int | None = None, width: int | None = None,
                prefix: str | None = None) -> nn.Module:
-    """One checkpoint's model, weights loaded, eval mode (DESIGN §8)."""
+    """One checkpoint's model, weights loaded, eval mode (the README's Python API)."""
     import torch
 
     path = Path(path)

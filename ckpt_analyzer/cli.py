@@ -1,6 +1,6 @@
 """``ckpt-analyze``: click commands only; the work happens in the library.
 
-Usage errors exit 2, failures exit 1, each with one line on stderr (DESIGN §7). Listing and
+Usage errors exit 2, failures exit 1, each with one line on stderr (docs/architecture.md). Listing and
 ``--help`` import neither torch nor h5py.
 """
 

@@ -1,4 +1,4 @@
-"""Stream checkpoints -> probes -> cube (DESIGN §4, §6).
+"""Stream checkpoints -> probes -> cube (docs/probes.md, docs/cube.md).
 
 The unit of work is one checkpoint: :func:`measure` takes a loaded model and the prepared
 probes and returns plain arrays, independent of the cube, so an external engine (Ray, Slurm
@@ -114,7 +114,7 @@ class Analysis:
     prefix: str | None = None
     width: int = 1
     progress: Callable[[str, Any], None] | None = None
-    # scale-out (DESIGN §6 "Executors"): where the unit of work runs; the cube is written here
+    # scale-out (docs/cube.md, "Shards"): where the unit of work runs; the cube is written here
     executor: str = "local"  # local | pool | ray
     workers: int | None = None  # pool processes / Ray actors (None: local; ray: one per slot)
     devices: Sequence[str] | None = None  # CUDA devices of the pool workers, e.g. cuda:0, cuda:1

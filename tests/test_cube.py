@@ -1,4 +1,4 @@
-"""The HDF5 cube: layout (DESIGN §6), xarray access, journal durability, resume, refusals."""
+"""The HDF5 cube: layout (docs/cube.md), xarray access, journal durability, resume, refusals."""
 
 from __future__ import annotations
 

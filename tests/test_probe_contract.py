@@ -1,4 +1,4 @@
-"""Every registered probe (built-in and plugin) meets the contract of DESIGN §4."""
+"""Every registered probe (built-in and plugin) meets the contract of docs/probes.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthetic label noise (DESIGN §3), deterministic given its seed.
+"""Synthetic label noise (docs/checkpoints.md), deterministic given its seed.
 
 ``label_noise`` corrupts exactly ``round(fraction * n_eligible)`` points (Python's ``round``,
 half to even), chosen with ``numpy.random.default_rng(seed)``, and returns the labels to train

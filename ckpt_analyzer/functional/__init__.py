@@ -1,4 +1,4 @@
 """Pure tensor maths behind the probes (tensors in, tensors out; no I/O, no state).
 
-Each function documents the paper equation it implements; see DESIGN §5.
+Each function documents the paper equation it implements; see docs/probes.md.
 """

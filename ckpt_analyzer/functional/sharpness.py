@@ -1,12 +1,12 @@
 """Loss sharpness in input space over data-driven volumes.
 
 Gamba, Englesson, Björkman, Azizpour, "Deep Double Descent via Smooth Interpolation"
-(TMLR 2023), §3, with the defaults of the authors' public code (DESIGN §5):
+(TMLR 2023), §3, with the defaults of the authors' public code (docs/probes.md):
 
 * eq. (1)-(2): the Jacobian of the per-sample loss w.r.t. the input, ``J(x, y) = ∂L(x, y)/∂x``,
   and its norm ``‖J(x, y)‖₂`` (:func:`input_gradients`, :func:`jacobian_norm`).
 * eq. (5): the tangent Hessian norm from M weak colour jitters ``x_m`` of x, as defined in
-  DESIGN §5: ``H = sqrt(mean_m ‖(J(x) − J(x_m)) / δ‖²)`` (:func:`tangent_hessian_norm`,
+  docs/probes.md: ``H = sqrt(mean_m ‖(J(x) − J(x_m)) / δ‖²)`` (:func:`tangent_hessian_norm`,
   :func:`color_jitter`, :func:`draw_jitters`).
 * §3.4: SVD-erasure augmentations; path p at strength s zeroes the singular values with
   (0-based) indices ``[side − s − p, side − p)`` of each channel of a 32-pixel image
@@ -210,13 +210,13 @@ def jacobian_norm(grads: torch.Tensor) -> torch.Tensor:
 
 
 def tangent_hessian_norm(g0: torch.Tensor, gm: torch.Tensor, delta: float) -> torch.Tensor:
-    """Tangent Hessian norm by finite differences of input gradients, eq. (5) (DESIGN §5).
+    """Tangent Hessian norm by finite differences of input gradients, eq. (5) (docs/probes.md).
 
     ``H_n = sqrt(mean_m ‖(g0_n − gm_{n,m}) / δ‖²)`` where ``g0`` ``(N, D)`` holds the input
     gradients at the points and ``gm`` ``(N, M, D)`` those at their M weak augmentations
     (trailing dims beyond D are flattened). Returns ``(N,)``.
 
-    DESIGN §5 records the authors' code: the mean over m inside the square root and a single
+    docs/probes.md records the authors' code: the mean over m inside the square root and a single
     ``1/δ`` (the paper's typeset eq. 5 shows a ``1/(M²δ²)`` prefactor instead).
     """
     if delta <= 0:
@@ -317,7 +317,7 @@ def svd_erase(x01: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 
 
 def svd_erasure_path(x01: torch.Tensor, strengths: Sequence[int], paths: int) -> torch.Tensor:
-    """The anchors of P erasure paths per image (§3.4, DESIGN §5).
+    """The anchors of P erasure paths per image (§3.4, docs/probes.md).
 
     Path p (0..P−1) at strength s (number of singular values erased) zeroes the singular values
     with 0-based indices ``[side − s − p, side − p)`` of each channel, window clipped at 0

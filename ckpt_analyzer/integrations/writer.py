@@ -1,4 +1,4 @@
-"""Write the checkpoint contract (DESIGN §2) from any training loop.
+"""Write the checkpoint contract (docs/checkpoints.md) from any training loop.
 
 :class:`RunWriter` writes what ``ckpt-train`` writes: ``run.json`` (same format and keys),
 ``labels.safetensors`` and one ``w<W>/e<EEEEE>.safetensors`` per :meth:`RunWriter.save`, each

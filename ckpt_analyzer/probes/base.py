@@ -1,4 +1,4 @@
-"""The probe contract (DESIGN §4).
+"""The probe contract (docs/probes.md).
 
 A probe measures one checkpoint's model and returns named arrays whose shapes it declared
 up front. Write one by subclassing :class:`Probe` with ``name``, ``version``, ``description``,

@@ -1,6 +1,6 @@
 """The ``sharpness`` probe: loss sharpness in input space over SVD-erasure volumes.
 
-Gamba et al. (TMLR 2023), §3, eq. (1)-(7), with the defaults of the authors' code (DESIGN §5);
+Gamba et al. (TMLR 2023), §3, eq. (1)-(7), with the defaults of the authors' code (docs/probes.md);
 the maths is in :mod:`ckpt_analyzer.functional.sharpness`.
 """
 

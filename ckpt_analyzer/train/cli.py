@@ -79,7 +79,7 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
          save: str, label_smoothing: str | None, ls_frequency: float, ls_amplitude: float,
          ls_index: int, seed: int, device: str, workers: int | None, executor: str | None,
          ray_address: str | None, as_json: bool, quiet: bool) -> None:
-    """Train a width sweep into OUT, writing the checkpoint contract (DESIGN §2).
+    """Train a width sweep into OUT, writing the checkpoint contract (docs/checkpoints.md).
 
     Re-running the same command resumes every width where it stopped."""
     if workers is not None and workers < 1:

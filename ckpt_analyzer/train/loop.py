@@ -1,4 +1,4 @@
-"""The training loop: one width at a time, resumable, every file atomic (DESIGN §2)."""
+"""The training loop: one width at a time, resumable, every file atomic (docs/checkpoints.md)."""
 
 from __future__ import annotations
 
