@@ -62,6 +62,7 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         def initial(width: int) -> Mapping[str, torch.Tensor] | None:
             return read_state_dict(first[width].path)
     else:
+        from .data import normalize
         from .data.digits import load_digits
 
         digits = load_digits(None, 0)
@@ -74,7 +75,7 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         y[mask] = (y[mask] + shift) % 10
         mean = torch.tensor(digits.mean)
         std = torch.tensor(digits.std)
-        norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        norm = lambda x: normalize(x, mean, std)
         data = RunData(x_train=norm(digits.x_train), y_train=y, clean_labels=digits.y_train,
                        noisy_mask=mask, x_test=norm(digits.x_test), y_test=digits.y_test,
                        mean=mean, std=std, num_classes=10)

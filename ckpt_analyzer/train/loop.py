@@ -209,8 +209,8 @@ class Trainer:
         self.y_train = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
         self.noisy = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
         self.y_test = data.y_test.to(self.device)
-        self.mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(data.mean, device=self.device)
+        self.std = torch.tensor(data.std, device=self.device)
         self.xs_train = self.to_model(self.x_train)  # normalized once, for evaluation
         self.xs_test = self.to_model(self.x_test)
         self.smoother = self._make_smoother()
@@ -256,7 +256,9 @@ class Trainer:
         return LabelSmoother.for_training(self.cfg, self.xs_train, self.data.num_classes)
 
     def to_model(self, x01: torch.Tensor) -> torch.Tensor:
-        return (x01 - self.mean) / self.std
+        from ..data import normalize
+
+        return normalize(x01, self.mean, self.std)
 
     def run(self) -> list[WidthResult]:
         results = [self.train_width(w) for w in self.cfg.widths]
