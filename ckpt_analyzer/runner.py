@@ -392,6 +392,7 @@ class Analysis:
         epochs: set[int] = set()
         widths: set[int] = set()
         known_notes = set(summary.warnings)
+        counted: set[str] = set()
         first = True
         while True:
             finished = self._finished(run_dir, run)  # before the look: it then sees every file
@@ -454,7 +455,7 @@ class Analysis:
                 if self.progress and not first:
                     self.progress("grow", len(todo))
                 self._stream(cube, executor.run(None, todo), summary, sorted(epochs),
-                             sorted(widths), len(todo), start=first)
+                             sorted(widths), len(todo), start=first, counted=counted)
             elif first or len(summary.failed) > failed_before:
                 cube.materialize(sorted(epochs), sorted(widths))
             first = False
@@ -527,8 +528,11 @@ class Analysis:
                     strict=self.strict)
 
     def _stream(self, cube: Any, outcomes: Iterator[list[Outcome]], summary: RunSummary,
-                epochs: list[int], widths: list[int], total: int, start: bool = True) -> None:
-        """The single writer: commit each outcome to the journal as it arrives."""
+                epochs: list[int], widths: list[int], total: int, start: bool = True,
+                counted: set[str] | None = None) -> None:
+        """The single writer: commit each outcome to the journal as it arrives. ``counted``
+        (--follow): paths already counted in ``summary.computed`` (a checkpoint measured in two
+        rounds, for probes that waited for its width to finish, counts once)."""
         last_flush = time.monotonic()
         old_term = signal.getsignal(signal.SIGTERM)
 
@@ -571,7 +575,10 @@ class Analysis:
                         cube.record_failure(ref.epoch, ref.width, ref.path, err, probe=name)
                         if self.progress:
                             self.progress("fail", err)
-                    summary.computed += 1
+                    if counted is None or ref.path not in counted:
+                        summary.computed += 1
+                    if counted is not None:
+                        counted.add(ref.path)
                     if self.progress:
                         self.progress("advance", ref)
                 if time.monotonic() - last_flush > MATERIALIZE_EVERY_S:
