@@ -154,6 +154,10 @@ class Analysis:
             raise UsageError(f"{run_dir}: --follow needs the planned widths in run.json (written "
                              "by ckpt-train, or RunWriter(widths=...)) to know when the run is "
                              "complete; analyze this folder after training instead")
+        if idle is not None and self.widths is not None and not set(self.widths) & set(
+                (run or {})["widths"]):
+            raise UsageError(f"--widths: none of {', '.join(map(str, self.widths))} is planned "
+                             f"(run.json widths: {', '.join(map(str, (run or {})['widths']))})")
         if run is None and self.model is None:
             raise UsageError(f"{run_dir}: no run.json, so this is a foreign folder: pass "
                              "--model MODULE:FACTORY (and --dataset, --pattern)")

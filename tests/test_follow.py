@@ -166,6 +166,7 @@ def test_idle_timeout_and_unplanned_width(unfinished: Path) -> None:
 @pytest.mark.parametrize("extra, why", [
     (["--workers", "2"], "--follow measures in this process"),
     (["--shard", "1/2"], "--follow: --shard"),
+    (["--widths", "16"], "--widths: none of 16 is planned (run.json widths: 1, 4)"),
 ])
 def test_follow_refuses_what_it_cannot_do(digits_run: Path, extra: list[str], why: str) -> None:
     r = analyze("run", str(digits_run), "--follow", "--probe", "metrics", "-o", "/nonexistent/x.h5",
