@@ -651,7 +651,11 @@ class _Idle:
                 for d in top:
                     if d.name == "done" or (d.name[:1] == "w" and d.name[1:].isdigit()
                                             and d.is_dir()):
-                        entries = os.scandir(d.path) if d.is_dir() else [d]
+                        if d.is_dir():
+                            with os.scandir(d.path) as inner:
+                                entries = list(inner)
+                        else:
+                            entries = [d]
                         for e in entries:
                             try:
                                 st = e.stat()
