@@ -170,26 +170,70 @@ def discover(run_dir: str | Path, pattern: str | None = None,
     decision appends a line to ``warnings`` (when given), as do ``.pt``/``.pth`` files left
     unread without ``allow_pt``.
     """
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise CkptError("no such run folder", root)
-    notes: list[str] = [] if warnings is None else warnings
-    rx = pattern_regex(pattern) if pattern else CKPT_RE
-    exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
-    single_width = width
-    refs: dict[tuple[int, int], CheckpointRef] = {}
-    pickles = 0
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.endswith(".tmp"):
-            continue
-        if p.suffix not in exts:
-            pickles += p.suffix in PICKLE_EXTS
-            continue
-        rel = p.relative_to(root).as_posix()
-        m = rx.match(rel)
-        if m is None:
-            continue
-        width, epoch = _match_fields(m, single_width) if pattern else (int(m["width"]), int(m["epoch"]))
+    return Watcher(run_dir, pattern, allow_pt, width).poll(warnings)[0]
+
+
+class Watcher:
+    """:func:`discover`, incrementally: each :meth:`poll` lists the folder again but reads
+    (validates) only files it has not seen with the same size and mtime, so a followed run's
+    known checkpoints are not re-read. ``*.tmp`` files are ignored: checkpoints appear by atomic
+    rename, so a visible checkpoint file is complete."""
+
+    def __init__(self, run_dir: str | Path, pattern: str | None = None, allow_pt: bool = False,
+                 width: int = 1) -> None:
+        self.root = Path(run_dir)
+        self.pattern = pattern
+        self.rx = pattern_regex(pattern) if pattern else CKPT_RE
+        self.exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
+        self.width = width
+        #: path -> ((size, mtime_ns), its ref, its notes) of every checkpoint file read so far
+        self._seen: dict[str, tuple[tuple[int, int], CheckpointRef, list[str]]] = {}
+
+    def poll(self, warnings: list[str] | None = None) -> tuple[list[CheckpointRef], int]:
+        """(every checkpoint now on disk, as :func:`discover` returns them; how many files
+        were new or changed since the last poll, i.e. read this time)."""
+        root = self.root
+        if not root.is_dir():
+            raise CkptError("no such run folder", root)
+        notes: list[str] = [] if warnings is None else warnings
+        files: list[CheckpointRef] = []
+        pickles = read = 0
+        present = set()
+        for p in sorted(root.rglob("*")):
+            if p.name.endswith(".tmp") or not p.is_file():
+                continue
+            if p.suffix not in self.exts:
+                pickles += p.suffix in PICKLE_EXTS
+                continue
+            m = self.rx.match(p.relative_to(root).as_posix())
+            if m is None:
+                continue
+            try:
+                st = p.stat()
+            except OSError:  # gone since it was listed
+                continue
+            key, stamp = str(p), (st.st_size, st.st_mtime_ns)
+            present.add(key)
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != stamp:
+                own: list[str] = []
+                seen = self._seen[key] = (stamp, self._read(p, m, own), own)
+                read += 1
+            files.append(seen[1])
+            notes.extend(seen[2])
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        refs = _merge(files, root, self.pattern, notes)
+        if pickles:
+            notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
+                         "them with torch.load(weights_only=True))")
+        return refs, read
+
+    def _read(self, p: Path, m: re.Match[str], notes: list[str]) -> CheckpointRef:
+        """One file's ref: width and epoch from its name, checked against its metadata."""
+        pattern = self.pattern
+        width, epoch = _match_fields(m, self.width) if pattern else (int(m["width"]),
+                                                                   int(m["epoch"]))
         meta: dict[str, Any] = {}
         error = None
         if p.suffix == ".safetensors":
@@ -206,8 +250,16 @@ def discover(run_dir: str | Path, pattern: str | None = None,
                     meta = dict(raw)
             except CheckpointError as exc:
                 error = str(exc)
+        return CheckpointRef(width, epoch, str(p), meta, error)
+
+
+def _merge(files: Iterable[CheckpointRef], root: Path, pattern: str | None,
+           notes: list[str]) -> list[CheckpointRef]:
+    """One ref per (width, epoch) from the files' refs (in path order); see :func:`discover`."""
+    refs: dict[tuple[int, int], CheckpointRef] = {}
+    for ref in files:
+        width, epoch, p, error = ref.width, ref.epoch, ref.path, ref.error
         key = (width, epoch)
-        ref = CheckpointRef(width, epoch, str(p), meta, error)
         old = refs.get(key)
         if old is None:
             refs[key] = ref
@@ -233,9 +285,6 @@ def discover(run_dir: str | Path, pattern: str | None = None,
             refs[key] = CheckpointRef(width, epoch, old.path, old.metadata,
                                       f"{old.path}: {clash} ({p}); neither is measured")
         notes.append(f"{p}: {clash} ({old.path}); neither is measured")
-    if pickles:
-        notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
-                     "them with torch.load(weights_only=True))")
     return [refs[k] for k in sorted(refs)]
 
 

@@ -58,6 +58,8 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
     def report(kind: str, arg: Any) -> None:
         if kind == "start":
             state["task"] = prog.add_task("checkpoints", total=arg)
+        elif kind == "grow":  # run --follow: a new round of checkpoints
+            prog.update(state["task"], total=prog.tasks[0].total + arg)
         elif kind == "advance":
             prog.update(state["task"], advance=1, description=f"w{arg.width} e{arg.epoch}")
         elif kind == "fail":
@@ -107,6 +109,15 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
               help="CUDA devices of the pool workers, one worker each [all visible].")
 @click.option("--shard", default=None, metavar="I/N",
               help="Measure only share I of N of the cells, into its own cube (see merge).")
+@click.option("--follow", is_flag=True,
+              help="Analyze a run while it trains: pick up new checkpoints and widths until the "
+                   "trainer marks the run done.")
+@click.option("--poll", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="--follow: seconds between looks at the run folder.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=3600.0,
+              show_default=True,
+              help="--follow: give up (exit 1) after this many seconds in which the trainer "
+                   "wrote nothing; 0 waits for ever.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
@@ -117,7 +128,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         allow_pt: bool, prefix: str | None, single_width: int, replace_builtin: bool,
         workers: int | None,
         executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
-        as_json: bool, quiet: bool) -> None:
+        follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
     from pathlib import Path
 
@@ -167,7 +178,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
         prefix=prefix, width=single_width, progress=report, executor=kind,
         workers=None if kind == "local" else workers, devices=dev_list, ray_address=ray_address,
-        shard=shard_of, plugins=plugins,
+        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout,
     )
     if prog is not None:
         with prog:
@@ -187,6 +198,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                    + (f", shard {summary.shard}" if summary.shard else "") + ")")
         for f in summary.failed:
             click.echo(f"  failed: {f['error']}")
+    if summary.stopped:
+        sys.stderr.write(f"error: {summary.stopped}\n")
+        sys.exit(1)
     if summary.failed:
         sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
                          f"failure(s) in all, recorded in {summary.cube})\n")

@@ -23,8 +23,9 @@ from . import __version__
 from .checkpoints import (
     PICKLE_EXTS,
     CheckpointRef,
+    Watcher,
     build_model_for,
-    discover,
+    is_done,
     pattern_time_unit,
     read_run_json,
     read_state_dict,
@@ -42,6 +43,8 @@ from .probes import make_probes
 from .probes.base import Context
 
 MATERIALIZE_EVERY_S = 30.0
+FOLLOW_POLL_S = 5.0  # --poll: seconds between looks at a followed run folder
+FOLLOW_IDLE_S = 3600.0  # --idle-timeout: a followed run that writes nothing this long is given up
 
 
 # ---------------------------------------------------------------- probe set-up
@@ -82,6 +85,7 @@ class RunSummary:
     workers: int = 1
     shard: str | None = None
     worker_cpu_seconds: dict[str, float] = field(default_factory=dict)  # pool/ray: CPU per worker
+    stopped: str | None = None  # --follow gave up before the run was done (the idle timeout)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,6 +126,10 @@ class Analysis:
     ray_address: str | None = None
     shard: tuple[int, int] | None = None  # (i, n), 1 <= i <= n: this process's share of cells
     plugins: Sequence[str] = ()  # --plugin specs, imported again by every worker
+    # --follow: analyze a run while it trains, until its done markers say it is complete
+    follow: bool = False
+    poll: float = FOLLOW_POLL_S
+    idle_timeout: float = FOLLOW_IDLE_S  # 0: wait for ever
 
     def run(self) -> RunSummary:
         from .cube import Cube
@@ -131,9 +139,25 @@ class Analysis:
         probes = make_probes(self.probes, self.settings)
         dev = resolve_device(self.device)
         run_dir = Path(self.run_dir)
+        idle = _Idle(self.idle_timeout, self.poll) if self.follow else None
+        if idle is not None:
+            self._check_follow()
+            while not (run_dir / "run.json").is_file():  # the trainer may not have begun
+                if idle.expired():
+                    raise CkptError(f"--follow: no run.json appeared in {idle.timeout:g} s "
+                                    "(--idle-timeout)", run_dir)
+                time.sleep(self.poll)
         if not run_dir.is_dir():
             raise CkptError("no such run folder", run_dir)
         run = read_run_json(run_dir)
+        if idle is not None and not _planned(run):
+            raise UsageError(f"{run_dir}: --follow needs the planned widths in run.json (written "
+                             "by ckpt-train, or RunWriter(widths=...)) to know when the run is "
+                             "complete; analyze this folder after training instead")
+        if idle is not None and self.widths is not None and not set(self.widths) & set(
+                (run or {})["widths"]):
+            raise UsageError(f"--widths: none of {', '.join(map(str, self.widths))} is planned "
+                             f"(run.json widths: {', '.join(map(str, (run or {})['widths']))})")
         if run is None and self.model is None:
             raise UsageError(f"{run_dir}: no run.json, so this is a foreign folder: pass "
                              "--model MODULE:FACTORY (and --dataset, --pattern)")
@@ -141,12 +165,14 @@ class Analysis:
             raise UsageError(f"--pattern '{self.pattern}' names pickle-based files: pass "
                              "--allow-pt (read with torch.load(weights_only=True) only)")
         notes: list[str] = []
-        all_refs = discover(run_dir, self.pattern, self.allow_pt, self.width, notes)
+        watcher = Watcher(run_dir, self.pattern, self.allow_pt, self.width)
+        if idle is None:
+            all_refs = watcher.poll(notes)[0]
+        else:
+            all_refs = self._first_checkpoint(watcher, run_dir, run or {}, idle, notes)
         unplanned = _unplanned(all_refs, run)
         all_refs = [r for r in all_refs if r not in unplanned]
-        refs = [r for r in all_refs
-                if (self.widths is None or r.width in self.widths)
-                and (self.epochs is None or r.epoch in self.epochs)]
+        refs = [r for r in all_refs if self._selected(r) and (idle is None or r.error is None)]
         if not refs:
             where = "" if len(all_refs) == 0 else f" matching --widths/--epochs (found {len(all_refs)})"
             hint = "" if run is not None or self.pattern else " (foreign folder? pass --pattern)"
@@ -160,6 +186,12 @@ class Analysis:
         all_refs = [r for r in all_refs if r not in rejected]
         grid_epochs = sorted({r.epoch for r in refs})
         grid_widths = sorted({r.width for r in refs})
+        if idle is not None:  # the probes see the planned grid, as after training
+            grid_widths = sorted(w for w in (run or {})["widths"]
+                                 if self.widths is None or w in self.widths)
+            planned = ((run or {}).get("save") or {}).get("epochs")
+            if isinstance(planned, list):
+                grid_epochs = sorted(e for e in planned if self.epochs is None or e in self.epochs)
         n_checkpoints = len(refs) + len(rejected)
         if self.shard is not None:
             from .executors.shard import shard_refs
@@ -176,11 +208,12 @@ class Analysis:
 
         widths = grid_widths
         width_meta = {r.width: meta_of(r) for r in all_refs if r.error is None}
-        for w in widths:
+        for w in widths if idle is None else ():  # --follow: widths to come build from others
             width_meta.setdefault(w, meta_of(next(r for r in all_refs if r.width == w)))
 
         def build(width: int) -> nn.Module:
-            meta = dict(width_meta.get(width) or width_meta[widths[0]])
+            meta = dict(width_meta.get(width) or width_meta.get(widths[0])
+                        or next(iter(width_meta.values())))
             meta["width"] = width
             return build_model_for(meta, self.model).to(dev).eval()
 
@@ -246,6 +279,12 @@ class Analysis:
             if not prepared:
                 raise CkptError(f"no probe could be prepared ({summary.failed[-1]['error']})",
                                 run_dir)
+            if idle is not None:
+                self._follow(cube, executor, watcher, idle, run_dir, run or {}, prepared, ctx,
+                             meta_of, width_meta, initial, summary,
+                             {r.path for r in [*unplanned, *rejected]})
+                summary.seconds = time.perf_counter() - t0
+                return summary
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
             todo: list[Task] = []
             for r in refs:
@@ -266,6 +305,177 @@ class Analysis:
             summary.workers = getattr(executor, "used", 1)
         summary.seconds = time.perf_counter() - t0
         return summary
+
+    # ---------------------------------------------------------------- --follow
+    def _selected(self, ref: CheckpointRef) -> bool:
+        return ((self.widths is None or ref.width in self.widths)
+                and (self.epochs is None or ref.epoch in self.epochs))
+
+    def _check_follow(self) -> None:
+        """One line for what --follow does not support."""
+        if self.executor != "local" or self.workers is not None:
+            raise UsageError("--follow measures in this process: pass no --executor pool/ray, "
+                             "--workers or --devices")
+        if self.shard is not None:
+            raise UsageError("--follow: --shard deals a finished run's checkpoints; shard after "
+                             "training")
+        if self.model is not None or self.pattern is not None:
+            raise UsageError("--follow needs a run folder written by ckpt-train or RunWriter "
+                             "(run.json plans the widths); --model/--pattern folders are "
+                             "analyzed after training")
+        if not self.poll > 0:
+            raise UsageError(f"--poll: must be positive (got {self.poll:g})")
+        if not self.idle_timeout >= 0:
+            raise UsageError(f"--idle-timeout: must be >= 0 (got {self.idle_timeout:g})")
+
+    def _finished(self, run_dir: Path, run: Mapping[str, Any]) -> bool:
+        """The trainer's markers say every wanted width has all its checkpoints."""
+        if is_done(run_dir):
+            return True
+        return all(is_done(run_dir, w) for w in run["widths"]
+                   if self.widths is None or w in self.widths)
+
+    def _first_checkpoint(self, watcher: Watcher, run_dir: Path, run: Mapping[str, Any],
+                          idle: _Idle, notes: list[str]) -> list[CheckpointRef]:
+        """Poll until a readable checkpoint to measure exists (the probes are prepared from
+        it), or the run is done, or the idle timeout passes (one line)."""
+        while True:
+            finished = self._finished(run_dir, run)
+            seen: list[str] = []
+            refs, _ = watcher.poll(seen)
+            idle.active(run_dir)
+            if finished or any(r.error is None and self._selected(r)
+                               and r.width in run["widths"] for r in refs):
+                notes.extend(seen)
+                return refs
+            if idle.expired():
+                raise CkptError(f"--follow: no checkpoint to measure appeared in "
+                                f"{idle.timeout:g} s (--idle-timeout)", run_dir)
+            time.sleep(self.poll)
+
+    def _follow(self, cube: Any, executor: LocalExecutor, watcher: Watcher, idle: _Idle,
+                run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
+                ctx: Context, meta_of: Callable[[CheckpointRef], dict[str, Any]],
+                width_meta: dict[int, Any], initial: dict[int, CheckpointRef],
+                summary: RunSummary, reported: set[str]) -> None:
+        """Rounds until the run is done: look at the folder (only new files are read), measure
+        what is new, materialize the cube so that readers see it, sleep ``poll`` when nothing
+        is new. A file with an error is left for the last round (it may still be growing, when
+        something other than the trainer writes it); a probe that
+        :meth:`~Probe.needs_finished_width` waits for its width's ``done`` marker."""
+        executor.worker = Worker.in_process(ctx, prepared, ctx.build_model, self.allow_pt,
+                                            self.prefix, self.strict)
+        old_term = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise _Terminated()
+
+        try:
+            signal.signal(signal.SIGTERM, on_term)  # also between rounds, while it sleeps
+        except ValueError:  # not the main thread
+            old_term = None
+        try:
+            self._rounds(cube, executor, watcher, idle, run_dir, run, prepared, meta_of,
+                         width_meta, initial, summary, reported)
+        except _Terminated:
+            raise CkptError("terminated: finished checkpoints are kept; re-run to resume",
+                            summary.cube) from None
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+
+    def _rounds(self, cube: Any, executor: LocalExecutor, watcher: Watcher, idle: _Idle,
+                run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
+                meta_of: Callable[[CheckpointRef], dict[str, Any]], width_meta: dict[int, Any],
+                initial: dict[int, CheckpointRef], summary: RunSummary,
+                reported: set[str]) -> None:
+        from .cube.identity import check_checkpoints
+
+        attempted: set[tuple[str, str, tuple[int, int]]] = set()  # (path, probe, stamp)
+        stamps: dict[str, tuple[int, int]] = {}  # identity-checked files (path -> stamp)
+        epochs: set[int] = set()
+        widths: set[int] = set()
+        known_notes = set(summary.warnings)
+        counted: set[str] = set()
+        first = True
+        while True:
+            finished = self._finished(run_dir, run)  # before the look: it then sees every file
+            notes: list[str] = []
+            found, _ = watcher.poll(notes)
+            for n in notes:
+                if n not in known_notes:
+                    known_notes.add(n)
+                    summary.warnings.append(n)
+            unplanned = _unplanned(found, run)
+            failed_before = len(summary.failed)
+            for r in unplanned:
+                if r.path not in reported:
+                    reported.add(r.path)
+                    msg = (f"{r.path}: width {r.width} was never planned by the trainer "
+                           f"(run.json widths: {', '.join(map(str, run['widths']))})")
+                    summary.failed.append({"path": r.path, "width": r.width, "epoch": r.epoch,
+                                           "error": msg})
+                    cube.record_failure(r.epoch, r.width, r.path, msg)
+                    if self.progress:
+                        self.progress("fail", msg)
+            refs = [r for r in found if r not in unplanned and self._selected(r)
+                    and (finished or r.error is None)]
+            refs, rejected = screen_widths(refs, meta_of, self.model)
+            for r in rejected:
+                if r.path not in reported:
+                    reported.add(r.path)
+                    summary.failed.append({"path": r.path, "width": r.width, "epoch": r.epoch,
+                                           "error": r.error})
+                    cube.record_failure(None, None, r.path, str(r.error))
+            summary.checkpoints = len(refs) + len(rejected)
+            fresh = [r for r in refs if r.error is None and stamps.get(r.path) != _stamp(r)]
+            for r in fresh:
+                width_meta.setdefault(r.width, meta_of(r))
+                if r.epoch == 0:
+                    initial[r.width] = r
+            summary.warnings += check_checkpoints(cube, fresh)  # replaced: measured again
+            stamps.update((r.path, _stamp(r)) for r in fresh)
+            done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
+            width_done = {w: finished or is_done(run_dir, w) for w in {r.width for r in refs}}
+            todo: list[Task] = []
+            for r in refs:
+                epochs.add(r.epoch)
+                widths.add(r.width)
+                stamp = _stamp(r)
+                missing = tuple(p.probe.name for p in prepared
+                                if (r.epoch, r.width) not in done[p.probe.name]
+                                and (r.path, p.probe.name, stamp) not in attempted
+                                and (width_done[r.width] or not p.probe.needs_finished_width()))
+                if not missing:
+                    if (r.path, "", stamp) not in attempted and all(
+                            (r.epoch, r.width) in done[p.probe.name] for p in prepared):
+                        summary.skipped_done += 1  # measured by an earlier run
+                    attempted.add((r.path, "", stamp))
+                    continue
+                attempted.add((r.path, "", stamp))
+                attempted.update((r.path, name, stamp) for name in missing)
+                todo.append(Task(len(todo), r, missing))
+            if todo:
+                if self.progress and not first:
+                    self.progress("grow", len(todo))
+                self._stream(cube, executor.run(None, todo), summary, sorted(epochs),
+                             sorted(widths), len(todo), start=first, counted=counted)
+            elif first or len(summary.failed) > failed_before:
+                cube.materialize(sorted(epochs), sorted(widths))
+            first = False
+            if finished:
+                return
+            if todo or idle.active(run_dir):
+                idle.touch()
+            elif idle.expired():
+                summary.stopped = (
+                    f"{run_dir}: --follow: nothing new in {idle.timeout:g} s (--idle-timeout) "
+                    "and the run is not marked done (no done marker); stopped with "
+                    f"{summary.computed} checkpoint(s) measured, re-run to go on")
+                cube.materialize(sorted(epochs), sorted(widths))
+                return
+            else:
+                time.sleep(self.poll)
 
     def _metadata_factory(self, run: Mapping[str, Any] | None,
                           data: RunData) -> Callable[[CheckpointRef], dict[str, Any]]:
@@ -322,8 +532,11 @@ class Analysis:
                     strict=self.strict)
 
     def _stream(self, cube: Any, outcomes: Iterator[list[Outcome]], summary: RunSummary,
-                epochs: list[int], widths: list[int], total: int) -> None:
-        """The single writer: commit each outcome to the journal as it arrives."""
+                epochs: list[int], widths: list[int], total: int, start: bool = True,
+                counted: set[str] | None = None) -> None:
+        """The single writer: commit each outcome to the journal as it arrives. ``counted``
+        (--follow): paths already counted in ``summary.computed`` (a checkpoint measured in two
+        rounds, for probes that waited for its width to finish, counts once)."""
         last_flush = time.monotonic()
         old_term = signal.getsignal(signal.SIGTERM)
 
@@ -335,7 +548,7 @@ class Analysis:
         except ValueError:  # not the main thread
             old_term = None
 
-        if self.progress:
+        if self.progress and start:
             self.progress("start", total)
         try:
             for batch in outcomes:
@@ -366,7 +579,10 @@ class Analysis:
                         cube.record_failure(ref.epoch, ref.width, ref.path, err, probe=name)
                         if self.progress:
                             self.progress("fail", err)
-                    summary.computed += 1
+                    if counted is None or ref.path not in counted:
+                        summary.computed += 1
+                    if counted is not None:
+                        counted.add(ref.path)
                     if self.progress:
                         self.progress("advance", ref)
                 if time.monotonic() - last_flush > MATERIALIZE_EVERY_S:
@@ -395,6 +611,68 @@ def _unplanned(refs: Sequence[CheckpointRef], run: Mapping[str, Any] | None) -> 
     if not isinstance(planned, list):
         return []
     return [r for r in refs if r.width not in planned]
+
+
+def _planned(run: Mapping[str, Any] | None) -> bool:
+    widths = (run or {}).get("widths")
+    return isinstance(widths, list) and bool(widths) and all(
+        isinstance(w, int) and not isinstance(w, bool) for w in widths)
+
+
+def _stamp(ref: CheckpointRef) -> tuple[int, int]:
+    try:
+        st = Path(ref.path).stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+class _Idle:
+    """--follow's idle clock: anything the trainer writes under the run's width folders
+    (checkpoints, their ``.tmp`` files while written, resume state, done markers) or the run's
+    own ``done`` counts as activity."""
+
+    def __init__(self, timeout: float, poll: float) -> None:
+        self.timeout = timeout
+        self.poll = poll
+        self.last = time.monotonic()
+        self._seen: object = None
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def active(self, run_dir: Path) -> bool:
+        """Whether the run folder changed since the last look (and then touch the clock)."""
+        import os
+
+        state = []
+        try:
+            with os.scandir(run_dir) as top:
+                for d in top:
+                    if d.name == "done" or (d.name[:1] == "w" and d.name[1:].isdigit()
+                                            and d.is_dir()):
+                        if d.is_dir():
+                            with os.scandir(d.path) as inner:
+                                entries = list(inner)
+                        else:
+                            entries = [d]
+                        for e in entries:
+                            try:
+                                st = e.stat()
+                            except OSError:
+                                continue
+                            state.append((e.path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            pass
+        state.sort()
+        changed = state != self._seen
+        self._seen = state
+        if changed:
+            self.touch()
+        return changed
+
+    def expired(self) -> bool:
+        return self.timeout > 0 and time.monotonic() - self.last > self.timeout
 
 
 def run_analysis(**kwargs: Any) -> RunSummary:

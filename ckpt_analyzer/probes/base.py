@@ -153,6 +153,13 @@ class Probe(abc.ABC, Generic[ConfigT]):
             self._cache[key] = make()
         return cast(T, self._cache[key])
 
+    def needs_finished_width(self) -> bool:
+        """Whether a checkpoint's result depends on its width's *last* checkpoint (e.g. the
+        landscape barrier). ``ckpt-analyze run --follow`` then measures this probe on a width
+        only once the trainer has marked the width done (``w<W>/done``), so a followed run gives
+        the same cube as an analysis after training."""
+        return False
+
     def ensure_prepared(self, ctx: Context) -> dict[str, np.ndarray]:
         """The fixed inputs, preparing first if this instance has not been prepared."""
         if self.inputs is None:

@@ -62,7 +62,9 @@ class LandscapeProbe(Probe):
     holding ``run.json``), loaded once and cached for that width; its epoch is the metric
     ``barrier_epoch``. In a foreign folder (no run.json), or if it cannot be read, the barrier
     metrics are NaN (a warning says why). On a run still training, "last" is the last on disk
-    when the width is first measured; ``barrier_epoch`` records which.
+    when the width is first measured; ``barrier_epoch`` records which (``run --follow`` waits for
+    the width's ``done`` marker before measuring this probe, see
+    :meth:`~ckpt_analyzer.probes.base.Probe.needs_finished_width`).
 
     Fixed inputs: ``<subset>/index`` (training positions, test positions for ``test``) and the
     directions above. An empty subset (``noisy`` without label noise) gives NaN rows.
@@ -110,6 +112,9 @@ class LandscapeProbe(Probe):
         self._dirs: dict[int, tuple[list[str], np.ndarray]] = {}
         self._target: tuple[int, int | None, dict[str, torch.Tensor] | None] | None = None
         self._warned: set[str] = set()
+
+    def needs_finished_width(self) -> bool:
+        return bool(self.config.barrier)  # the segment ends at the width's last checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
