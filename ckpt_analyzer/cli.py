@@ -136,7 +136,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     from .util import check_seed
 
     check_seed(seed)
-    if not Path(run_dir).is_dir():  # before torch loads: usage errors stay instant
+    if not follow and not Path(run_dir).is_dir():  # before torch loads: errors stay instant
         raise CkptError("no such run folder", run_dir)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: must be at least 1 (got {workers})")
