@@ -16,6 +16,12 @@ ckpt-train "$OUT" --dataset digits --arch mcnn --widths 1,2,3,4,6,8,16 --epochs 
 ckpt-analyze run "$OUT" -o "$CUBE" --workers 2 --probe metrics --probe spectrum --probe interpolation \
   --probe normalization --set spectrum.points=100 --set spectrum.subsets=train,test,noisy \
   --set interpolation.pairs=20
+# the peer probes, lighter than their defaults: Hessian top eigenvalue and trace, loss slices
+# and the barrier to each width's last checkpoint, weight spectra
+ckpt-analyze run "$OUT" -o "$CUBE" --workers 2 --probe hessian --probe landscape \
+  --probe weights_spectrum --set hessian.points=64 --set hessian.subsets=train --set hessian.k=1 \
+  --set hessian.iterations=12 --set hessian.trace_samples=8 --set landscape.points=128 \
+  --set landscape.steps=11 --set landscape.subsets=train,test --set landscape.barrier_steps=6
 # the expensive one on a few epochs: initialization, early, interpolation time, the end
 ckpt-analyze run "$OUT" -o "$CUBE" --workers 2 --probe sharpness --epochs 0,9,45,300 \
   --set sharpness.samples=256 --set sharpness.paths=4
@@ -23,7 +29,8 @@ ckpt-analyze run "$OUT" -o "$CUBE" --workers 2 --probe sharpness --epochs 0,9,45
 ckpt-analyze inspect "$CUBE"
 ckpt-analyze report "$CUBE" | tee "$OUT/report.txt"
 mkdir -p "$OUT/figures"
-for kind in double-descent spectrum sharpness interpolation normalization; do
+for kind in double-descent spectrum sharpness interpolation normalization hessian landscape \
+    weights-spectrum; do
   ckpt-analyze plot "$CUBE" --kind "$kind" -o "$OUT/figures/$kind.png"
 done
 echo "figures in $OUT/figures/, report in $OUT/report.txt, cube $CUBE"
