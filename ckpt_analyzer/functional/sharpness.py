@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CkptError
+from .batching import chunks, evaluation
 
 __all__ = [
     "AUTHORS_TOP_SHARE",
@@ -103,10 +104,10 @@ def input_gradients(
     losses: list[torch.Tensor] = []
     correct: list[torch.Tensor] = []
     try:
-        with torch.enable_grad():
-            for i in range(0, len(x), batch_size):
-                xb = x[i : i + batch_size].detach().requires_grad_(True)
-                yb = y[i : i + batch_size]
+        with evaluation(grad=True):
+            for lo, hi in chunks(len(x), batch_size):
+                xb = x[lo:hi].detach().requires_grad_(True)
+                yb = y[lo:hi]
                 logits = model(xb)
                 if not (
                     isinstance(logits, torch.Tensor)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from .batching import chunks
 
 __all__ = [
     "KINDS",
@@ -65,11 +66,11 @@ def mean_norm(x: torch.Tensor, batch_size: int = 4096) -> float:
     """``E ||X||_2``: mean over samples of the per-sample L2 norm (the centre c of §3.1)."""
     if len(x) == 0:
         raise ValueError("mean_norm of an empty set")
-    total = 0.0
-    for s in range(0, len(x), batch_size):
-        total += float(torch.linalg.vector_norm(x[s:s + batch_size].flatten(1).to(torch.float64),
-                                                dim=1).sum())
-    return total / len(x)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for lo, hi in chunks(len(x), batch_size):
+        total = total + torch.linalg.vector_norm(x[lo:hi].flatten(1).to(torch.float64),
+                                                 dim=1).sum()
+    return float(total) / len(x)
 
 
 def fourier_direction(k: int | tuple[int, int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -276,9 +277,9 @@ def smoothed_test_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n
         smoothing = LabelSmoothing.from_manifest(smoothing, tuple(x.shape[1:]), x.device)
     if len(x) == 0:
         return math.nan
-    total = 0.0
-    for s in range(0, len(x), batch_size):
-        targets = smoothing.targets(x[s:s + batch_size], y[s:s + batch_size], num_classes)
-        lg = logits[s:s + batch_size]
-        total += float(soft_cross_entropy(lg, targets.to(lg.dtype)).sum())
-    return total / len(x)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for lo, hi in chunks(len(x), batch_size):
+        targets = smoothing.targets(x[lo:hi], y[lo:hi], num_classes)
+        lg = logits[lo:hi]
+        total = total + soft_cross_entropy(lg, targets.to(lg.dtype)).sum().to(torch.float64)
+    return float(total) / len(x)

@@ -66,12 +66,14 @@ class Context:
         return dataclasses.replace(self, checkpoint=ref)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` on ``x`` in batches of ``batch_size`` without autograd."""
+        """Logits of ``model`` on ``x`` in batches of ``batch_size`` under inference mode
+        (:func:`~ckpt_analyzer.functional.batching.batched`)."""
         import torch
 
-        with torch.no_grad():
-            outs = [model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0, self.data.num_classes, device=x.device)
+        from ..functional.batching import batched
+
+        out = batched(model, x, batch_size=self.batch_size)
+        return out if out is not None else torch.empty(0, self.data.num_classes, device=x.device)
 
 
 @dataclass(frozen=True)
