@@ -1,0 +1,100 @@
+"""The hot path: the batching primitive, and host syncs that do not grow with the chunks.
+
+A host sync (``.item()``, ``float(t)``, ``bool(t)``...) goes through
+``aten._local_scalar_dense``; on a GPU each one stalls the stream. A probe's count must not
+depend on how many chunks its streams are cut into, i.e. on the batch size."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ckpt_analyzer.checkpoints import discover, load_state_into, read_state_dict
+from ckpt_analyzer.data.run import load_run_data
+from ckpt_analyzer.functional.batching import batched, chunks
+from ckpt_analyzer.models import build_model
+from ckpt_analyzer.probes import PROBES
+from ckpt_analyzer.probes.base import Context
+
+# enough points that batch size 64 cuts every stream into several chunks, 512 into few
+SMALL = {
+    "spectrum": {"points": 16, "n": 32, "subsets": ("train", "test")},
+    "interpolation": {"pairs": 4},
+    "sharpness": {"samples": 24, "paths": 2},
+    "normalization": {"samples": 300},
+    "hessian": {"points": 300, "iterations": 4, "trace_samples": 2, "subsets": ("train",)},
+    "landscape": {"points": 300, "steps": 3, "barrier_steps": 2},
+    "weights_spectrum": {"min_evals": 8, "min_tail": 4},
+}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts ``aten._local_scalar_dense`` (every device-to-host scalar read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_chunks_and_batched() -> None:
+    assert list(chunks(5, 2)) == [(0, 2), (2, 4), (4, 5)]
+    assert list(chunks(0, 3)) == []
+    with pytest.raises(ValueError):
+        list(chunks(3, 0))
+    x = torch.arange(10.0).view(5, 2)
+    y = torch.arange(5)
+    out = batched(lambda a, b: (a.sum(1), b * 2), x, y, batch_size=2)
+    assert torch.equal(out[0], x.sum(1)) and torch.equal(out[1], y * 2)
+    assert batched(lambda a: a, x[:0], batch_size=4) is None
+    modes: list[bool] = []
+    batched(lambda a: modes.append(torch.is_inference_mode_enabled()) or a, x, batch_size=2)
+    assert modes == [True, True, True]  # forward-only chunks run under inference mode
+    g = batched(lambda a: a * 1, x.clone().requires_grad_(), batch_size=2, grad=True)
+    assert g.requires_grad
+    with pytest.raises(ValueError):
+        batched(lambda a, b: a, x, y[:3], batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def setting(digits_run: Path) -> tuple[Any, torch.nn.Module, Any]:
+    data = load_run_data(digits_run)
+    refs = {(r.width, r.epoch): r for r in discover(digits_run)}
+
+    def build(width: int) -> torch.nn.Module:
+        return build_model("mcnn", width, 10, 1).eval()
+
+    ctx = Context(data=data, device=torch.device("cpu"), batch_size=64, seed=5,
+                  widths=(1, 4), epochs=(0, 4), build_model=build,
+                  initial_state=lambda w: read_state_dict(refs[(w, 0)].path))
+    model = build(4)
+    load_state_into(model, read_state_dict(refs[(4, 4)].path), refs[(4, 4)].path)
+    return ctx, model, refs[(4, 4)]
+
+
+def syncs(name: str, ctx: Context, model: torch.nn.Module, ref: Any) -> int:
+    cls = PROBES.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    probe = cls(cls.Config(**{k: v for k, v in SMALL.get(name, {}).items() if k in fields}))
+    ctx = ctx.with_checkpoint(ref)
+    probe.measure(model, ctx)  # prepare and warm caches outside the count
+    with SyncCounter() as counter:
+        probe.measure(model, ctx)
+    return counter.count
+
+
+@pytest.mark.parametrize("name", PROBES.names())
+def test_syncs_independent_of_chunks(name: str, setting: tuple) -> None:
+    ctx, model, ref = setting
+    counts = [syncs(name, dataclasses.replace(ctx, batch_size=bs), model, ref) for bs in (64, 512)]
+    print(f"SYNCS {name} {counts}")
+    assert counts[0] == counts[1], f"{name}: host syncs at batch 64 vs 512: {counts}"
