@@ -98,3 +98,63 @@ def test_syncs_independent_of_chunks(name: str, setting: tuple) -> None:
     counts = [syncs(name, dataclasses.replace(ctx, batch_size=bs), model, ref) for bs in (64, 512)]
     print(f"SYNCS {name} {counts}")
     assert counts[0] == counts[1], f"{name}: host syncs at batch 64 vs 512: {counts}"
+
+
+class _Mixed(torch.nn.Module):
+    """conv->BN (fused), BN after a pool (ChannelAffine), convT->BN, linear->BN1d (fused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.up = nn.ConvTranspose2d(4, 3, 2, stride=2)
+        self.bn3 = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 8 * 8, 6)
+        self.bn4 = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.pool(torch.relu(self.bn1(self.conv(x)))))
+        x = torch.relu(self.bn3(self.up(torch.relu(x))))
+        return self.out(torch.relu(self.bn4(self.fc(x.flatten(1)))))
+
+
+def _randomized(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = _Mixed()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            assert mod.running_mean is not None and mod.running_var is not None
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.normal_(mod.weight)
+            torch.nn.init.normal_(mod.bias)
+    return m.eval()
+
+
+def test_folded_network_refill_is_bitwise_a_fresh_fold() -> None:
+    from ckpt_analyzer.functional.normalization import (
+        FoldedNetwork,
+        fold_batchnorm,
+        layer_norms,
+        normalized_network,
+    )
+
+    x = torch.randn(7, 1, 8, 8)
+    network = FoldedNetwork(_randomized(0), example=x[:1])
+    kinds = sorted(k for k, _, _ in network._actions)
+    assert kinds == ["affine", "conv", "conv_transpose", "linear"]
+    for seed in (1, 2):
+        m = _randomized(seed)
+        fresh = fold_batchnorm(m, example=x[:1])
+        cached = network.refill(m)
+        a, b = fresh.state_dict(), cached.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(fresh(x), cached(x))
+        norms = layer_norms(cached)
+        assert torch.equal(normalized_network(fresh, norms)(x), network.normalized(norms)(x))
+    assert not network.fits(build_model("mcnn", 2, 10, 1))

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..functional.normalization import FoldedNetwork
+
 log = logging.getLogger(__name__)
 
 _SPLITS = ("train", "test")
@@ -170,22 +172,35 @@ class NormalizationProbe(Probe):
         index = torch.as_tensor(self.inputs[key], dtype=torch.long, device=x_all.device)
         return x_all[index].to(ctx.device), y_all[index].to(ctx.device)
 
+    def _folded(self, model: nn.Module, ctx: Context) -> FoldedNetwork:
+        """The BN-folded graph of this width, traced and fused once per width and device
+        (cached on the probe, dropped when it is pickled); refilled per checkpoint."""
+        from ..functional.normalization import FoldedNetwork
+
+        width = ctx.checkpoint.width if ctx.checkpoint is not None else None
+
+        def make() -> FoldedNetwork:
+            return FoldedNetwork(model, example=ctx.data.x_train[:1].to(ctx.device))
+
+        network = self.on_device(f"folded/{width}", ctx, make)
+        if not network.fits(model):  # another architecture under the same key: fold afresh
+            network = self._cache[f"folded/{width}"] = make()
+        return network
+
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
         import torch.nn.functional as F
 
         from ..functional.normalization import (
-            fold_batchnorm,
             layer_norms,
             log_norm_product,
-            normalized_network,
             output_normalized_logits,
-            weight_layers,
         )
 
         cfg = self.config
-        folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
-        paths = [path for path, _ in weight_layers(folded)]
+        network = self._folded(model, ctx)
+        folded = network.refill(model)
+        paths = network.paths
         if paths != self._layers:
             raise CkptError(f"normalization: the checkpoint's weight layers {paths} differ from "
                             f"the run's {self._layers}")
@@ -196,7 +211,7 @@ class NormalizationProbe(Probe):
         ref_logits: torch.Tensor | None = None
         if self._layerwise:
             if bool(torch.all((norms > 0) & torch.isfinite(norms))):
-                normalized = normalized_network(folded, norms).eval()
+                normalized = network.normalized(norms).eval()
         else:
             x_ref = ctx.data.x_train[cfg.reference : cfg.reference + 1].to(ctx.device)
             ref_logits = ctx.forward(model, x_ref)
