@@ -158,3 +158,36 @@ def test_folded_network_refill_is_bitwise_a_fresh_fold() -> None:
         norms = layer_norms(cached)
         assert torch.equal(normalized_network(fresh, norms)(x), network.normalized(norms)(x))
     assert not network.fits(build_model("mcnn", 2, 10, 1))
+
+
+def test_cli_maps_functional_value_and_type_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from ckpt_analyzer.functional.normalization import layer_norms
+    from ckpt_analyzer.functional.sharpness import input_gradients
+    from ckpt_analyzer.util import handle_errors
+
+    @handle_errors
+    def bad_order() -> None:
+        layer_norms(build_model("mcnn", 1, 10, 1), p=0.0)
+
+    @handle_errors
+    def blocked() -> None:
+        class Detach(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x.detach()
+
+        model = torch.nn.Sequential(Detach(), torch.nn.Linear(4, 2)).eval()
+        input_gradients(model, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 2)
+
+    for fn, text in ((bad_order, "norm order p must be > 0"), (blocked, "blocks gradients")):
+        with pytest.raises(SystemExit) as exit_info:
+            fn()
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and text in err and err.count("\n") == 1
+
+    @handle_errors
+    def bug() -> None:
+        raise ValueError("a bug outside functional/ keeps its traceback")
+
+    with pytest.raises(ValueError, match="keeps its traceback"):
+        bug()

@@ -61,8 +61,6 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..errors import CkptError
-
 __all__ = [
     "ChannelAffine",
     "fold_batchnorm",
@@ -168,14 +166,14 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a GraphModule sharing its submodules (no copy); CkptError if untraceable."""
+    """``model`` as a GraphModule sharing its submodules (no copy); TypeError if untraceable."""
     if isinstance(model, fx.GraphModule):
         return model
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkptError(
+        raise TypeError(
             f"cannot trace model {type(model).__name__} with torch.fx ({type(exc).__name__}: "
             f"{first}); layerwise normalization needs a model without data-dependent control flow"
         ) from None
@@ -200,7 +198,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> fx.
     statistics is left as is. ``model`` is not modified.
 
     Args:
-        model: any torch.fx-traceable network (CkptError otherwise).
+        model: any torch.fx-traceable network (TypeError otherwise).
         example: optional input batch. With it, Linear -> BatchNorm1d is folded only when the
             linear output is 2-D (a BatchNorm1d over dim 1 of a 3-D linear output normalizes
             another axis); without it, it is folded when ``out_features == num_features``.
@@ -390,7 +388,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def _check_p(p: float) -> None:
     if not (p > 0):  # also rejects NaN
-        raise CkptError(f"norm order p must be > 0 (got {p})")
+        raise ValueError(f"norm order p must be > 0 (got {p})")
 
 
 def layer_norms(model: nn.Module, p: float = 2.0, first_bias: bool = False) -> torch.Tensor:
@@ -409,7 +407,7 @@ def layer_norms(model: nn.Module, p: float = 2.0, first_bias: bool = False) -> t
     _check_p(p)
     layers = weight_layers(model)
     if not layers:
-        raise CkptError(f"model {type(model).__name__} has no Conv/Linear weight layers")
+        raise TypeError(f"model {type(model).__name__} has no Conv/Linear weight layers")
     flat = [_weight(m).detach().reshape(-1).double() for _, m in layers]
     b1 = getattr(layers[0][1], "bias", None)
     if first_bias and isinstance(b1, torch.Tensor):
@@ -449,10 +447,10 @@ def _scale_layers(out: nn.Module, layers: list[tuple[str, nn.Module]],
     """``W_l / rho_l`` and ``b_l / (rho_1 ... rho_l)`` in place in ``out`` (eq. 1)."""
     norms = norms.detach().double().reshape(-1)
     if len(norms) != len(layers):
-        raise CkptError(f"got {len(norms)} layer norms for {len(layers)} weight layers")
+        raise ValueError(f"got {len(norms)} layer norms for {len(layers)} weight layers")
     bad = [path for (path, _), rho in zip(layers, norms.tolist()) if not 0 < rho < math.inf]
     if bad:
-        raise CkptError(f"layer '{bad[0]}' has norm 0 or not finite; f~ is undefined")
+        raise ValueError(f"layer '{bad[0]}' has norm 0 or not finite; f~ is undefined")
     bias_scale = torch.exp(-torch.cumsum(torch.log(norms), 0))
     with torch.no_grad():
         for (path, _), rho, scale in zip(layers, norms, bias_scale):
@@ -590,7 +588,7 @@ def output_normalized_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> 
         ``logits / ||ref_logits||_2`` in the dtype of ``logits``.
     """
     if ref_logits.dim() > 1 and ref_logits.shape[0] != 1:
-        raise CkptError(f"ref_logits must be the logits of one example, got shape "
+        raise ValueError(f"ref_logits must be the logits of one example, got shape "
                         f"{tuple(ref_logits.shape)}")
     norm = torch.linalg.vector_norm(ref_logits.detach().reshape(-1).double())
     return (logits.double() / norm.to(logits.device)).to(logits.dtype)

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CkptError
 from .batching import chunks, evaluation
 
 __all__ = [
@@ -92,7 +91,7 @@ def input_gradients(
         and whether ``argmax`` of the logits equals ``y`` ``(N,)`` (bool).
 
     Raises:
-        CkptError: the model blocks gradients w.r.t. its input; names the blocking module.
+        TypeError: the model blocks gradients w.r.t. its input; names the blocking module.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -197,9 +196,9 @@ def gradient_blocker(model: nn.Module, x: torch.Tensor) -> str | None:
     return None
 
 
-def _blocked(model: nn.Module, x: torch.Tensor) -> CkptError:
+def _blocked(model: nn.Module, x: torch.Tensor) -> TypeError:
     where = gradient_blocker(model, x) or f"the model ({type(model).__name__})"
-    return CkptError(f"the model blocks gradients w.r.t. its input, needed for sharpness: {where}")
+    return TypeError(f"the model blocks gradients w.r.t. its input, needed for sharpness: {where}")
 
 
 def jacobian_norm(grads: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choices
+from ..errors import ProbeError
 from .base import SUBSETS, Context, Metric, Outputs, Probe
 
 
@@ -78,7 +79,11 @@ class MetricsProbe(Probe):
             from ..functional.smoothing import smoothed_test_loss
 
             lg = logits["test"].double()
-            smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes, self._smoothing)
+            try:
+                smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes,
+                                            self._smoothing)
+            except ValueError as exc:  # a label_smoothing manifest that does not fit the data
+                raise ProbeError(f"metrics: run.json label_smoothing: {exc}") from None
             clean = F.cross_entropy(lg, d.y_test).item()
             out["smoothed_test_loss"] = np.array(smooth)
             out["effective_noise_fitting"] = np.array(clean - smooth)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..config import ConfigError, check, check_choices
-from ..errors import CkptError
+from ..errors import CkptError, ProbeError
 from .base import Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -114,7 +114,10 @@ class NormalizationProbe(Probe):
             raise ConfigError(f"normalization.reference={cfg.reference} is not a training "
                               f"position (the training split has {n_train} points)")
         model = ctx.build_model(ctx.widths[0]).to(ctx.device).eval()
-        folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
+        try:
+            folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
+        except (TypeError, ValueError) as exc:  # e.g. a model torch.fx cannot trace
+            raise ProbeError(f"normalization: {exc}") from None
         self._layers = [path for path, _ in weight_layers(folded)]
         if not self._layers:
             raise CkptError(f"normalization: model {type(model).__name__} has no Conv/Linear "
@@ -198,7 +201,10 @@ class NormalizationProbe(Probe):
         )
 
         cfg = self.config
-        network = self._folded(model, ctx)
+        try:
+            network = self._folded(model, ctx)
+        except (TypeError, ValueError) as exc:
+            raise ProbeError(f"normalization: {exc}") from None
         folded = network.refill(model)
         paths = network.paths
         if paths != self._layers:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..config import ConfigError, check, check_choices
+from ..errors import ProbeError
 from .base import Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -408,7 +409,10 @@ class SharpnessProbe(Probe):
         for xb in self._stream(st, ctx.batch_size):
             hi = lo + len(xb)
             yb = st.y[torch.arange(lo, hi, device=dev) // (a * g)]
-            grads, l_b, c_b = input_gradients(model, xb, yb, len(xb))
+            try:
+                grads, l_b, c_b = input_gradients(model, xb, yb, len(xb))
+            except TypeError as exc:  # the model blocks input gradients: say which probe
+                raise ProbeError(f"sharpness: {exc}") from None
             grads = grads.flatten(1)
             off = (-lo) % g  # first un-jittered row of the chunk
             e0 = (lo + off) // g
