@@ -191,3 +191,25 @@ def test_cli_maps_functional_value_and_type_errors(capsys: pytest.CaptureFixture
 
     with pytest.raises(ValueError, match="keeps its traceback"):
         bug()
+
+
+def test_forward_batch_size_is_opt_in(setting: tuple, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ckpt_analyzer.cli import main
+
+    ctx, model, ref = setting
+    assert ctx.forward_batch_size is None and ctx.forward_batch == ctx.batch_size
+    big = dataclasses.replace(ctx, forward_batch_size=4 * ctx.batch_size)
+    assert big.forward_batch == 4 * ctx.batch_size
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    try:
+        x = ctx.data.x_train[:300]
+        assert torch.equal(ctx.forward(model, x), big.forward(model, x))  # mcnn on this CPU
+    finally:
+        hook.remove()
+    assert calls == [64, 64, 64, 64, 44, 256, 44]
+    result = CliRunner().invoke(main, ["run", str(tmp_path), "--probe", "metrics",
+                                       "--forward-batch-size", "zero"])
+    assert result.exit_code == 2 and "--forward-batch-size" in result.output

@@ -169,6 +169,7 @@ class NormalizationProbe(Probe):
     def _subset(self, subset: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        assert self.inputs is not None
         key = "index" if subset == "train" else "test_index"
         x_all, y_all = ((ctx.data.x_train, ctx.data.y_train) if subset == "train"
                         else (ctx.data.x_test, ctx.data.y_test))
