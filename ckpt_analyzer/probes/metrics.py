@@ -83,7 +83,7 @@ class MetricsProbe(Probe):
                 smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes,
                                             self._smoothing)
             except ValueError as exc:  # a label_smoothing manifest that does not fit the data
-                raise ProbeError(f"metrics: run.json label_smoothing: {exc}") from None
+                raise ProbeError(str(exc)) from None
             clean = F.cross_entropy(lg, d.y_test).item()
             out["smoothed_test_loss"] = np.array(smooth)
             out["effective_noise_fitting"] = np.array(clean - smooth)

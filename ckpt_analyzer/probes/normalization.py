@@ -117,7 +117,7 @@ class NormalizationProbe(Probe):
         try:
             folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
         except (TypeError, ValueError) as exc:  # e.g. a model torch.fx cannot trace
-            raise ProbeError(f"normalization: {exc}") from None
+            raise ProbeError(str(exc)) from None
         self._layers = [path for path, _ in weight_layers(folded)]
         if not self._layers:
             raise CkptError(f"normalization: model {type(model).__name__} has no Conv/Linear "
@@ -205,7 +205,7 @@ class NormalizationProbe(Probe):
         try:
             network = self._folded(model, ctx)
         except (TypeError, ValueError) as exc:
-            raise ProbeError(f"normalization: {exc}") from None
+            raise ProbeError(str(exc)) from None
         folded = network.refill(model)
         paths = network.paths
         if paths != self._layers:

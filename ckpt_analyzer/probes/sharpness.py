@@ -411,8 +411,8 @@ class SharpnessProbe(Probe):
             yb = st.y[torch.arange(lo, hi, device=dev) // (a * g)]
             try:
                 grads, l_b, c_b = input_gradients(model, xb, yb, len(xb))
-            except TypeError as exc:  # the model blocks input gradients: say which probe
-                raise ProbeError(f"sharpness: {exc}") from None
+            except TypeError as exc:  # the model blocks input gradients: the message as before
+                raise ProbeError(str(exc)) from None
             grads = grads.flatten(1)
             off = (-lo) % g  # first un-jittered row of the chunk
             e0 = (lo + off) // g
