@@ -78,6 +78,10 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--config", "config_file", default=None, help="TOML file with a table per probe.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
 @click.option("--batch-size", default="auto", show_default=True, help="auto or samples per batch.")
+@click.option("--forward-batch-size", default="same", show_default=True,
+              help="Samples per forward-only batch (metrics, normalization, spectrum, "
+                   "interpolation, landscape): same (as --batch-size, bit-identical), auto or "
+                   "an integer; larger is faster on a GPU and may change the last bits.")
 @click.option("--widths", default=None, help="Widths: one, a list or a range a:b.")
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
@@ -122,7 +126,8 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
 def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[str, ...],
-        config_file: str | None, device: str, batch_size: str, widths: str | None,
+        config_file: str | None, device: str, batch_size: str, forward_batch_size: str,
+        widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
         allow_pt: bool, prefix: str | None, single_width: int, replace_builtin: bool,
@@ -170,10 +175,20 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                                      param_hint="--batch-size") from None
         if bs < 1:
             raise click.BadParameter("must be positive", param_hint="--batch-size")
+    fbs: str | int | None = None if forward_batch_size == "same" else forward_batch_size
+    if fbs not in (None, "auto"):
+        try:
+            fbs = int(forward_batch_size)
+        except ValueError:
+            raise click.BadParameter(f"'{forward_batch_size}' is not same, auto or an integer",
+                                     param_hint="--forward-batch-size") from None
+        if fbs < 1:
+            raise click.BadParameter("must be positive", param_hint="--forward-batch-size")
     prog, report = _progress(not quiet and sys.stderr.isatty())
     analysis = Analysis(
         run_dir=run_dir, probes=probes, output=output, settings=settings,
-        device=device, batch_size=bs, widths=parse_ints(widths, "--widths", 1),
+        device=device, batch_size=bs, forward_batch_size=fbs,
+        widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
         prefix=prefix, width=single_width, progress=report, executor=kind,

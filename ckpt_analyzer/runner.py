@@ -70,6 +70,17 @@ def auto_batch_size(model: nn.Module, sample: torch.Tensor, device: torch.device
     return max(64, best // 2)  # headroom for the probes' own buffers
 
 
+def auto_forward_batch_size(model: nn.Module, sample: torch.Tensor, device: torch.device,
+                            batch_size: int, cap: int = 16384) -> int:
+    """The batch of forward-only evaluations for ``--forward-batch-size auto``: on CUDA the
+    largest power of two whose inference forward fits (:func:`auto_batch_size` without
+    backward); on the CPU 4 x the gradient batch, at most 4096."""
+    if device.type != "cuda":
+        return max(batch_size, min(4 * batch_size, 4096))
+    with torch.inference_mode():
+        return max(batch_size, auto_batch_size(model, sample, device, needs_grad=False, cap=cap))
+
+
 @dataclass
 class RunSummary:
     cube: str
@@ -105,6 +116,8 @@ class Analysis:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "auto"
     batch_size: str | int = "auto"
+    #: forward-only batch: None = batch_size (bit-identical), "auto" or an int (opt-in)
+    forward_batch_size: str | int | None = None
     widths: Sequence[int] | None = None
     epochs: Sequence[int] | None = None
     seed: int = 0
@@ -232,7 +245,16 @@ class Analysis:
             bs = int(self.batch_size)
             if bs < 1:
                 raise UsageError(f"--batch-size: must be a positive integer or auto (got {bs})")
-        ctx = Context(data=data, device=dev, batch_size=bs, seed=self.seed, run=run or {},
+        fbs: int | None = None
+        if isinstance(self.forward_batch_size, str) and self.forward_batch_size == "auto":
+            fbs = auto_forward_batch_size(build(widths[-1]), data.x_train, dev, bs)
+        elif self.forward_batch_size is not None:
+            fbs = int(self.forward_batch_size)
+            if fbs < 1:
+                raise UsageError("--forward-batch-size: must be a positive integer, auto or "
+                                 f"same (got {fbs})")
+        ctx = Context(data=data, device=dev, batch_size=bs, forward_batch_size=fbs,
+                      seed=self.seed, run=run or {},
                       widths=tuple(widths), epochs=tuple(grid_epochs),
                       build_model=build, initial_state=initial_state)
 
@@ -525,6 +547,7 @@ class Analysis:
                         for p in self.plugins)
         return Plan(run_dir=str(run_dir.resolve()), probes=pickle.dumps(prepared),
                     plugins=plugins, device=str(ctx.device), batch_size=ctx.batch_size,
+                    forward_batch_size=ctx.forward_batch_size,
                     seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
                     width_meta={w: dict(m) for w, m in width_meta.items()},
                     initial=dict(initial), model=self.model, dataset=self.dataset,

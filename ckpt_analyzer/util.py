@@ -118,6 +118,12 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except CkptError as exc:
             fail(exc)
+        except (ValueError, TypeError) as exc:
+            if not _from_functional(exc):
+                raise  # a bug elsewhere: keep the traceback
+            lines = str(exc).strip().splitlines()
+            sys.stderr.write(f"error: {lines[0] if lines else type(exc).__name__}\n")
+            sys.exit(CkptError.exit_code)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted: finished work is kept; re-run the same command to resume\n")
             sys.exit(130)
@@ -127,6 +133,17 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _from_functional(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in :mod:`ckpt_analyzer.functional`, whose pure functions
+    report bad arguments as ValueError/TypeError rather than the package's CkptError."""
+    tb = exc.__traceback__
+    name = ""
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return name.startswith("ckpt_analyzer.functional.")
 
 
 def first_line(exc: BaseException) -> str:

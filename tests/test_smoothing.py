@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckpt_analyzer.config import ConfigError
 from ckpt_analyzer.functional.smoothing import (
     LabelSmoothing,
     check_smoothing,
@@ -169,26 +168,26 @@ def test_soft_cross_entropy() -> None:
     ("radial", 0.0, 0.1), ("radial", -1.0, 0.1), ("radial", float("nan"), 0.1),
     ("radial", 0.1, -0.1), ("radial", 0.1, 1.1), ("wavy", 0.1, 0.1),
 ])
-def test_bad_values_are_config_errors(kind: str, frequency: float, amplitude: float) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_values_are_value_errors(kind: str, frequency: float, amplitude: float) -> None:
+    with pytest.raises(ValueError):
         check_smoothing(kind, frequency, amplitude)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         smooth_targets(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 3, kind, frequency,
                        amplitude, center=0.0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         LabelSmoothing(kind, frequency, amplitude, center=0.0)  # type: ignore[arg-type]
 
 
 def test_label_smoothing_object(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits
-    with pytest.raises(ConfigError, match="center"):
+    with pytest.raises(ValueError, match="center"):
         LabelSmoothing("radial", 0.1, 0.2)
-    with pytest.raises(ConfigError, match="direction"):
+    with pytest.raises(ValueError, match="direction"):
         LabelSmoothing("direction", 0.1, 0.2)
     ls = LabelSmoothing("radial", 0.4, 0.2, center=mean_norm(x))
     assert torch.equal(ls.targets(x, y, 10),
                        smooth_targets(x, y, 10, "radial", 0.4, 0.2, center=ls.center))
-    with pytest.raises(ConfigError, match="values"):
+    with pytest.raises(ValueError, match="values"):
         smooth_targets(x, y, 10, "direction", 0.4, 0.2, direction=torch.ones(3))
 
 

@@ -46,6 +46,7 @@ class Plan:
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
     batch_size: int = 512
+    forward_batch_size: int | None = None  # forward-only batch (None: batch_size)
     seed: int = 0
     run: Mapping[str, Any] = field(default_factory=dict)
     widths: tuple[int, ...] = ()
@@ -126,7 +127,8 @@ class Worker:
             path = plan.initial.get(width)
             return None if path is None else read_state_dict(path, dev, plan.allow_pt)
 
-        ctx = Context(data=data, device=dev, batch_size=plan.batch_size, seed=plan.seed,
+        ctx = Context(data=data, device=dev, batch_size=plan.batch_size,
+                      forward_batch_size=plan.forward_batch_size, seed=plan.seed,
                       run=dict(plan.run), widths=tuple(plan.widths), epochs=tuple(plan.epochs),
                       build_model=build, initial_state=initial_state)
         self._setup(ctx, prepared, build, plan.allow_pt, plan.prefix, plan.strict)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import chunks, evaluation
+
 __all__ = [
     "HessianOperator",
     "hutchinson_trace",
@@ -88,9 +90,9 @@ class HessianOperator:
         leaves = list(self._params.values())
         total = [torch.zeros_like(p) for p in leaves]
         n = len(self.x)
-        with torch.enable_grad():
-            for lo in range(0, n, self.batch_size):
-                xb, yb = self.x[lo:lo + self.batch_size], self.y[lo:lo + self.batch_size]
+        with evaluation(grad=True):
+            for lo, hi in chunks(n, self.batch_size):
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
                 out = functional_call(self.model, {**self._params, **self._fixed}, (xb,))
                 loss = F.cross_entropy(out, yb, reduction="sum") / n
                 grads = torch.autograd.grad(loss, leaves, create_graph=True)
@@ -102,17 +104,18 @@ class HessianOperator:
         return torch.cat([t.flatten() for t in total]).to(v.dtype)
 
     def loss(self) -> float:
-        """The mean cross-entropy at the current parameters (no autograd)."""
+        """The mean cross-entropy at the current parameters (inference mode). The chunk sums
+        are accumulated on the device in float64 (the same additions, in the same order, as
+        Python floats) and read back once: one host sync whatever the number of chunks."""
         from torch.func import functional_call
 
-        total = 0.0
-        with torch.no_grad():
-            for lo in range(0, len(self.x), self.batch_size):
+        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        with evaluation():
+            for lo, hi in chunks(len(self.x), self.batch_size):
                 out = functional_call(self.model, {**self._params, **self._fixed},
-                                      (self.x[lo:lo + self.batch_size],))
-                total += float(F.cross_entropy(out.double(), self.y[lo:lo + self.batch_size],
-                                               reduction="sum"))
-        return total / len(self.x)
+                                      (self.x[lo:hi],))
+                total = total + F.cross_entropy(out.double(), self.y[lo:hi], reduction="sum")
+        return float(total) / len(self.x)
 
 
 def _normal(dim: int, generator: torch.Generator | None, dtype: torch.dtype,

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .batching import batched, chunks, evaluation
+
 __all__ = [
     "InterpolationResult",
     "PathCurves",
@@ -97,10 +99,9 @@ def path_lengths(images: torch.Tensor, pairs: torch.Tensor, step: float,
         raise ValueError(f"step must be > 0 (got {step})")
     pairs = _check_pairs(images, pairs)
     d = torch.empty(len(pairs), dtype=images.dtype, device=images.device)
-    chunk = max(1, batch_size)
-    for start in range(0, len(pairs), chunk):
-        p = pairs[start:start + chunk]
-        d[start:start + chunk] = torch.linalg.vector_norm(
+    for start, stop in chunks(len(pairs), max(1, batch_size)):
+        p = pairs[start:stop]
+        d[start:stop] = torch.linalg.vector_norm(
             (images[p[:, 1]] - images[p[:, 0]]).flatten(1), dim=1)
     points = torch.ceil(d.to(torch.float64) / step).to(torch.long).clamp_(min=1)
     return d, points
@@ -116,7 +117,7 @@ def path_curves(model: nn.Module, images: torch.Tensor, pairs: torch.Tensor,
     ``bins`` equal bins of ``lambda = t / d`` in [0, 1).
 
     Args:
-        model: maps ``(B, ...)`` to logits ``(B, C)``; called under ``torch.no_grad``.
+        model: maps ``(B, ...)`` to logits ``(B, C)``; called under ``torch.inference_mode``.
         images: pool of normalized model inputs ``(M, ...)``.
         pairs: ``(n, 2)`` positions in ``images``.
         step: Δ, spacing of the samples in input space.
@@ -144,9 +145,8 @@ def path_curves(model: nn.Module, images: torch.Tensor, pairs: torch.Tensor,
     tail = (1,) * (images.dim() - 1)
     carry_y0: torch.Tensor | None = None  # y_0 of the path open at the end of the last chunk
     carry_last: torch.Tensor | None = None  # y of the last sample of the last chunk
-    with torch.no_grad():
-        for s in range(0, total, batch_size):
-            e = min(s + batch_size, total)
+    with evaluation():
+        for s, e in chunks(total, batch_size):
             ids = torch.arange(s, e, device=device)
             p = torch.searchsorted(ends, ids, right=True)
             j = ids - starts[p]
@@ -191,12 +191,9 @@ def aggregate_paths(bin_mean: torch.Tensor, tv: torch.Tensor) -> InterpolationRe
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted classes ``argmax f(x)`` of ``images``, in batches, without autograd."""
-    out = torch.empty(len(images), dtype=torch.long, device=images.device)
-    with torch.no_grad():
-        for s in range(0, len(images), max(1, batch_size)):
-            out[s:s + batch_size] = model(images[s:s + batch_size]).argmax(dim=1)
-    return out
+    """Predicted classes ``argmax f(x)`` of ``images``, in batches, under inference mode."""
+    out = batched(lambda x: model(x).argmax(dim=1), images, batch_size=max(1, batch_size))
+    return out if out is not None else torch.empty(0, dtype=torch.long, device=images.device)
 
 
 def correct_pairs(pred: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:

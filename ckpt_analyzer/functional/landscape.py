@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import chunks, evaluation
+
 __all__ = [
     "barrier_height",
     "draw_direction",
@@ -90,7 +92,7 @@ def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     """``state -> (loss, error)`` of ``model`` with ``state`` (parameters and/or buffers,
     the rest taken from the model) on ``(x, y)``: mean cross-entropy and error per group of
     points (``groups[i]`` in ``0..ngroups-1``; all in group 0 by default), float64 of shape
-    ``(ngroups,)``; NaN for an empty group. Batches of ``batch_size``, no autograd."""
+    ``(ngroups,)``; NaN for an empty group. Batches of ``batch_size``, inference mode."""
     from torch.func import functional_call
 
     if groups is None:
@@ -100,9 +102,9 @@ def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     def evaluate(state: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
         loss = torch.zeros(ngroups, dtype=torch.float64, device=x.device)
         wrong = torch.zeros_like(loss)
-        with torch.no_grad():
-            for lo in range(0, len(x), batch_size):
-                xb, yb, gb = x[lo:lo + batch_size], y[lo:lo + batch_size], groups[lo:lo + batch_size]
+        with evaluation():
+            for lo, hi in chunks(len(x), batch_size):
+                xb, yb, gb = x[lo:hi], y[lo:hi], groups[lo:hi]
                 out = functional_call(model, dict(state), (xb,))
                 ce = F.cross_entropy(out.double(), yb, reduction="none")
                 loss.index_add_(0, gb, ce)

@@ -61,8 +61,6 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..errors import CkptError
-
 __all__ = [
     "ChannelAffine",
     "fold_batchnorm",
@@ -90,20 +88,13 @@ class ChannelAffine(nn.Module):
     @classmethod
     def from_batchnorm(cls, bn: _BatchNorm) -> ChannelAffine:
         """The eval-mode map of ``bn`` (which must have running statistics)."""
-        assert bn.running_mean is not None and bn.running_var is not None
-        mean = bn.running_mean.detach().double()
-        scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach().double()
-        shift = -mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.detach().double()
+        assert bn.running_mean is not None
+        weight, bias = _affine_weights(bn)
         out = cls(bn.num_features).to(bn.running_mean.device)
-        dtype = bn.weight.dtype if bn.weight is not None else bn.running_mean.dtype
         with torch.no_grad():
-            out.weight.copy_(scale.to(dtype))
-            out.bias.copy_(shift.to(dtype))
-        return out.to(dtype)
+            out.weight.copy_(weight)
+            out.bias.copy_(bias)
+        return out.to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -111,6 +102,21 @@ class ChannelAffine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}"
+
+
+def _affine_weights(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` of the eval-mode map ``a x + b`` of ``bn``, computed in float64 and returned
+    in the batch norm's dtype."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    mean = bn.running_mean.detach().double()
+    scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    dtype = bn.weight.dtype if bn.weight is not None else bn.running_mean.dtype
+    return scale.to(dtype), shift.to(dtype)
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -160,14 +166,14 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a GraphModule sharing its submodules (no copy); CkptError if untraceable."""
+    """``model`` as a GraphModule sharing its submodules (no copy); TypeError if untraceable."""
     if isinstance(model, fx.GraphModule):
         return model
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkptError(
+        raise TypeError(
             f"cannot trace model {type(model).__name__} with torch.fx ({type(exc).__name__}: "
             f"{first}); layerwise normalization needs a model without data-dependent control flow"
         ) from None
@@ -192,7 +198,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> fx.
     statistics is left as is. ``model`` is not modified.
 
     Args:
-        model: any torch.fx-traceable network (CkptError otherwise).
+        model: any torch.fx-traceable network (TypeError otherwise).
         example: optional input batch. With it, Linear -> BatchNorm1d is folded only when the
             linear output is 2-D (a BatchNorm1d over dim 1 of a 3-D linear output normalizes
             another axis); without it, it is folded when ``out_features == num_features``.
@@ -200,6 +206,19 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> fx.
     Returns:
         an ``fx.GraphModule`` in eval mode, its weight layers at the original module paths.
     """
+    return _fold(model, example)[0]
+
+
+#: What :func:`_fold` did to one batch norm: ``(kind, layer_path, bn_path)``, kind one of
+#: ``conv``, ``conv_transpose``, ``linear`` (fused into the layer at ``layer_path``) or
+#: ``affine`` (a :class:`ChannelAffine` at ``bn_path == layer_path``).
+_Action = tuple[str, str, str]
+
+
+def _fold(model: nn.Module, example: torch.Tensor | None
+          ) -> tuple[fx.GraphModule, list[_Action]]:
+    """:func:`fold_batchnorm` and the list of folds it made (see :class:`FoldedNetwork`)."""
+    actions: list[_Action] = []
     gm = _trace(copy.deepcopy(model).eval())
     gm.eval()
     graph = gm.graph
@@ -223,28 +242,122 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> fx.
             if (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1
                     and calls[prev.target] == 1 and calls[node.target] == 1):
                 layer = modules[prev.target]
+                kind = ""
                 if isinstance(layer, _CONVS) and layer.out_channels == bn.num_features:
-                    fused = fuse_conv_bn_eval(layer, bn)
+                    fused, kind = fuse_conv_bn_eval(layer, bn), "conv"
                 elif (isinstance(layer, _CONV_TRANSPOSES)
                       and layer.out_channels == bn.num_features):
-                    fused = fuse_conv_bn_eval(layer, bn, transpose=True)
+                    fused, kind = fuse_conv_bn_eval(layer, bn, transpose=True), "conv_transpose"
                 elif isinstance(layer, nn.Linear) and layer.out_features == bn.num_features:
                     meta = prev.meta.get("tensor_meta")
                     if meta is None or len(meta.shape) == 2:
-                        fused = fuse_linear_bn_eval(layer, bn)
+                        fused, kind = fuse_linear_bn_eval(layer, bn), "linear"
             if fused is not None and isinstance(prev, fx.Node) and isinstance(prev.target, str):
                 _set_submodule(gm, prev.target, fused)
                 modules[prev.target] = fused
                 node.replace_all_uses_with(prev)
                 graph.erase_node(node)
+                actions.append((kind, prev.target, str(node.target)))
             else:
                 affine = ChannelAffine.from_batchnorm(bn)
                 _set_submodule(gm, node.target, affine)
                 modules[node.target] = affine
+                actions.append(("affine", str(node.target), str(node.target)))
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
-    return gm.eval()
+    return gm.eval(), actions
+
+
+def _signature(model: nn.Module) -> tuple[Any, ...]:
+    """What a folded graph depends on besides values: the architecture and the tensors'
+    names, shapes, dtypes and devices."""
+    return (type(model), tuple((k, tuple(t.shape), t.dtype, t.device)
+                               for k, t in model.state_dict().items()))
+
+
+class FoldedNetwork:
+    """:func:`fold_batchnorm` and :func:`normalized_network` built once per architecture,
+    refilled per checkpoint.
+
+    Tracing, shape propagation, fusion and deep copies cost far more than the arithmetic; the
+    graph depends only on the architecture. ``FoldedNetwork(model, example)`` folds once;
+    :meth:`refill` copies another checkpoint's tensors of the same architecture into the
+    folded graph (fused weights recomputed with the same PyTorch fusion arithmetic, the rest
+    copied), so ``refill(m)`` equals ``fold_batchnorm(m, example)`` bit for bit;
+    :meth:`normalized` does the same for :func:`normalized_network`. Not thread-safe: both
+    return the same modules, overwritten by the next call.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor | None = None) -> None:
+        self._example = example
+        self.module, self._actions = _fold(model, example)
+        self.layers = weight_layers(self.module)
+        self.paths = [path for path, _ in self.layers]
+        derived = {f"{path}.{n}" for _, path, _ in self._actions for n in ("weight", "bias")}
+        self._copied = [k for k in self.module.state_dict() if k not in derived]
+        # a graph holding tensors of its own (traced constants): fold every time instead
+        self._refold = not set(self._copied) <= set(model.state_dict())
+        self._signature = _signature(model)
+        self._normalized: nn.Module | None = None
+
+    def fits(self, model: nn.Module) -> bool:
+        """Whether ``model`` has the architecture this network was folded from."""
+        return _signature(model) == self._signature
+
+    def refill(self, model: nn.Module) -> fx.GraphModule:
+        """The folded network of ``model`` (which must :meth:`fits`), in place of the last."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+        if not self.fits(model):
+            raise ValueError(f"model {type(model).__name__} does not have the architecture "
+                             "this network was folded from")
+        if self._refold:
+            self.module = _fold(model, self._example)[0]
+            self.layers = weight_layers(self.module)
+            self._normalized = None
+            return self.module
+        src = dict(model.named_modules())
+        state = model.state_dict()
+        dst = self.module.state_dict()
+        with torch.no_grad():
+            for key in self._copied:
+                dst[key].copy_(state[key])
+            for kind, path, bn_path in self._actions:
+                bn = src[bn_path]
+                assert isinstance(bn, _BatchNorm)
+                out = self.module.get_submodule(path)
+                if kind == "affine":
+                    w, b = _affine_weights(bn)
+                else:
+                    layer = src[path]
+                    assert bn.running_mean is not None and bn.running_var is not None
+                    if kind == "linear":
+                        w, b = fuse_linear_bn_weights(
+                            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
+                            bn.weight, bn.bias)
+                    else:
+                        w, b = fuse_conv_bn_weights(
+                            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
+                            bn.weight, bn.bias, transpose=kind == "conv_transpose")
+                _weight(out).copy_(w)
+                bias = getattr(out, "bias", None)
+                assert isinstance(bias, torch.Tensor)
+                bias.copy_(b)
+        return self.module
+
+    def normalized(self, norms: torch.Tensor) -> nn.Module:
+        """:func:`normalized_network` of the network last :meth:`refill`-ed, in place of the
+        last one returned."""
+        if self._normalized is None:
+            self._normalized = copy.deepcopy(self.module)
+        out = self._normalized
+        src = self.module.state_dict()
+        with torch.no_grad():
+            for key, t in out.state_dict().items():
+                t.copy_(src[key])
+        _scale_layers(out, self.layers, norms)
+        return out
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -275,7 +388,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def _check_p(p: float) -> None:
     if not (p > 0):  # also rejects NaN
-        raise CkptError(f"norm order p must be > 0 (got {p})")
+        raise ValueError(f"norm order p must be > 0 (got {p})")
 
 
 def layer_norms(model: nn.Module, p: float = 2.0, first_bias: bool = False) -> torch.Tensor:
@@ -294,7 +407,7 @@ def layer_norms(model: nn.Module, p: float = 2.0, first_bias: bool = False) -> t
     _check_p(p)
     layers = weight_layers(model)
     if not layers:
-        raise CkptError(f"model {type(model).__name__} has no Conv/Linear weight layers")
+        raise TypeError(f"model {type(model).__name__} has no Conv/Linear weight layers")
     flat = [_weight(m).detach().reshape(-1).double() for _, m in layers]
     b1 = getattr(layers[0][1], "bias", None)
     if first_bias and isinstance(b1, torch.Tensor):
@@ -324,13 +437,20 @@ def normalized_network(model: nn.Module, norms: torch.Tensor) -> nn.Module:
         norms: ``rho_l`` for its weight layers, e.g. :func:`layer_norms`.
     """
     layers = weight_layers(model)
+    out = copy.deepcopy(model)
+    _scale_layers(out, layers, norms)
+    return out
+
+
+def _scale_layers(out: nn.Module, layers: list[tuple[str, nn.Module]],
+                  norms: torch.Tensor) -> None:
+    """``W_l / rho_l`` and ``b_l / (rho_1 ... rho_l)`` in place in ``out`` (eq. 1)."""
     norms = norms.detach().double().reshape(-1)
     if len(norms) != len(layers):
-        raise CkptError(f"got {len(norms)} layer norms for {len(layers)} weight layers")
+        raise ValueError(f"got {len(norms)} layer norms for {len(layers)} weight layers")
     bad = [path for (path, _), rho in zip(layers, norms.tolist()) if not 0 < rho < math.inf]
     if bad:
-        raise CkptError(f"layer '{bad[0]}' has norm 0 or not finite; f~ is undefined")
-    out = copy.deepcopy(model)
+        raise ValueError(f"layer '{bad[0]}' has norm 0 or not finite; f~ is undefined")
     bias_scale = torch.exp(-torch.cumsum(torch.log(norms), 0))
     with torch.no_grad():
         for (path, _), rho, scale in zip(layers, norms, bias_scale):
@@ -340,7 +460,6 @@ def normalized_network(model: nn.Module, norms: torch.Tensor) -> nn.Module:
             b = getattr(module, "bias", None)
             if b is not None:
                 b.copy_((b.double() * scale.to(b.device)).to(b.dtype))
-    return out
 
 
 def _tensor_args(node: fx.Node, shape_nodes: set[fx.Node]) -> list[fx.Node]:
@@ -469,7 +588,7 @@ def output_normalized_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> 
         ``logits / ||ref_logits||_2`` in the dtype of ``logits``.
     """
     if ref_logits.dim() > 1 and ref_logits.shape[0] != 1:
-        raise CkptError(f"ref_logits must be the logits of one example, got shape "
+        raise ValueError(f"ref_logits must be the logits of one example, got shape "
                         f"{tuple(ref_logits.shape)}")
     norm = torch.linalg.vector_norm(ref_logits.detach().reshape(-1).double())
     return (logits.double() / norm.to(logits.device)).to(logits.dtype)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CkptError
+from .batching import chunks, evaluation
 
 __all__ = [
     "AUTHORS_TOP_SHARE",
@@ -91,7 +91,7 @@ def input_gradients(
         and whether ``argmax`` of the logits equals ``y`` ``(N,)`` (bool).
 
     Raises:
-        CkptError: the model blocks gradients w.r.t. its input; names the blocking module.
+        TypeError: the model blocks gradients w.r.t. its input; names the blocking module.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -103,10 +103,10 @@ def input_gradients(
     losses: list[torch.Tensor] = []
     correct: list[torch.Tensor] = []
     try:
-        with torch.enable_grad():
-            for i in range(0, len(x), batch_size):
-                xb = x[i : i + batch_size].detach().requires_grad_(True)
-                yb = y[i : i + batch_size]
+        with evaluation(grad=True):
+            for lo, hi in chunks(len(x), batch_size):
+                xb = x[lo:hi].detach().requires_grad_(True)
+                yb = y[lo:hi]
                 logits = model(xb)
                 if not (
                     isinstance(logits, torch.Tensor)
@@ -196,9 +196,9 @@ def gradient_blocker(model: nn.Module, x: torch.Tensor) -> str | None:
     return None
 
 
-def _blocked(model: nn.Module, x: torch.Tensor) -> CkptError:
+def _blocked(model: nn.Module, x: torch.Tensor) -> TypeError:
     where = gradient_blocker(model, x) or f"the model ({type(model).__name__})"
-    return CkptError(f"the model blocks gradients w.r.t. its input, needed for sharpness: {where}")
+    return TypeError(f"the model blocks gradients w.r.t. its input, needed for sharpness: {where}")
 
 
 def jacobian_norm(grads: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from .batching import chunks
 
 __all__ = [
     "KINDS",
@@ -51,25 +51,25 @@ KINDS = ("radial", "direction")
 
 
 def check_smoothing(kind: str, frequency: float, amplitude: float) -> None:
-    """Raise :class:`ConfigError` (one line) for an unknown kind, ``frequency <= 0`` or an
+    """Raise ValueError (one line) for an unknown kind, ``frequency <= 0`` or an
     amplitude outside [0, 1]."""
     if kind not in KINDS:
-        raise ConfigError(f"label smoothing: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+        raise ValueError(f"label smoothing: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
     if not (isinstance(frequency, (int, float)) and math.isfinite(frequency) and frequency > 0):
-        raise ConfigError(f"label smoothing: frequency must be a finite number > 0 (got {frequency})")
+        raise ValueError(f"label smoothing: frequency must be a finite number > 0 (got {frequency})")
     if not (isinstance(amplitude, (int, float)) and 0.0 <= amplitude <= 1.0):
-        raise ConfigError(f"label smoothing: amplitude must be in [0, 1] (got {amplitude})")
+        raise ValueError(f"label smoothing: amplitude must be in [0, 1] (got {amplitude})")
 
 
 def mean_norm(x: torch.Tensor, batch_size: int = 4096) -> float:
     """``E ||X||_2``: mean over samples of the per-sample L2 norm (the centre c of §3.1)."""
     if len(x) == 0:
         raise ValueError("mean_norm of an empty set")
-    total = 0.0
-    for s in range(0, len(x), batch_size):
-        total += float(torch.linalg.vector_norm(x[s:s + batch_size].flatten(1).to(torch.float64),
-                                                dim=1).sum())
-    return total / len(x)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for lo, hi in chunks(len(x), batch_size):
+        total = total + torch.linalg.vector_norm(x[lo:hi].flatten(1).to(torch.float64),
+                                                 dim=1).sum()
+    return float(total) / len(x)
 
 
 def fourier_direction(k: int | tuple[int, int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -83,11 +83,11 @@ def fourier_direction(k: int | tuple[int, int], shape: tuple[int, int, int]) -> 
     ``(-1)^y`` at Nyquist), the same in every channel, scaled to unit L2 norm.
     """
     if len(shape) != 3:
-        raise ConfigError(f"fourier_direction: shape must be (C, H, W) (got {tuple(shape)})")
+        raise ValueError(f"fourier_direction: shape must be (C, H, W) (got {tuple(shape)})")
     ky, kx = (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
     channels, height, width = (int(s) for s in shape)
     if abs(ky) > height // 2 or abs(kx) > width // 2:
-        raise ConfigError(f"fourier_direction: frequency {(ky, kx)} is beyond Nyquist for an "
+        raise ValueError(f"fourier_direction: frequency {(ky, kx)} is beyond Nyquist for an "
                           f"image of {height}x{width}")
     yy = torch.arange(height, dtype=torch.float64).view(-1, 1)
     xx = torch.arange(width, dtype=torch.float64).view(1, -1)
@@ -109,18 +109,18 @@ def smoothing_wave(x: torch.Tensor, kind: str, frequency: float, center: float |
     flat = x.flatten(1).to(torch.float64)
     if kind == "radial":
         if center is None:
-            raise ConfigError("radial label smoothing needs center = E||X|| of the training set")
+            raise ValueError("radial label smoothing needs center = E||X|| of the training set")
         arg = torch.linalg.vector_norm(flat, dim=1) - center
     elif kind == "direction":
         if direction is None:
-            raise ConfigError("direction label smoothing needs a direction V")
+            raise ValueError("direction label smoothing needs a direction V")
         v = direction.to(device=x.device, dtype=torch.float64).flatten()
         if v.numel() != flat.shape[1]:
-            raise ConfigError(f"label smoothing direction has {v.numel()} values, the inputs "
+            raise ValueError(f"label smoothing direction has {v.numel()} values, the inputs "
                               f"{flat.shape[1]}")
         arg = flat @ (v / torch.linalg.vector_norm(v))
     else:
-        raise ConfigError(f"label smoothing: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+        raise ValueError(f"label smoothing: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
     return torch.sin(2 * math.pi * frequency * arg)
 
 
@@ -181,9 +181,9 @@ class LabelSmoothing:
     def __post_init__(self) -> None:
         check_smoothing(self.kind, self.frequency, self.amplitude)
         if self.kind == "radial" and self.center is None:
-            raise ConfigError("radial label smoothing needs center = E||X|| of the training set")
+            raise ValueError("radial label smoothing needs center = E||X|| of the training set")
         if self.kind == "direction" and self.direction is None:
-            raise ConfigError("direction label smoothing needs a direction V")
+            raise ValueError("direction label smoothing needs a direction V")
 
     @classmethod
     def for_training(cls, cfg: Any, x_train: torch.Tensor, num_classes: int) -> LabelSmoothing:
@@ -206,7 +206,7 @@ class LabelSmoothing:
         """Rebuild from ``run.json["label_smoothing"]``; ``shape`` is one input's (C, H, W)."""
         kind = manifest.get("kind")
         if kind not in KINDS:
-            raise ConfigError(f"label smoothing: unknown kind '{kind}' (choose from "
+            raise ValueError(f"label smoothing: unknown kind '{kind}' (choose from "
                               f"{', '.join(KINDS)})")
         frequency, amplitude = float(manifest["frequency"]), float(manifest["amplitude"])
         normalize = bool(manifest.get("normalize", True))
@@ -252,7 +252,7 @@ LabelSmoother = LabelSmoothing  # the name the trainer uses
 
 def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise ConfigError(f"direction label smoothing needs (C, H, W) images (got {tuple(shape)})")
+        raise ValueError(f"direction label smoothing needs (C, H, W) images (got {tuple(shape)})")
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
@@ -276,9 +276,9 @@ def smoothed_test_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n
         smoothing = LabelSmoothing.from_manifest(smoothing, tuple(x.shape[1:]), x.device)
     if len(x) == 0:
         return math.nan
-    total = 0.0
-    for s in range(0, len(x), batch_size):
-        targets = smoothing.targets(x[s:s + batch_size], y[s:s + batch_size], num_classes)
-        lg = logits[s:s + batch_size]
-        total += float(soft_cross_entropy(lg, targets.to(lg.dtype)).sum())
-    return total / len(x)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for lo, hi in chunks(len(x), batch_size):
+        targets = smoothing.targets(x[lo:hi], y[lo:hi], num_classes)
+        lg = logits[lo:hi]
+        total = total + soft_cross_entropy(lg, targets.to(lg.dtype)).sum().to(torch.float64)
+    return float(total) / len(x)

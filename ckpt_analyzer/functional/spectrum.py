@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batching import chunks, evaluation
+
 __all__ = ["line_logits", "line_offsets", "line_spectrum", "log_ratio", "spectrum"]
 
 
@@ -52,7 +54,7 @@ def line_logits(model: nn.Module, x: torch.Tensor, v: torch.Tensor, n: int = 128
 
     Args:
         model: maps a batch ``(B, *x.shape[1:])`` to logits ``(B, C)``; called under
-            ``torch.no_grad`` (put it in eval mode yourself).
+            ``torch.inference_mode`` (put it in eval mode yourself).
         x: points ``(P, C_in, H, W)`` (any trailing shape) in the model's input space.
         v: directions, same shape as ``x``.
         n: number of samples per line (N of eq. 1).
@@ -79,9 +81,8 @@ def line_logits(model: nn.Module, x: torch.Tensor, v: torch.Tensor, n: int = 128
     total = num_points * n
     tail = (1,) * (x.dim() - 1)
     out: torch.Tensor | None = None
-    with torch.no_grad():
-        for start in range(0, total, batch_size):
-            stop = min(start + batch_size, total)
+    with evaluation():
+        for start, stop in chunks(total, batch_size):
             ids = torch.arange(start, stop, device=x.device)
             p = torch.div(ids, n, rounding_mode="floor")
             i = ids - p * n

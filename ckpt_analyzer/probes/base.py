@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Context:
-    """What a probe sees: data, device, batch size, seed and run facts.
+    """What a probe sees: data, device, batch sizes, seed and run facts.
+
+    ``batch_size`` is the batch of gradient evaluations (sharpness, hessian);
+    ``forward_batch_size``, when set, the batch of forward-only evaluations (logits under
+    inference mode: metrics, normalization, spectrum, interpolation, landscape), read through
+    :attr:`forward_batch`. Unset (the default) it is ``batch_size``, which keeps every number
+    identical to a run without it; a larger one trades memory for fewer, larger kernels and
+    may change the last bits of some results on some devices (matmul and convolution
+    algorithms can depend on the batch).
 
     ``checkpoint`` is set for each call (width, epoch, path, metadata of the checkpoint being
     measured); it is ``None`` during :meth:`Probe.prepare`.
@@ -61,17 +69,25 @@ class Context:
     build_model: Callable[[int], nn.Module] | None = None
     initial_state: Callable[[int], Mapping[str, torch.Tensor] | None] | None = None
     checkpoint: CheckpointRef | None = None
+    forward_batch_size: int | None = None
+
+    @property
+    def forward_batch(self) -> int:
+        """Samples per forward-only pass: ``forward_batch_size``, else ``batch_size``."""
+        return self.forward_batch_size or self.batch_size
 
     def with_checkpoint(self, ref: CheckpointRef) -> Context:
         return dataclasses.replace(self, checkpoint=ref)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` on ``x`` in batches of ``batch_size`` without autograd."""
+        """Logits of ``model`` on ``x`` in batches of :attr:`forward_batch` under inference
+        mode (:func:`~ckpt_analyzer.functional.batching.batched`)."""
         import torch
 
-        with torch.no_grad():
-            outs = [model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0, self.data.num_classes, device=x.device)
+        from ..functional.batching import batched
+
+        out = batched(model, x, batch_size=self.forward_batch)
+        return out if out is not None else torch.empty(0, self.data.num_classes, device=x.device)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class InterpolationProbe(Probe):
         used = torch.unique(torch.cat([p.flatten() for p in pairs.values()]))
         pred = torch.full((len(images),), -1, dtype=torch.long, device=ctx.device)
         if len(used):
-            pred[used] = predict(model, images[used], ctx.batch_size)
+            pred[used] = predict(model, images[used], ctx.forward_batch)
         cdn = np.full((len(cfg.kinds), cfg.bins), np.nan)
         paths = np.zeros(len(cfg.kinds))
         tv = np.full(len(cfg.kinds), np.nan)
@@ -184,7 +184,7 @@ class InterpolationProbe(Probe):
             kept = pairs[kind][correct_pairs(pred, labels, pairs[kind])]
             assert self._step is not None
             curves = path_curves(model, images, kept, step=self._step, bins=cfg.bins,
-                                 batch_size=ctx.batch_size)
+                                 batch_size=ctx.forward_batch)
             res = aggregate_paths(curves.bin_mean, curves.tv)
             cdn[row] = res.cdn.cpu().numpy()
             tv[row] = float(res.tv)

@@ -276,7 +276,7 @@ class LandscapeProbe(Probe):
         s = len(cfg.subsets)
         x, y, groups = self._points(ctx)
         model.eval()
-        evaluate = model_loss_error(model, x, y, ctx.batch_size, groups, s)
+        evaluate = model_loss_error(model, x, y, ctx.forward_batch, groups, s)
         dirs = []
         for row in raw:
             flat = torch.as_tensor(row).to(ctx.device)

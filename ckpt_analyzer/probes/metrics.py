@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import check_choices
+from ..errors import ProbeError
 from .base import SUBSETS, Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -81,7 +82,11 @@ class MetricsProbe(Probe):
             from ..functional.smoothing import smoothed_test_loss
 
             lg = logits["test"].double()
-            smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes, self._smoothing)
+            try:
+                smooth = smoothed_test_loss(lg, d.x_test, d.y_test, d.num_classes,
+                                            self._smoothing)
+            except ValueError as exc:  # a label_smoothing manifest that does not fit the data
+                raise ProbeError(str(exc)) from None
             clean = F.cross_entropy(lg, d.y_test).item()
             out["smoothed_test_loss"] = np.array(smooth)
             out["effective_noise_fitting"] = np.array(clean - smooth)

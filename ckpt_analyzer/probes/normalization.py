@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..config import ConfigError, check, check_choices
-from ..errors import CkptError
+from ..errors import CkptError, ProbeError
 from .base import Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from ..functional.normalization import FoldedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,10 @@ class NormalizationProbe(Probe):
             raise ConfigError(f"normalization.reference={cfg.reference} is not a training "
                               f"position (the training split has {n_train} points)")
         model = ctx.build_model(ctx.widths[0]).to(ctx.device).eval()
-        folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
+        try:
+            folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
+        except (TypeError, ValueError) as exc:  # e.g. a model torch.fx cannot trace
+            raise ProbeError(str(exc)) from None
         self._layers = [path for path, _ in weight_layers(folded)]
         if not self._layers:
             raise CkptError(f"normalization: model {type(model).__name__} has no Conv/Linear "
@@ -164,6 +169,7 @@ class NormalizationProbe(Probe):
     def _subset(self, subset: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        assert self.inputs is not None
         key = "index" if subset == "train" else "test_index"
         x_all, y_all = ((ctx.data.x_train, ctx.data.y_train) if subset == "train"
                         else (ctx.data.x_test, ctx.data.y_test))
@@ -171,22 +177,38 @@ class NormalizationProbe(Probe):
         index = torch.as_tensor(self.inputs[key], dtype=torch.long, device=x_all.device)
         return x_all[index].to(ctx.device), y_all[index].to(ctx.device)
 
+    def _folded(self, model: nn.Module, ctx: Context) -> FoldedNetwork:
+        """The BN-folded graph of this width, traced and fused once per width and device
+        (cached on the probe, dropped when it is pickled); refilled per checkpoint."""
+        from ..functional.normalization import FoldedNetwork
+
+        width = ctx.checkpoint.width if ctx.checkpoint is not None else None
+
+        def make() -> FoldedNetwork:
+            return FoldedNetwork(model, example=ctx.data.x_train[:1].to(ctx.device))
+
+        network = self.on_device(f"folded/{width}", ctx, make)
+        if not network.fits(model):  # another architecture under the same key: fold afresh
+            network = self._cache[f"folded/{width}"] = make()
+        return network
+
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
         import torch.nn.functional as F
 
         from ..functional.normalization import (
-            fold_batchnorm,
             layer_norms,
             log_norm_product,
-            normalized_network,
             output_normalized_logits,
-            weight_layers,
         )
 
         cfg = self.config
-        folded = fold_batchnorm(model, example=ctx.data.x_train[:1].to(ctx.device))
-        paths = [path for path, _ in weight_layers(folded)]
+        try:
+            network = self._folded(model, ctx)
+        except (TypeError, ValueError) as exc:
+            raise ProbeError(str(exc)) from None
+        folded = network.refill(model)
+        paths = network.paths
         if paths != self._layers:
             raise CkptError(f"normalization: the checkpoint's weight layers {paths} differ from "
                             f"the run's {self._layers}")
@@ -197,7 +219,7 @@ class NormalizationProbe(Probe):
         ref_logits: torch.Tensor | None = None
         if self._layerwise:
             if bool(torch.all((norms > 0) & torch.isfinite(norms))):
-                normalized = normalized_network(folded, norms).eval()
+                normalized = network.normalized(norms).eval()
         else:
             x_ref = ctx.data.x_train[cfg.reference : cfg.reference + 1].to(ctx.device)
             ref_logits = ctx.forward(model, x_ref)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..config import ConfigError, check, check_choices
+from ..errors import ProbeError
 from .base import Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -307,11 +308,12 @@ class SharpnessProbe(Probe):
         return 1 + self.config.jitters if self.config.hessian else 1
 
     def _blocks(self, st: _DeviceState, min_points: int = 1) -> Iterator[tuple[int, int]]:
+        from ..functional.batching import chunks
+
         n = len(st.x)
         per_point = max(1, self._anchor_count() * self._group() * st.x[0].numel() * 8)
         size = max(min_points, self.block_bytes // per_point, 1)
-        for n0 in range(0, n, size):
-            yield n0, min(n, n0 + size)
+        yield from chunks(n, size)
 
     def _segments(self, anchors: torch.Tensor) -> torch.Tensor:
         from ..functional.sharpness import segment_lengths
@@ -360,9 +362,11 @@ class SharpnessProbe(Probe):
         """The flattened (point, anchor, jitter) inputs in chunks of ``batch_size``."""
         import torch
 
+        from ..functional.batching import chunks
+
         if st.cache is not None:
-            for lo in range(0, len(st.cache), batch_size):
-                yield st.cache[lo:lo + batch_size]
+            for lo, hi in chunks(len(st.cache), batch_size):
+                yield st.cache[lo:hi]
             return
         per_point = self._anchor_count() * self._group()
         buf: list[torch.Tensor] = []
@@ -374,8 +378,8 @@ class SharpnessProbe(Probe):
             if have >= batch_size:
                 cat = torch.cat(buf)
                 full = len(cat) // batch_size * batch_size
-                for lo in range(0, full, batch_size):
-                    yield cat[lo:lo + batch_size]
+                for lo, hi in chunks(full, batch_size):
+                    yield cat[lo:hi]
                 buf, have = [cat[full:]], len(cat) - full
         if have:
             yield torch.cat(buf)
@@ -405,7 +409,10 @@ class SharpnessProbe(Probe):
         for xb in self._stream(st, ctx.batch_size):
             hi = lo + len(xb)
             yb = st.y[torch.arange(lo, hi, device=dev) // (a * g)]
-            grads, l_b, c_b = input_gradients(model, xb, yb, len(xb))
+            try:
+                grads, l_b, c_b = input_gradients(model, xb, yb, len(xb))
+            except TypeError as exc:  # the model blocks input gradients: the message as before
+                raise ProbeError(str(exc)) from None
             grads = grads.flatten(1)
             off = (-lo) % g  # first un-jittered row of the chunk
             e0 = (lo + off) // g

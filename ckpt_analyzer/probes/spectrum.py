@@ -164,7 +164,7 @@ class SpectrumProbe(Probe):
             if len(x) == 0:
                 continue
             assert self._h is not None
-            a = line_spectrum(model, x, v, n=cfg.n, h=self._h, batch_size=ctx.batch_size,
+            a = line_spectrum(model, x, v, n=cfg.n, h=self._h, batch_size=ctx.forward_batch,
                               scale=scale)
             a_out[row] = a.cpu().numpy()
             r_out[row] = log_ratio(a).cpu().numpy()

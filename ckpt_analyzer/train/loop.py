@@ -251,9 +251,13 @@ class Trainer:
     def _make_smoother(self) -> Any:
         if self.cfg.label_smoothing is None:
             return None
+        from ..config import ConfigError
         from ..functional.smoothing import LabelSmoother
 
-        return LabelSmoother.for_training(self.cfg, self.xs_train, self.data.num_classes)
+        try:
+            return LabelSmoother.for_training(self.cfg, self.xs_train, self.data.num_classes)
+        except ValueError as exc:  # e.g. a Fourier index beyond Nyquist for these images
+            raise ConfigError(str(exc)) from None
 
     def to_model(self, x01: torch.Tensor) -> torch.Tensor:
         from ..data import normalize
