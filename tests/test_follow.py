@@ -185,7 +185,9 @@ def test_watcher_reads_only_new_or_changed_files(digits_run: Path, tmp_path: Pat
         reads.append(str(path))
         return real(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ck, "read_header", counting)
+    import ckpt_analyzer.checkpoints.discovery as discover_mod
+
+    monkeypatch.setattr(discover_mod, "read_header", counting)
     w = ck.Watcher(run)
     refs, n = w.poll()
     assert n == len(refs) == 10 and len(reads) == 10

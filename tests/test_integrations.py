@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from ckpt_analyzer import RunWriter
 from ckpt_analyzer.checkpoints import (
-    CheckpointError,
     discover,
     is_done,
     read_header,
@@ -28,7 +27,7 @@ from ckpt_analyzer.checkpoints import (
     save_tensors,
     strip_prefix,
 )
-from ckpt_analyzer.errors import CkptError, UsageError
+from ckpt_analyzer.errors import CheckpointError, CkptError, UsageError
 from ckpt_analyzer.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,41 @@
+"""The checkpoint contract (docs/checkpoints.md): files, discovery, run folders, models, prefetch."""
+
+from __future__ import annotations
+
+from .discovery import CKPT_RE, CheckpointRef, Watcher, discover, pattern_regex, pattern_time_unit
+from .files import (
+    CKPT_FORMAT,
+    INT_META,
+    LABELS_FORMAT,
+    PICKLE_EXTS,
+    REQUIRED_META,
+    RUN_FORMAT,
+    checkpoint_path,
+    load_state_into,
+    parse_metadata,
+    read_header,
+    read_state_dict,
+    save_tensors,
+    strip_prefix,
+)
+from .models import build_model_for, load_model, load_subset, screen_widths
+from .prefetch import prefetch
+from .run_folder import (
+    DONE_FILE,
+    check_labels,
+    check_manifest,
+    dataset_manifest,
+    is_done,
+    mark_done,
+    read_labels,
+    read_run_json,
+    save_labels,
+)
+
+__all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "PICKLE_EXTS",
+    "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "Watcher", "build_model_for",
+    "check_labels", "check_manifest", "checkpoint_path", "dataset_manifest", "discover",
+    "is_done", "load_model", "load_state_into", "load_subset", "mark_done", "parse_metadata",
+    "pattern_regex", "pattern_time_unit", "prefetch", "read_header", "read_labels",
+    "read_run_json", "read_state_dict", "save_labels", "save_tensors", "screen_widths",
+    "strip_prefix"]

@@ -1,0 +1,196 @@
+"""Finding a run's checkpoints: contract paths, foreign patterns, incremental watching."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckpointError, CkptError, UsageError
+
+if TYPE_CHECKING:
+    pass
+from .files import CKPT_FORMAT, PICKLE_EXTS, checkpoint_path, parse_metadata, read_header
+
+CKPT_RE = re.compile(r"^w(?P<width>\d+)/e(?P<epoch>\d+)\.safetensors$")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint on disk. ``error`` is set when it could not be validated."""
+
+    width: int
+    epoch: int
+    path: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """'w{width}/ckpt_{epoch}.safetensors' -> a regex with named integer groups.
+
+    The time field is ``{epoch}`` or ``{step}`` (exactly one); ``{width}`` is optional (a
+    pattern without it is a single model). ``*`` matches within one path component."""
+    has_epoch, has_step = "{epoch}" in pattern, "{step}" in pattern
+    if has_epoch == has_step:
+        why = "both" if has_epoch else "neither"
+        raise UsageError(f"--pattern '{pattern}' has {why} {{epoch}} and {{step}}: name exactly "
+                         "one time field, e.g. 'w{width}/ckpt_{epoch}.safetensors' or "
+                         "'checkpoint-{step}/model.safetensors'")
+    for field_ in ("{width}", "{epoch}", "{step}"):
+        if pattern.count(field_) > 1:
+            raise UsageError(f"--pattern '{pattern}' names {field_} more than once")
+    parts = re.split(r"(\{width\}|\{epoch\}|\{step\})", pattern)
+    rx = "".join(
+        f"(?P<{p[1:-1]}>\\d+)" if p in ("{width}", "{epoch}", "{step}")
+        else re.escape(p).replace("\\*", "[^/]*")
+        for p in parts
+    )
+    return re.compile("^" + rx + "$")
+
+
+def pattern_time_unit(pattern: str | None) -> str:
+    """``"step"`` for a pattern with ``{step}``, else ``"epoch"``."""
+    return "step" if pattern and "{step}" in pattern else "epoch"
+
+
+def _match_fields(m: re.Match[str], width: int) -> tuple[int, int]:
+    """(width, time) of a pattern match; ``width`` where the pattern has no ``{width}``."""
+    g = m.groupdict()
+    time = g["epoch"] if g.get("epoch") is not None else g["step"]
+    return (int(g["width"]) if g.get("width") is not None else width), int(time)
+
+
+def discover(run_dir: str | Path, pattern: str | None = None,
+             allow_pt: bool = False, width: int = 1,
+             warnings: list[str] | None = None) -> list[CheckpointRef]:
+    """All checkpoints below ``run_dir`` sorted by (width, epoch).
+
+    Contract checkpoints take width and epoch from their metadata (it wins over a file name
+    that says otherwise, with a warning). With ``pattern`` (foreign folders), paths matching it
+    supply width and epoch (or step: the ref's ``epoch`` is then the step) where metadata lacks
+    them; ``width`` is the width of a pattern without ``{width}``. A file that cannot be
+    validated is returned with ``error`` set, so the caller can skip and report it. Two files
+    claiming the same (width, epoch): the one at the contract's own path is kept and the other
+    skipped; when neither is, the pair is returned as one ref with ``error`` set. Each such
+    decision appends a line to ``warnings`` (when given), as do ``.pt``/``.pth`` files left
+    unread without ``allow_pt``.
+    """
+    return Watcher(run_dir, pattern, allow_pt, width).poll(warnings)[0]
+
+
+class Watcher:
+    """:func:`discover`, incrementally: each :meth:`poll` lists the folder again but reads
+    (validates) only files it has not seen with the same size and mtime, so a followed run's
+    known checkpoints are not re-read. ``*.tmp`` files are ignored: checkpoints appear by atomic
+    rename, so a visible checkpoint file is complete."""
+
+    def __init__(self, run_dir: str | Path, pattern: str | None = None, allow_pt: bool = False,
+                 width: int = 1) -> None:
+        self.root = Path(run_dir)
+        self.pattern = pattern
+        self.rx = pattern_regex(pattern) if pattern else CKPT_RE
+        self.exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
+        self.width = width
+        #: path -> ((size, mtime_ns), its ref, its notes) of every checkpoint file read so far
+        self._seen: dict[str, tuple[tuple[int, int], CheckpointRef, list[str]]] = {}
+
+    def poll(self, warnings: list[str] | None = None) -> tuple[list[CheckpointRef], int]:
+        """(every checkpoint now on disk, as :func:`discover` returns them; how many files
+        were new or changed since the last poll, i.e. read this time)."""
+        root = self.root
+        if not root.is_dir():
+            raise CkptError("no such run folder", root)
+        notes: list[str] = [] if warnings is None else warnings
+        files: list[CheckpointRef] = []
+        pickles = read = 0
+        present = set()
+        for p in sorted(root.rglob("*")):
+            if p.name.endswith(".tmp") or not p.is_file():
+                continue
+            if p.suffix not in self.exts:
+                pickles += p.suffix in PICKLE_EXTS
+                continue
+            m = self.rx.match(p.relative_to(root).as_posix())
+            if m is None:
+                continue
+            try:
+                st = p.stat()
+            except OSError:  # gone since it was listed
+                continue
+            key, stamp = str(p), (st.st_size, st.st_mtime_ns)
+            present.add(key)
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != stamp:
+                own: list[str] = []
+                seen = self._seen[key] = (stamp, self._read(p, m, own), own)
+                read += 1
+            files.append(seen[1])
+            notes.extend(seen[2])
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        refs = _merge(files, root, self.pattern, notes)
+        if pickles:
+            notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
+                         "them with torch.load(weights_only=True))")
+        return refs, read
+
+    def _read(self, p: Path, m: re.Match[str], notes: list[str]) -> CheckpointRef:
+        """One file's ref: width and epoch from its name, checked against its metadata."""
+        pattern = self.pattern
+        width, epoch = _match_fields(m, self.width) if pattern else (int(m["width"]),
+                                                                   int(m["epoch"]))
+        meta: dict[str, Any] = {}
+        error = None
+        if p.suffix == ".safetensors":
+            try:
+                _, raw = read_header(p)
+                if raw.get("format") == CKPT_FORMAT or pattern is None:
+                    meta = parse_metadata(raw, p)
+                    if (meta["width"], meta["epoch"]) != (width, epoch):
+                        notes.append(f"{p}: metadata says width {meta['width']} epoch "
+                                     f"{meta['epoch']}, the file name width {width} epoch "
+                                     f"{epoch}; the metadata wins")
+                    width, epoch = meta["width"], meta["epoch"]
+                else:
+                    meta = dict(raw)
+            except CheckpointError as exc:
+                error = str(exc)
+        return CheckpointRef(width, epoch, str(p), meta, error)
+
+
+def _merge(files: Iterable[CheckpointRef], root: Path, pattern: str | None,
+           notes: list[str]) -> list[CheckpointRef]:
+    """One ref per (width, epoch) from the files' refs (in path order); see :func:`discover`."""
+    refs: dict[tuple[int, int], CheckpointRef] = {}
+    for ref in files:
+        width, epoch, p, error = ref.width, ref.epoch, ref.path, ref.error
+        key = (width, epoch)
+        old = refs.get(key)
+        if old is None:
+            refs[key] = ref
+            continue
+        if error is not None:  # an unreadable file does not displace a readable one
+            notes.append(f"{p}: skipped, unreadable and width {width} epoch {epoch} is also "
+                         f"in {old.path}")
+            continue
+        clash = f"two checkpoints for width {width} epoch {epoch}"
+        if old.error is not None and clash not in old.error:
+            notes.append(f"{old.path}: skipped, unreadable and width {width} epoch {epoch} is "
+                         f"also in {p}")
+            refs[key] = ref
+            continue
+        own = str(checkpoint_path(root, width, epoch)) if pattern is None else None
+        if old.error is None and own in (old.path, str(p)):
+            keep, drop = (old, ref) if old.path == own else (ref, old)
+            notes.append(f"{drop.path}: skipped, it also claims width {width} epoch {epoch}; "
+                         f"measuring {keep.path}")
+            refs[key] = keep
+            continue
+        if old.error is None:
+            refs[key] = CheckpointRef(width, epoch, old.path, old.metadata,
+                                      f"{old.path}: {clash} ({p}); neither is measured")
+        notes.append(f"{p}: {clash} ({old.path}); neither is measured")
+    return [refs[k] for k in sorted(refs)]
