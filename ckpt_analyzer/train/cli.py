@@ -138,7 +138,8 @@ def _parse_seeds(text: str | None, seed: int) -> list[int]:
         return [seed]
     if seed != 0:
         raise UsageError("--seed and --seeds: give one of them")
-    vals = parse_ints(text, "--seeds", 0) or []
+    vals = [v for part in text.split(",") if part.strip()
+            for v in parse_ints(part.strip(), "--seeds", 0) or []]  # keeps repeats: refused
     if not vals:
         raise UsageError("--seeds: give at least one seed")
     if len(set(vals)) != len(vals):
