@@ -155,7 +155,7 @@ def test_slope_ci_matches_scipy() -> None:
     y = 0.8 * x + 3 + rng.standard_normal(12)
     res = stats.linregress(x, y)
     t = stats.t.ppf(0.975, 10)
-    f = slope_ci(list(x) + [None], list(y) + [5.0])  # the None pair is dropped
+    f = slope_ci([*list(x), None], [*list(y), 5.0])  # the None pair is dropped
     assert f["n"] == 12
     assert f["slope"] == pytest.approx(res.slope)
     assert f["intercept"] == pytest.approx(res.intercept)

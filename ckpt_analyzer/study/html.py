@@ -162,15 +162,16 @@ def render_html(study: dict[str, Any], figures: bool = True) -> str:
         differ = ", ".join(sorted(set(first) - set(common))) or "none"
         parts.append("<h3>Run configuration</h3>"
                      f"<p>Settings shared by every run (differing: {escape(differ)}):</p>"
-                     f"<pre>{escape(json.dumps(common, indent=2, default=str), quote=False)}</pre>")
+                     f"<pre>{escape(json.dumps(common, indent=2, default=str), quote=False)}"
+                     "</pre>")
     parts.append("<h3>Provenance</h3>")
     parts.append(_table(["", "value"], [["ckpt-analyzer version (this report)", prov["version"]],
                                          ["cubes", "; ".join(map(str, prov["cubes"]))],
                                          ["source run folders",
                                           "; ".join(map(str, prov["sources"]))]]))
+    configs = json.dumps(prov["probe_configs"], indent=2, sort_keys=True)
     parts.append("<p>Probe configs (identical in every cube that has the probe):</p>"
-                 f"<pre>{escape(json.dumps(prov['probe_configs'], indent=2, sort_keys=True), quote=False)}"
-                 "</pre>")
+                 f"<pre>{escape(configs, quote=False)}</pre>")
     p = study.get("parameters") or {}
     parts.append(f"<p>Events: patience T = {escape(str(p.get('patience')))} epochs, window "
                  f"ΔT = {escape(str(p.get('window')))} epochs, R_t on the "
