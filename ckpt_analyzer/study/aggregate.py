@@ -268,8 +268,7 @@ def aggregate(reports: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]] 
         "parameters": reports[0].get("parameters") if reports else None,
         "groups": groups,
         "fit": fit,
-        "notes": list(notes) + [f"{r.get('cube')}: {n}" for r in reports
-                                for n in r.get("notes", ())],
+        "notes": list(notes) + _report_notes(reports),
         "provenance": {"version": __version__,
                        "cubes": [r.get("cube") for r in runs],
                        "sources": [r.get("source") for r in runs],
@@ -277,6 +276,25 @@ def aggregate(reports: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]] 
         "reports": list(reports),
     }
     return json.loads(json.dumps(study, default=_json_default))
+
+
+def _report_notes(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """Each report's notes, a note that several cubes share (up to their paths) once, with
+    how many cubes have it."""
+    seen: dict[str, list[str]] = {}
+    first: dict[str, str] = {}
+    for rep in reports:
+        cube = str(rep.get("cube"))
+        src = str((rep.get("run") or {}).get("source"))
+        for n in rep.get("notes", ()):
+            key = n.replace(cube, "CUBE").replace(src, "RUN")
+            seen.setdefault(key, []).append(cube)
+            first.setdefault(key, n)
+    out = []
+    for key, cubes in seen.items():
+        out.append(f"{cubes[0]}: {first[key]}" if len(cubes) == 1 else
+                   f"{len(cubes)} of {len(reports)} cubes: {first[key]}")
+    return out
 
 
 def _json_default(obj: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 from .._atomic import atomic_path
 from ..errors import CkptError
 from .aggregate import MODEL_FIELDS, agreement_text
-from .text import COLUMNS, fit_text, mean_std
+from .text import COLUMNS, digits_of, fit_text, mean_std
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -184,7 +184,7 @@ def render_html(study: dict[str, Any], figures: bool = True) -> str:
         parts.append(f"<h3>Label noise {escape(g['noise'])}: {n} run(s), seeds "
                      f"{escape(', '.join(map(str, g['seeds'])))}</h3>")
         parts.append(_table(["width", *[h for _, h in COLUMNS]],
-                            [[pw["width"], *[mean_std(pw[k], of=n) for k, _ in COLUMNS]]
+                            [[pw["width"], *[mean_std(pw[k], digits_of(k), of=n) for k, _ in COLUMNS]]
                              for pw in g["per_width"]]))
         rows = []
         for key, label in MODEL_FIELDS.items():

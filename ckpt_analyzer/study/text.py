@@ -18,7 +18,7 @@ def mean_std(s: dict[str, Any], digits: int = 3, of: int | None = None) -> str:
     """``12.3 ± 1.2`` (``(n/N)`` appended when some runs lack the value); ``-`` if none."""
     if not s["n"]:
         return "-"
-    d = 1 if abs(s["mean"]) >= 10 else digits
+    d = 1 if abs(s["mean"]) >= 10 or digits == 1 else digits
     text = f"{s['mean']:.{d}f}"
     if s["std"] is not None:
         text += f" ± {s['std']:.{d}f}"
@@ -27,9 +27,15 @@ def mean_std(s: dict[str, Any], digits: int = 3, of: int | None = None) -> str:
     return text
 
 
+def digits_of(key: str) -> int:
+    """Decimals of a per-width field: events are epochs (1 decimal), the rest 3."""
+    return 1 if key.startswith("T_") else 3
+
+
 def fit_text(f: dict[str, Any]) -> str:
     if f["slope"] is None:
-        return f"n = {f['n']}: too few pairs for a line"
+        return (f"n = {f['n']}: too few pairs for a line" if f["n"] < 2 else
+                f"n = {f['n']}: x is constant, no line")
     text = f"slope {_fmt(f['slope'])}"
     if f["slope_ci"] is not None:
         lo, hi = f["slope_ci"]
@@ -52,7 +58,7 @@ def format_study(study: dict[str, Any]) -> str:
         out += ["", f"Label noise {g['noise']}: {n} run(s), seeds "
                 f"{', '.join(map(str, g['seeds']))} (mean ± sample std over runs; (k/n): "
                 "found in k of n runs)"]
-        rows = [[str(pw["width"]), *[mean_std(pw[k], of=n) for k, _ in COLUMNS]]
+        rows = [[str(pw["width"]), *[mean_std(pw[k], digits_of(k), of=n) for k, _ in COLUMNS]]
                 for pw in g["per_width"]]
         out.append(_table(["width", *[h for _, h in COLUMNS]], rows))
         out.append("  model-wise (agreement over runs):")
