@@ -336,23 +336,23 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
     args: dict[str, Any] = {
         "patience": events.DEFAULT_PATIENCE if patience is None else patience,
         "window": events.DEFAULT_WINDOW if window is None else window, "subset": subset}
-    if len(cubes) == 1 and html_out is None:
+    from .study import format_study, load_study
+
+    if len(cubes) == 1:  # today's report, stored in the cube; --html adds the page
         from .report import build_report, format_report, write_report
 
         rep = build_report(cubes[0], **args)
         if not no_store:
             write_report(cubes[0], rep)
         click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
-        return
-    from .study import format_study, load_study
-
-    study = load_study(cubes, allow_mixed=allow_mixed, **args)
-    if html_out is not None:
+        study = load_study(cubes, **args) if html_out is not None else None
+    else:
+        study = load_study(cubes, allow_mixed=allow_mixed, **args)
+        click.echo(json.dumps(study, indent=2) if as_json else format_study(study))
+    if html_out is not None and study is not None:
         from .study.html import write_html
 
         write_html(study, html_out)
-    click.echo(json.dumps(study, indent=2) if as_json else format_study(study))
-    if html_out is not None:
         sys.stderr.write(f"wrote {html_out}\n")
 
 

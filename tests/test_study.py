@@ -373,3 +373,16 @@ def test_train_and_analyze_a_tiny_study(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["report", *map(str, cubes), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["groups"][0]["seeds"] == [0, 1]
+
+
+def test_one_cube_with_html_prints_todays_report_and_writes_the_page(
+        cubes: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    c = tmp_path / "c.h5"
+    shutil.copyfile(cubes["s0"], c)
+    out = tmp_path / "one.html"
+    res = CliRunner().invoke(main, ["report", str(c), "--patience", "10", "--window", "2",
+                                    "--html", str(out), "--no-store"])
+    assert res.exit_code == 0, res.output
+    assert "Per width" in res.output  # the single-cube text
+    assert out.read_text().count("data:image/png;base64,") == 3

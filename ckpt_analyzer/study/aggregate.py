@@ -343,4 +343,5 @@ def agreement_text(label: str, agree: dict[str, Any], unit: str = "seeds") -> st
     if not agree["of"]:
         return f"{label}: no runs"
     where = "none" if agree["value"] is None else f"at width {agree['value']}"
+    unit = unit.rstrip("s") if agree["of"] == 1 else unit
     return f"{label} {where} in {agree['count']} of {agree['of']} {unit}"
