@@ -386,3 +386,14 @@ def test_one_cube_with_html_prints_todays_report_and_writes_the_page(
     assert res.exit_code == 0, res.output
     assert "Per width" in res.output  # the single-cube text
     assert out.read_text().count("data:image/png;base64,") == 3
+
+
+def test_cube_being_written_is_named(cubes: dict[str, Path], tmp_path: Path) -> None:
+    c = tmp_path / "busy.h5"
+    shutil.copyfile(cubes["s1"], c)
+    with Cube(c):  # holds the journal, as a running 'ckpt-analyze run' does
+        study = load_study([cubes["s0"], c], **SHORT)
+    assert study["runs"][1]["being_written"] is True
+    assert any("is still being written" in n for n in study["notes"])
+    study = load_study([cubes["s0"], c], **SHORT)  # writer gone
+    assert study["runs"][1]["being_written"] is False

@@ -215,11 +215,10 @@ def _journal_busy(cube: Path) -> bool:
     """True if another process holds the cube's journal (a ``ckpt-analyze run`` writing it)."""
     import sqlite3
 
-    try:
-        db = sqlite3.connect(f"{cube}.journal", timeout=0.05)
+    try:  # the writer holds its journal in exclusive locking mode: even reads are refused
+        db = sqlite3.connect(f"file:{cube}.journal?mode=ro", uri=True, timeout=0.05)
         try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             db.close()
     except sqlite3.Error:
