@@ -329,7 +329,8 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
     agree, the T_R,peak vs T_E,peak fit over all runs with its 95% CI; not stored in the cubes.
     Refuses cubes of different datasets or architectures (unless --allow-mixed), different
     configs of a probe, and a seed given twice; a cube still being written is used as far as
-    it is finished, with a note.
+    it is finished, with a note. A folder argument stands for the analysis.h5 of every run
+    folder under it (a study root from 'ckpt-train --seeds ...').
     """
     from . import events
 
@@ -337,7 +338,9 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
         "patience": events.DEFAULT_PATIENCE if patience is None else patience,
         "window": events.DEFAULT_WINDOW if window is None else window, "subset": subset}
     from .study import format_study, load_study
+    from .study.runs import expand_cubes
 
+    cubes = tuple(expand_cubes(cubes))
     if len(cubes) == 1:  # today's report, stored in the cube; --html adds the page
         from .report import build_report, format_report, write_report
 
@@ -374,10 +377,13 @@ def plot(cubes: tuple[str, ...], kind: str, output: str, width: int | None,
     """Draw a figure of a cube (matplotlib, the 'plot' extra).
 
     Several cubes (a study): double-descent and spectrum with a mean ± std band over seeds and
-    one line per noise rate; the other kinds take one cube."""
+    one line per noise rate; the other kinds take one cube. A folder argument stands for the
+    analysis.h5 of every run folder under it."""
     from .plot import PlotOptions
     from .plot import plot as draw
+    from .study.runs import expand_cubes
 
+    cubes = tuple(expand_cubes(cubes))
     sel = parse_ints(epochs, "--epochs", 0)
     opts = PlotOptions(width=width, subset=subset, epochs=None if sel is None else tuple(sel),
                        dpi=dpi)

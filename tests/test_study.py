@@ -358,6 +358,8 @@ def test_train_and_analyze_a_tiny_study(tmp_path: Path) -> None:
                                      "--seeds", "0,1", "--label-noise", "0.2", "--device",
                                      "cpu", "--quiet", "--json"])
     assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)  # one JSON document for the whole study
+    assert sorted(Path(k).name for k in rows) == ["noise0.2-seed0", "noise0.2-seed1"]
     runs = find_runs(root)
     assert [r.name for r in runs] == ["noise0.2-seed0", "noise0.2-seed1"]
     for r, s in zip(runs, (0, 1), strict=True):
@@ -373,6 +375,9 @@ def test_train_and_analyze_a_tiny_study(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["report", *map(str, cubes), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["groups"][0]["seeds"] == [0, 1]
+    res = CliRunner().invoke(main, ["report", str(root), "--json"])  # the root stands for both
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["provenance"]["cubes"] == list(map(str, cubes))
 
 
 def test_one_cube_with_html_prints_todays_report_and_writes_the_page(

@@ -25,3 +25,22 @@ def find_runs(root: str | os.PathLike[str]) -> list[Path]:
             found.append(d)
             dirnames[:] = []
     return sorted(found)
+
+
+def expand_cubes(args: list[str] | tuple[str, ...]) -> list[str]:
+    """Cube arguments with each folder replaced by the ``analysis.h5`` of every run folder
+    under it that has one (a study root, or one run folder); files are kept as given."""
+    from ..errors import CkptError
+
+    out: list[str] = []
+    for a in args:
+        p = Path(a)
+        if not p.is_dir():
+            out.append(a)
+            continue
+        found = [str(r / "analysis.h5") for r in find_runs(p) if (r / "analysis.h5").is_file()]
+        if not found:
+            raise CkptError("holds no run folder with an analysis.h5 (analyze it first: "
+                            f"ckpt-analyze run {a} --probe ...)", p)
+        out += found
+    return out

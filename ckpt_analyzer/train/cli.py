@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -109,15 +110,18 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
                 noise_classes, optimizer, lr, momentum, weight_decay, warmup_epochs, schedule,
                 batch_size, augment, save, label_smoothing, ls_frequency, ls_amplitude,
                 ls_index, s)
+    collected: dict[str, Any] = {}
     for r, s in combos:
         run_out = str(Path(out) / run_folder_name(r, s))
         if not as_json:
             click.echo(f"== {run_out}: label noise {r:g}, seed {s}")
-        _train_one(run_out, dataset, data_root, split_seed, arch, model_spec, widths, epochs,
+        collected[run_out] = _train_one(run_out, dataset, data_root, split_seed, arch, model_spec, widths, epochs,
                    r, noise_kind, noise_classes, optimizer, lr, momentum, weight_decay,
                    warmup_epochs, schedule, batch_size, augment, save, label_smoothing,
                    ls_frequency, ls_amplitude, ls_index, s, device, workers, executor,
-                   ray_address, as_json, quiet)
+                   ray_address, as_json, quiet, echo_json=False)
+    if as_json:  # one JSON document: {run folder: its per-width rows}
+        click.echo(json.dumps(collected, indent=2))
 
 
 def _parse_rates(text: str) -> list[float]:
@@ -176,7 +180,8 @@ def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, a
                batch_size: int, augment: bool, save: str, label_smoothing: str | None,
                ls_frequency: float, ls_amplitude: float, ls_index: int, seed: int, device: str,
                workers: int | None, executor: str | None, ray_address: str | None,
-               as_json: bool, quiet: bool) -> None:
+               as_json: bool, quiet: bool, echo_json: bool = True) -> Any:
+    """Train one run folder; returns its per-width rows (what --json prints)."""
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: must be at least 1 (got {workers})")
     kind = executor or ("ray" if ray_address else "pool" if workers and workers > 1 else "local")
@@ -218,8 +223,9 @@ def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, a
     else:
         results = run_all()
     if as_json:
-        click.echo(to_json(results))
-        return
+        if echo_json:
+            click.echo(to_json(results))
+        return json.loads(to_json(results))
     from rich.console import Console
     from rich.table import Table
 
@@ -234,6 +240,7 @@ def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, a
                       f("test_error"), f("test_loss"),
                       "done before" if r.resumed_from == cfg.epochs else f"{r.seconds:.1f}")
     Console(soft_wrap=True).print(table)
+    return json.loads(to_json(results))
 
 
 if __name__ == "__main__":
