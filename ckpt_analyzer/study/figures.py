@@ -285,14 +285,16 @@ def draw_fit(study: dict[str, Any]) -> Figure:
     colors = line_colors(len(study["groups"]), "plasma")
     reports = {r["cube"]: r for r in study["reports"]}
     xs: list[float] = []
-    for g, color in zip(study["groups"], colors, strict=True):
+    markers = "os^Dv<>p"
+    for n, (g, color) in enumerate(zip(study["groups"], colors, strict=True)):
         px, py = [], []
         for c in g["cubes"]:
             for row in reports[c]["per_width"]:
                 if row.get("E_peak_found") and row.get("R_peak_found"):
                     px.append(row["T_E_peak"])
                     py.append(row["T_R_peak"])
-        ax.plot(px, py, "o", color=color, alpha=0.8, label=f"noise {g['noise']}")
+        ax.plot(px, py, markers[n % len(markers)], color=color, alpha=0.7, mfc="none", mew=1.5,
+                label=f"noise {g['noise']}")
         xs += px
     f = study["fit"]["all"]["T_R_peak_vs_T_E_peak"]
     if f["slope"] is not None and xs:
