@@ -184,17 +184,56 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                                      param_hint="--forward-batch-size") from None
         if fbs < 1:
             raise click.BadParameter("must be positive", param_hint="--forward-batch-size")
-    prog, report = _progress(not quiet and sys.stderr.isatty())
-    analysis = Analysis(
-        run_dir=run_dir, probes=probes, output=output, settings=settings,
-        device=device, batch_size=bs, forward_batch_size=fbs,
-        widths=parse_ints(widths, "--widths", 1),
+    from pathlib import Path
+
+    from .study.runs import find_runs
+
+    study_runs = ([] if (Path(run_dir) / "run.json").is_file() or not Path(run_dir).is_dir()
+                  or pattern is not None else find_runs(run_dir))
+    if study_runs:
+        # a study root: every run folder under it, one cube each (its own analysis.h5)
+        for flag, value in (("-o", output), ("--shard", shard)):
+            if value is not None:
+                raise UsageError(f"{flag}: not with a study root ({run_dir} holds "
+                                 f"{len(study_runs)} run folders, each analyzed into its own "
+                                 "analysis.h5)")
+        failed_runs = []
+        for rd in study_runs:
+            click.echo(f"== {rd}", err=as_json)
+            try:
+                _analyze_one(str(rd), Analysis, dict(
+                    probes=probes, output=None, settings=settings, device=device,
+                    batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
+                    epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
+                    strict=strict, model=model, dataset=dataset, data_root=data_root,
+                    pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
+                    executor=kind, workers=None if kind == "local" else workers,
+                    devices=dev_list, ray_address=ray_address, shard=shard_of,
+                    plugins=plugins), as_json, quiet)
+            except SystemExit as exc:
+                if exc.code:
+                    failed_runs.append(str(rd))
+        if failed_runs:
+            sys.stderr.write(f"error: {len(failed_runs)} of {len(study_runs)} run(s) had "
+                             f"failures: {', '.join(failed_runs)}\n")
+            sys.exit(1)
+        return
+    _analyze_one(run_dir, Analysis, dict(
+        probes=probes, output=output, settings=settings,
+        device=device, batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
-        prefix=prefix, width=single_width, progress=report, executor=kind,
+        prefix=prefix, width=single_width, executor=kind,
         workers=None if kind == "local" else workers, devices=dev_list, ray_address=ray_address,
-        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout,
-    )
+        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout),
+        as_json, quiet)
+
+
+def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,
+                 quiet: bool) -> None:
+    """One ``Analysis`` of one run folder, its summary printed; exits 1 on failures."""
+    prog, report = _progress(not quiet and sys.stderr.isatty())
+    analysis = analysis_cls(run_dir=run_dir, progress=report, **kwargs)
     if prog is not None:
         with prog:
             summary = analysis.run()
@@ -303,7 +342,7 @@ def _span(vals: list[Any]) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("cube", type=click.Path())
+@click.argument("cubes", metavar="CUBE...", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Patience T of the peak search, in epochs on any save grid [30].")
@@ -311,9 +350,13 @@ def _span(vals: list[Any]) -> str:
               help="Half-window dT of the noisy-error decrease rate, in epochs [5].")
 @click.option("--subset", default=None, help="Spectrum subset of R_t [train].")
 @click.option("--no-store", is_flag=True, help="Do not store the report in the cube.")
+@click.option("--html", "html_out", default=None, metavar="REPORT.html",
+              help="Also write one self-contained HTML report (figures embedded).")
+@click.option("--allow-mixed", is_flag=True,
+              help="Aggregate cubes of different datasets or architectures.")
 @handle_errors
-def report(cube: str, as_json: bool, patience: int | None, window: int | None,
-           subset: str | None, no_store: bool) -> None:
+def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: int | None,
+           subset: str | None, no_store: bool, html_out: str | None, allow_mixed: bool) -> None:
     """Double-descent events per width, model-wise events and correlations of a cube.
 
     Times are epochs (Zhang & Wu's patience T = 30, dT = 5), on the curves interpolated
@@ -321,20 +364,44 @@ def report(cube: str, as_json: bool, patience: int | None, window: int | None,
     epoch is reported as not found.
 
     Also stored in the cube under report/ (dropped when 'ckpt-analyze run' rewrites it).
+
+    Several cubes (a study: one cube per seed and noise rate): per noise rate and width the
+    events of each run with their mean and sample std, model-wise events with how many runs
+    agree, the T_R,peak vs T_E,peak fit over all runs with its 95% CI; not stored in the cubes.
+    Refuses cubes of different datasets or architectures (unless --allow-mixed), different
+    configs of a probe, and a seed given twice; a cube still being written is used as far as
+    it is finished, with a note. A folder argument stands for the analysis.h5 of every run
+    folder under it (a study root from 'ckpt-train --seeds ...').
     """
     from . import events
-    from .report import build_report, format_report, write_report
 
-    rep = build_report(cube, patience=events.DEFAULT_PATIENCE if patience is None else patience,
-                       window=events.DEFAULT_WINDOW if window is None else window,
-                       subset=subset)
-    if not no_store:
-        write_report(cube, rep)
-    click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+    args: dict[str, Any] = {
+        "patience": events.DEFAULT_PATIENCE if patience is None else patience,
+        "window": events.DEFAULT_WINDOW if window is None else window, "subset": subset}
+    from .study import format_study, load_study
+    from .study.runs import expand_cubes
+
+    cubes = tuple(expand_cubes(cubes))
+    if len(cubes) == 1:  # today's report, stored in the cube; --html adds the page
+        from .report import build_report, format_report, write_report
+
+        rep = build_report(cubes[0], **args)
+        if not no_store:
+            write_report(cubes[0], rep)
+        click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+        study = load_study(cubes, **args) if html_out is not None else None
+    else:
+        study = load_study(cubes, allow_mixed=allow_mixed, **args)
+        click.echo(json.dumps(study, indent=2) if as_json else format_study(study))
+    if html_out is not None and study is not None:
+        from .study.html import write_html
+
+        write_html(study, html_out)
+        sys.stderr.write(f"wrote {html_out}\n")
 
 
 @main.command(context_settings=CONTEXT, epilog="\b\nKinds:\n" + kinds_help())
-@click.argument("cube", type=click.Path())
+@click.argument("cubes", metavar="CUBE...", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", required=True, help=" | ".join(KINDS) + " (see Kinds below).")
 @click.option("-o", "--output", required=True, help="Figure file: .png, .pdf or .svg.")
 @click.option("--width", type=click.IntRange(min=1), default=None,
@@ -343,17 +410,30 @@ def report(cube: str, as_json: bool, patience: int | None, window: int | None,
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--dpi", type=click.IntRange(min=10), default=150, show_default=True,
               help="Resolution of .png output.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Several cubes: allow different datasets or architectures.")
 @handle_errors
-def plot(cube: str, kind: str, output: str, width: int | None, subset: str | None,
-         epochs: str | None, dpi: int) -> None:
-    """Draw a figure of a cube (matplotlib, the 'plot' extra)."""
+def plot(cubes: tuple[str, ...], kind: str, output: str, width: int | None,
+         subset: str | None, epochs: str | None, dpi: int, allow_mixed: bool) -> None:
+    """Draw a figure of a cube (matplotlib, the 'plot' extra).
+
+    Several cubes (a study): double-descent and spectrum with a mean ± std band over seeds and
+    one line per noise rate; the other kinds take one cube. A folder argument stands for the
+    analysis.h5 of every run folder under it."""
     from .plot import PlotOptions
     from .plot import plot as draw
+    from .study.runs import expand_cubes
 
+    cubes = tuple(expand_cubes(cubes))
     sel = parse_ints(epochs, "--epochs", 0)
-    out = draw(cube, kind, output, PlotOptions(width=width, subset=subset,
-                                               epochs=None if sel is None else tuple(sel),
-                                               dpi=dpi))
+    opts = PlotOptions(width=width, subset=subset, epochs=None if sel is None else tuple(sel),
+                       dpi=dpi)
+    if len(cubes) == 1:
+        out = draw(cubes[0], kind, output, opts)
+    else:
+        from .study.figures import plot_study
+
+        out = plot_study(cubes, kind, output, opts, allow_mixed=allow_mixed)
     click.echo(str(out))
 
 

@@ -14,6 +14,7 @@ RANK: dict[str, float] = {
     "cli": 9,
     "integrations": 8.5,  # users' loops: the trainer's contract writing behind a small API
     "runner": 8, "train": 8,
+    "study": 7.5,  # studies: several cubes through report and plot (below runner/train/cli)
     "report": 7, "plot": 7, "executors": 7,
     "testing": 6,
     "probes": 5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -42,7 +43,8 @@ def _progress_printer(enabled: bool) -> tuple[Any, Any]:
               help="User model: factory(width, num_classes, in_channels) -> nn.Module.")
 @click.option("--widths", default="1,2,4,8", show_default=True, help="List or range a:b.")
 @click.option("--epochs", default=100, show_default=True, type=int)
-@click.option("--label-noise", default=0.0, show_default=True, type=float, help="Fraction in [0, 1).")
+@click.option("--label-noise", default="0", show_default=True,
+              help="Fraction in [0, 1), or a list (0.1,0.2): one run folder per rate under OUT.")
 @click.option("--noise-kind", default="symmetric", show_default=True,
               help="symmetric | shuffle | asymmetric.")
 @click.option("--noise-classes", default=None, help="Classes corrupted by asymmetric noise (list).")
@@ -62,6 +64,9 @@ def _progress_printer(enabled: bool) -> tuple[Any, Any]:
 @click.option("--ls-index", default=1, show_default=True, type=int,
               help="Fourier basis index of the direction for --label-smoothing direction.")
 @click.option("--seed", default=0, show_default=True, type=int, help="In [0, 2**64 - 1].")
+@click.option("--seeds", default=None, metavar="0,1,2",
+              help="A study: one run folder per seed (and per --label-noise rate) under OUT, "
+                   "named noise<RATE>-seed<SEED>.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
 @click.option("--workers", type=int, default=None,
               help="Train N widths at a time in separate processes (or Ray tasks).")
@@ -73,23 +78,89 @@ def _progress_printer(enabled: bool) -> tuple[Any, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
 def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: str,
-         model_spec: str | None, widths: str, epochs: int, label_noise: float, noise_kind: str,
+         model_spec: str | None, widths: str, epochs: int, label_noise: str, noise_kind: str,
          noise_classes: str | None, optimizer: str, lr: float, momentum: float,
          weight_decay: float, warmup_epochs: int, schedule: str, batch_size: int, augment: bool,
          save: str, label_smoothing: str | None, ls_frequency: float, ls_amplitude: float,
-         ls_index: int, seed: int, device: str, workers: int | None, executor: str | None,
-         ray_address: str | None, as_json: bool, quiet: bool) -> None:
+         ls_index: int, seed: int, seeds: str | None, device: str, workers: int | None,
+         executor: str | None, ray_address: str | None, as_json: bool, quiet: bool) -> None:
     """Train a width sweep into OUT, writing the checkpoint contract (docs/checkpoints.md).
 
+    With --seeds or several --label-noise rates, OUT is a study root: one run folder per
+    (rate, seed) combination, OUT/noise<RATE>-seed<SEED>, each its own contract run (its
+    run.json records the seed and the rate), trained one after the other.
+
     Re-running the same command resumes every width where it stopped."""
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers: must be at least 1 (got {workers})")
-    kind = executor or ("ray" if ray_address else "pool" if workers and workers > 1 else "local")
-    from ..data import DATASETS
-    from ..models import MODELS
+    rates = _parse_rates(label_noise)
+    seed_list = _parse_seeds(seeds, seed)
+    if seeds is None and len(rates) == 1:
+        _train_one(out, dataset, data_root, split_seed, arch, model_spec, widths, epochs,
+                   rates[0], noise_kind, noise_classes, optimizer, lr, momentum, weight_decay,
+                   warmup_epochs, schedule, batch_size, augment, save, label_smoothing,
+                   ls_frequency, ls_amplitude, ls_index, seed, device, workers, executor,
+                   ray_address, as_json, quiet)
+        return
+    from pathlib import Path
+
+    from ..study.runs import run_folder_name
+
+    combos = [(r, s) for r in rates for s in seed_list]
+    for r, s in combos:  # every setting checked before any training starts
+        _config(dataset, data_root, split_seed, arch, model_spec, widths, epochs, r, noise_kind,
+                noise_classes, optimizer, lr, momentum, weight_decay, warmup_epochs, schedule,
+                batch_size, augment, save, label_smoothing, ls_frequency, ls_amplitude,
+                ls_index, s)
+    collected: dict[str, Any] = {}
+    for r, s in combos:
+        run_out = str(Path(out) / run_folder_name(r, s))
+        if not as_json:
+            click.echo(f"== {run_out}: label noise {r:g}, seed {s}")
+        collected[run_out] = _train_one(run_out, dataset, data_root, split_seed, arch, model_spec, widths, epochs,
+                   r, noise_kind, noise_classes, optimizer, lr, momentum, weight_decay,
+                   warmup_epochs, schedule, batch_size, augment, save, label_smoothing,
+                   ls_frequency, ls_amplitude, ls_index, s, device, workers, executor,
+                   ray_address, as_json, quiet, echo_json=False)
+    if as_json:  # one JSON document: {run folder: its per-width rows}
+        click.echo(json.dumps(collected, indent=2))
+
+
+def _parse_rates(text: str) -> list[float]:
+    rates = []
+    for part in text.split(","):
+        try:
+            rates.append(float(part.strip()))
+        except ValueError:
+            raise UsageError(f"--label-noise: '{part.strip()}' is not a number") from None
+    if len(set(rates)) != len(rates):
+        dup = next(r for r in rates if rates.count(r) > 1)
+        raise UsageError(f"--label-noise: rate {dup:g} is given twice")
+    return rates
+
+
+def _parse_seeds(text: str | None, seed: int) -> list[int]:
+    if text is None:
+        return [seed]
+    if seed != 0:
+        raise UsageError("--seed and --seeds: give one of them")
+    vals = [v for part in text.split(",") if part.strip()
+            for v in parse_ints(part.strip(), "--seeds", 0) or []]  # keeps repeats: refused
+    if not vals:
+        raise UsageError("--seeds: give at least one seed")
+    if len(set(vals)) != len(vals):
+        dup = next(v for v in vals if vals.count(v) > 1)
+        raise UsageError(f"--seeds: seed {dup} is given twice")
+    return vals
+
+
+def _config(dataset: str, data_root: str | None, split_seed: int, arch: str,
+            model_spec: str | None, widths: str, epochs: int, label_noise: float,
+            noise_kind: str, noise_classes: str | None, optimizer: str, lr: float,
+            momentum: float, weight_decay: float, warmup_epochs: int, schedule: str,
+            batch_size: int, augment: bool, save: str, label_smoothing: str | None,
+            ls_frequency: float, ls_amplitude: float, ls_index: int, seed: int) -> Any:
     from .config import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         dataset=dataset, data_root=data_root, split_seed=split_seed,
         arch=model_spec or arch, widths=tuple(parse_ints(widths, "--widths", 1) or ()),
         epochs=epochs, label_noise=label_noise, noise_kind=noise_kind,
@@ -100,6 +171,27 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
         save=save, seed=seed, label_smoothing=label_smoothing, ls_frequency=ls_frequency,
         ls_amplitude=ls_amplitude, ls_index=ls_index,
     )
+
+
+def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, arch: str,
+               model_spec: str | None, widths: str, epochs: int, label_noise: float,
+               noise_kind: str, noise_classes: str | None, optimizer: str, lr: float,
+               momentum: float, weight_decay: float, warmup_epochs: int, schedule: str,
+               batch_size: int, augment: bool, save: str, label_smoothing: str | None,
+               ls_frequency: float, ls_amplitude: float, ls_index: int, seed: int, device: str,
+               workers: int | None, executor: str | None, ray_address: str | None,
+               as_json: bool, quiet: bool, echo_json: bool = True) -> Any:
+    """Train one run folder; returns its per-width rows (what --json prints)."""
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
+    kind = executor or ("ray" if ray_address else "pool" if workers and workers > 1 else "local")
+    from ..data import DATASETS
+    from ..models import MODELS
+
+    cfg = _config(dataset, data_root, split_seed, arch, model_spec, widths, epochs, label_noise,
+                  noise_kind, noise_classes, optimizer, lr, momentum, weight_decay,
+                  warmup_epochs, schedule, batch_size, augment, save, label_smoothing,
+                  ls_frequency, ls_amplitude, ls_index, seed)
     if model_spec is None:
         MODELS.check_name(arch)
     DATASETS.check_name(dataset)
@@ -131,8 +223,9 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
     else:
         results = run_all()
     if as_json:
-        click.echo(to_json(results))
-        return
+        if echo_json:
+            click.echo(to_json(results))
+        return json.loads(to_json(results))
     from rich.console import Console
     from rich.table import Table
 
@@ -147,6 +240,7 @@ def main(out: str, dataset: str, data_root: str | None, split_seed: int, arch: s
                       f("test_error"), f("test_loss"),
                       "done before" if r.resumed_from == cfg.epochs else f"{r.seconds:.1f}")
     Console(soft_wrap=True).print(table)
+    return json.loads(to_json(results))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,235 @@
+"""One self-contained HTML report of a study (``ckpt-analyze report ... --html report.html``).
+
+The page holds the run configuration and provenance (package version, cubes, source run
+folders, probe configs), the event tables (mean ± std over seeds per noise rate, model-wise
+agreement, the pooled fits with their confidence interval), every study figure as an embedded
+base64 PNG (``data:`` URI) and, under each figure, what the paper claims and whether this study
+shows it. Nothing is loaded from elsewhere: no scripts, no style sheets, no fonts, no links to
+files; it opens in a browser from disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .._atomic import atomic_path
+from ..errors import CkptError
+from .aggregate import MODEL_FIELDS, agreement_text
+from .text import COLUMNS, digits_of, fit_text, mean_std
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left}
+figure{margin:1em 0 2em} figure img{max-width:100%;border:1px solid #ddd}
+.claim{background:#f7f7fb;border-left:4px solid #88a;padding:.5em 1em}
+.shown{color:#1a7f37;font-weight:bold} .notshown{color:#b35900;font-weight:bold}
+.unknown{color:#666;font-weight:bold}
+pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    head = "".join(f"<th class='l'>{escape(h)}</th>" if i < left else f"<th>{escape(h)}</th>"
+                   for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(
+        f"<td class='l'>{escape(str(c))}</td>" if i < left else f"<td>{escape(str(c))}</td>"
+        for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _verdict(state: str, text: str) -> str:
+    cls, word = {"shown": ("shown", "Shown"), "not": ("notshown", "Not shown"),
+                 "unknown": ("unknown", "Cannot tell")}[state]
+    return f"<span class='{cls}'>{word}:</span> {escape(text)}"
+
+
+def verdict_double_descent(study: dict[str, Any]) -> tuple[str, str]:
+    """Model-wise test-error peak: shown if, for some noise rate, most runs agree on a peak."""
+    parts, best = [], "not"
+    for g in study["groups"]:
+        a = g["model_wise"]["test_error_peak_width"]
+        thr = g["model_wise"]["interpolation_threshold"]
+        parts.append(f"noise {g['noise']}: {agreement_text('test error peak', a, 'runs')}, "
+                     f"{agreement_text('interpolation threshold', thr, 'runs')}")
+        if a["value"] is not None and 2 * a["count"] > a["of"]:
+            best = "shown"
+    if not study["groups"]:
+        best = "unknown"
+    return best, "; ".join(parts)
+
+
+def verdict_spectrum(study: dict[str, Any]) -> tuple[str, str]:
+    """R_t peak: shown if most runs find a T_R,peak at most widths."""
+    found = total = 0
+    for g in study["groups"]:
+        n = len(g["runs"])
+        for row in g["per_width"]:
+            total += 1
+            found += 2 * row["T_R_peak"]["n"] > n
+    if total == 0:
+        return "unknown", "no spectrum events"
+    state = "shown" if 2 * found > total else "not"
+    return state, (f"a T_R,peak (R_t rising again after its minimum) is found in most runs at "
+                   f"{found} of {total} (noise rate, width) combinations")
+
+
+def verdict_fit(study: dict[str, Any]) -> tuple[str, str]:
+    f = study["fit"]["all"]["T_R_peak_vs_T_E_peak"]
+    if f["slope_ci"] is None:
+        return "unknown", f"{fit_text(f)} (a confidence interval needs n >= 3 pairs)"
+    lo = f["slope_ci"][0]
+    return ("shown" if lo > 0 else "not"), fit_text(f) + (
+        ": the slope's interval lies above 0" if lo > 0 else
+        ": the slope's interval includes 0 or lies below it")
+
+
+CLAIMS = {
+    "double-descent": (
+        "Gamba et al. (2023) and the deep double-descent literature: with label noise, the "
+        "final test error against model width rises to a peak near the interpolation "
+        "threshold (the smallest width that fits the noisy training set) and then descends "
+        "again; more label noise makes the peak more pronounced.", verdict_double_descent),
+    "spectrum": (
+        "Zhang & Wu (2021, §3.2, Fig. 1-2): the high-frequency ratio R_t of the learned "
+        "function first falls, then rises while the network memorizes the noisy labels and "
+        "peaks (T_R,peak) near the test error's epoch-wise peak (T_E,peak).", verdict_spectrum),
+    "fit": (
+        "Zhang & Wu (2021, Fig. 6a): across models and runs, T_R,peak grows linearly with "
+        "T_E,peak (a positive correlation), so the second descent of the test error can be "
+        "predicted from the training set alone.", verdict_fit),
+}
+
+
+def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
+    """``(kind, title, base64 PNG or None, why not)`` of every study figure."""
+    from ..plot import PlotOptions
+    from .figures import draw_double_descent, draw_fit, draw_spectrum
+
+    probes = {p for r in study["runs"] for p in r.get("configs", {})}
+    out: list[tuple[str, str, str | None, str]] = []
+    for kind, title, need, fn in (
+            ("double-descent", "Double descent over width, band over seeds", "metrics",
+             lambda: draw_double_descent(study, PlotOptions())),
+            ("spectrum", "R_t over epochs, band over seeds", "spectrum",
+             lambda: draw_spectrum(study, PlotOptions())),
+            ("fit", "T_R,peak against T_E,peak over all runs", "spectrum",
+             lambda: draw_fit(study))):
+        if need not in probes:
+            out.append((kind, title, None, f"no '{need}' probe in the cubes"))
+            continue
+        try:
+            out.append((kind, title, _png(fn()), ""))
+        except CkptError as exc:
+            out.append((kind, title, None, str(exc)))
+    return out
+
+
+def render_html(study: dict[str, Any], figures: bool = True) -> str:
+    """The study as one self-contained HTML page (see the module docstring)."""
+    runs = study["runs"]
+    prov = study["provenance"]
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>ckpt-analyzer study report</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>Study of {study['n_runs']} run(s)</h1>"]
+    # -- configuration and provenance
+    parts.append("<h2>Runs</h2>")
+    parts.append(_table(["run", "seed", "label noise", "dataset", "arch", "complete", "cube",
+                         "source run folder"],
+                        [[r.get("name"), r.get("seed"), r.get("noise"), r.get("dataset"),
+                          r.get("arch"),
+                          "yes" if r.get("complete", True) and not r.get("being_written")
+                          else "partial", r.get("cube"), r.get("source")] for r in runs],
+                        left=1))
+    first = next((r.get("run_json") for r in runs if r.get("run_json")), None)
+    if first:
+        common = {k: v for k, v in first.items()
+                  if all((r.get("run_json") or {}).get(k) == v for r in runs)}
+        differ = ", ".join(sorted(set(first) - set(common))) or "none"
+        parts.append("<h3>Run configuration</h3>"
+                     f"<p>Settings shared by every run (differing: {escape(differ)}):</p>"
+                     f"<pre>{escape(json.dumps(common, indent=2, default=str), quote=False)}"
+                     "</pre>")
+    parts.append("<h3>Provenance</h3>")
+    parts.append(_table(["", "value"], [["ckpt-analyzer version (this report)", prov["version"]],
+                                         ["cubes", "; ".join(map(str, prov["cubes"]))],
+                                         ["source run folders",
+                                          "; ".join(map(str, prov["sources"]))]]))
+    configs = json.dumps(prov["probe_configs"], indent=2, sort_keys=True)
+    parts.append("<p>Probe configs (identical in every cube that has the probe):</p>"
+                 f"<pre>{escape(configs, quote=False)}</pre>")
+    p = study.get("parameters") or {}
+    parts.append(f"<p>Events: patience T = {escape(str(p.get('patience')))} epochs, window "
+                 f"ΔT = {escape(str(p.get('window')))} epochs, R_t on the "
+                 f"{escape(str(p.get('subset')))} subset; mean ± sample standard deviation "
+                 "(ddof = 1) over the runs of each noise rate; (k/n): found in k of n runs.</p>")
+    # -- event tables
+    parts.append("<h2>Events</h2>")
+    for g in study["groups"]:
+        n = len(g["runs"])
+        parts.append(f"<h3>Label noise {escape(g['noise'])}: {n} run(s), seeds "
+                     f"{escape(', '.join(map(str, g['seeds'])))}</h3>")
+        parts.append(_table(["width", *[h for _, h in COLUMNS]],
+                            [[pw["width"], *[mean_std(pw[k], digits_of(k), of=n) for k, _ in COLUMNS]]
+                             for pw in g["per_width"]]))
+        rows = []
+        for key, label in MODEL_FIELDS.items():
+            a = g["model_wise"][key]
+            if key == "hessian_peak_width" and all(v is None for v in a["values"]):
+                continue
+            rows.append([label, agreement_text("", a, "runs").strip(),
+                         ", ".join("none" if v is None else str(v) for v in a["values"])])
+        parts.append(_table(["model-wise event", "agreement", "per run"], rows, left=3))
+        parts.append(_table(["PCC", "mean ± std", "n"],
+                            [["R_k train vs test (mean over k >= 1)",
+                              mean_std(g["pcc"]["pcc_R"]), g["pcc"]["pcc_R"]["n"]],
+                             ["train vs test error", mean_std(g["pcc"]["pcc_error"]),
+                              g["pcc"]["pcc_error"]["n"]]]))
+    parts.append("<h3>Fits over all runs (Zhang &amp; Wu Fig. 6)</h3>")
+    parts.append(_table(["y vs x", "fit"], [
+        ["T_R,peak vs T_E,peak", fit_text(study["fit"]["all"]["T_R_peak_vs_T_E_peak"])],
+        ["T_R,peak vs T_dP,peak", fit_text(study["fit"]["all"]["T_R_peak_vs_T_dP_peak"])]],
+        left=2))
+    # -- figures
+    parts.append("<h2>Figures</h2>")
+    if figures:
+        for kind, title, png, why in _figures(study):
+            claim, judge = CLAIMS[kind]
+            state, text = judge(study)
+            img = (f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>" if png
+                   else f"<p><em>not drawn: {escape(why)}</em></p>")
+            parts.append(f"<figure id='fig-{kind}'><h3>{escape(title)}</h3>{img}"
+                         f"<figcaption class='claim'><p><b>The paper:</b> {escape(claim)}</p>"
+                         f"<p>{_verdict(state, text)}</p></figcaption></figure>")
+    if study["notes"]:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>"
+                                                     for n in study["notes"]) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(study: dict[str, Any], output: str | os.PathLike[str]) -> Path:
+    """Write :func:`render_html` to ``output`` atomically."""
+    out = Path(output)
+    page = render_html(study)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out, tmp=out.with_name(f".{out.name}.tmp")) as tmp:
+            Path(tmp).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CkptError(f"cannot write the HTML report ({exc.strerror or exc})", out) from None
+    return out
