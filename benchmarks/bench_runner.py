@@ -9,7 +9,7 @@ Without ``--run`` it first trains a small digits run into a temporary folder wit
 ``ckpt-train TMP --widths 4,16 --epochs 10 --lr 1e-3 --label-noise 0.2 --quiet`` (22
 checkpoints: widths 4 and 16, epochs 0-10), removed at the end.
 
-Part 1: ``ckpt_analyzer.runner.Analysis`` (what ``ckpt-analyze run RUN --probe metrics --probe
+Part 1: ``ckpt_analyzer.runner.Runner`` (what ``ckpt-analyze run RUN --probe metrics --probe
 spectrum`` runs; CPU, batch size auto = 512) on every checkpoint into a temporary cube:
 checkpoints per second, the time spent inside ``measure`` (the probes' computation, timed by
 wrapping ``executors.measure.measure``), and, measured separately, ``read_state_dict`` of every checkpoint.
@@ -17,7 +17,7 @@ The runner reads the next checkpoint in a background thread while the probes run
 so the wall time should be close to set-up + computation, not + loading.
 
 Part 2: each probe alone with its default config on width 16, last epoch: the per-checkpoint
-time (``measure``) and the whole ``Analysis.run`` (data, ``prepare``, cube) around it.
+time (``measure``) and the whole ``Runner.run`` (data, ``prepare``, cube) around it.
 
 Times are wall-clock and CPU time of this process (CPU time includes the prefetch thread).
 """
@@ -73,10 +73,10 @@ class MeasureTimer:
 def run_analysis(run_dir: Path, probes: Sequence[str], out: Path, widths: Sequence[int] | None = None,
                  epochs: Sequence[int] | None = None) -> tuple[runner.RunSummary, float, float,
                                                                  MeasureTimer]:
-    """One ``Analysis.run`` into a fresh cube: (summary, wall s, CPU s, measure times)."""
+    """One ``Runner.run`` into a fresh cube: (summary, wall s, CPU s, measure times)."""
     if out.exists():
         out.unlink()
-    analysis = runner.Analysis(run_dir=str(run_dir), probes=list(probes), output=str(out),
+    analysis = runner.Runner(run_dir=str(run_dir), probes=list(probes), output=str(out),
                                device="cpu", widths=widths, epochs=epochs, overwrite=True)
     with MeasureTimer() as timer:
         c, w = time.process_time(), time.perf_counter()
@@ -159,7 +159,7 @@ def main() -> None:
             w = 16 if 16 in widths else widths[-1]
             print(f"\neach probe alone, defaults, width {w}, epoch {last} (one checkpoint)")
             print(f"{'probe':14} {'measure wall s':>15} {'measure CPU s':>14} "
-                  f"{'Analysis.run wall s':>20}")
+                  f"{'Runner.run wall s':>20}")
             for p in (s.strip() for s in args.probes.split(",") if s.strip()):
                 _, wall_p, _, t = run_analysis(run_dir, [p], tmp / f"{p}.h5", widths=[w],
                                                epochs=[last])

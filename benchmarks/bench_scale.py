@@ -14,7 +14,7 @@ times, one run each in the same process (the parent's torch import is paid once,
    ``--workers 1`` vs ``--workers 2`` vs ``--executor ray --workers 2`` (on a local cluster
    started before, its start-up time reported apart).
 2. Trainer: ``--widths 6,8,10,12 --epochs 40 --save log:10``, serial vs ``--workers 2``.
-3. Writer: ``Analysis._stream`` fed outcomes that are ready at once (no probe work), committed
+3. Writer: ``Runner._stream`` fed outcomes that are ready at once (no probe work), committed
    with the default durable journal (fsync per transaction), in batches of 1, 8 and 32 ready
    checkpoints (the group commit: a batch is what arrived while the last commit synced).
 4. Scheduling overhead: a probe that returns at once over the 33 checkpoints; the mean time per
@@ -85,7 +85,7 @@ def width_cpu(out: Path, widths: tuple[int, ...], epochs: int, save: str) -> dic
 
 def analyze(run: Path, out: Path, probes: list[str], settings: dict[str, Any],
             **kw: Any) -> tuple[float, Any, list[float]]:
-    from ckpt_analyzer.runner import Analysis
+    from ckpt_analyzer.runner import Runner
 
     stamps: list[float] = []
 
@@ -94,7 +94,7 @@ def analyze(run: Path, out: Path, probes: list[str], settings: dict[str, Any],
             stamps.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    s = Analysis(run_dir=str(run), probes=probes, output=str(out), settings=settings,
+    s = Runner(run_dir=str(run), probes=probes, output=str(out), settings=settings,
                  worker_threads=1, progress=progress, **kw).run()
     return time.perf_counter() - t0, s, stamps
 
@@ -103,7 +103,7 @@ def writer_rate(tmp: Path, n: int, batch: int) -> float:
     from ckpt_analyzer.checkpoints import CheckpointRef
     from ckpt_analyzer.cube import Cube
     from ckpt_analyzer.executors.work import Outcome, Task
-    from ckpt_analyzer.runner import Analysis, RunSummary
+    from ckpt_analyzer.runner import Runner, RunSummary
     from ckpt_analyzer.schema import Metric, Outputs
 
     path = tmp / f"writer-{batch}.h5"
@@ -127,7 +127,7 @@ def writer_rate(tmp: Path, n: int, batch: int) -> float:
                 yield items
 
         t0 = time.perf_counter()
-        Analysis(run_dir=".", probes=["metrics"])._stream(
+        Runner(run_dir=".", probes=["metrics"])._stream(
             cube, outcomes(), RunSummary(cube=str(path)), list(range(n // 10 + 1)), widths, n)
         return n / (time.perf_counter() - t0)
 

@@ -164,7 +164,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
 
     settings = parse_settings(sets, config_file)
     make_probes(probes, settings)  # invalid names or parameters fail before torch loads
-    from .runner import Analysis
+    from .runner import Runner
 
     bs: str | int = batch_size
     if batch_size != "auto":
@@ -201,7 +201,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         for rd in study_runs:
             click.echo(f"== {rd}", err=as_json)
             try:
-                _analyze_one(str(rd), Analysis, dict(
+                _analyze_one(str(rd), Runner, dict(
                     probes=probes, output=None, settings=settings, device=device,
                     batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
                     epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
@@ -218,7 +218,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                              f"failures: {', '.join(failed_runs)}\n")
             sys.exit(1)
         return
-    _analyze_one(run_dir, Analysis, dict(
+    _analyze_one(run_dir, Runner, dict(
         probes=probes, output=output, settings=settings,
         device=device, batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
@@ -231,7 +231,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
 
 def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,
                  quiet: bool) -> None:
-    """One ``Analysis`` of one run folder, its summary printed; exits 1 on failures."""
+    """One ``Runner`` of one run folder, its summary printed; exits 1 on failures."""
     prog, report = _progress(not quiet and sys.stderr.isatty())
     analysis = analysis_cls(run_dir=run_dir, progress=report, **kwargs)
     if prog is not None:

@@ -107,7 +107,7 @@ class _Terminated(Exception):
 
 
 @dataclass
-class Analysis:
+class Runner:
     """Everything ``ckpt-analyze run`` needs; :meth:`run` does the work."""
 
     run_dir: str
@@ -699,5 +699,5 @@ class _Idle:
 
 
 def run_analysis(**kwargs: Any) -> RunSummary:
-    return Analysis(**kwargs).run()
+    return Runner(**kwargs).run()
 

@@ -21,7 +21,7 @@ import pytest
 
 from ckpt_analyzer.cube.merge import merge_cubes
 from ckpt_analyzer.errors import CkptError, UsageError
-from ckpt_analyzer.runner import Analysis
+from ckpt_analyzer.runner import Runner
 
 ANALYZE = [sys.executable, "-m", "ckpt_analyzer.cli"]
 PROBES = ["metrics", "spectrum", "sharpness"]
@@ -98,10 +98,10 @@ def assert_same_cube(a: Path, b: Path, groups: tuple[str, ...] | None = None) ->
     assert not differ, f"datasets differ: {differ}"
 
 
-def analysis(run: Path, out: Path, probes: list[str] = PROBES, **kw: object) -> Analysis:
+def analysis(run: Path, out: Path, probes: list[str] = PROBES, **kw: object) -> Runner:
     settings = {k: v for k, v in {**SETTINGS, **kw.pop("settings", {})}.items()  # type: ignore[dict-item]
                 if k in probes}
-    return Analysis(run_dir=str(run), probes=probes, output=str(out), settings=settings,
+    return Runner(run_dir=str(run), probes=probes, output=str(out), settings=settings,
                     worker_threads=1, **kw)  # type: ignore[arg-type]
 
 

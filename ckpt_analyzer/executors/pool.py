@@ -148,7 +148,7 @@ class PoolExecutor:
                     cause = describe_death(slot.proc.exitcode)
                     if not slot.ready and not slot.tasks:
                         raise CkptError(f"a pool worker could not start ({cause}; its error is "
-                                        "above; a script that runs Analysis with workers must "
+                                        "above; a script that runs Runner with workers must "
                                         "do so under if __name__ == '__main__':)")
                     slots.remove(slot)
                     slot.conn.close()
