@@ -476,3 +476,21 @@ def test_digits_loads_without_importing_sklearn() -> None:
             "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_channel_stats_do_not_depend_on_the_thread_count() -> None:
+    from ckpt_analyzer.data import channel_stats
+
+    x = torch.rand(3000, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = channel_stats(x)
+        torch.set_num_threads(2)
+        two = channel_stats(x)
+    finally:
+        torch.set_num_threads(before)
+    assert one == two
+    ref = x.double().numpy().transpose(1, 0, 2, 3).reshape(3, -1)
+    assert np.allclose(one[0], ref.mean(axis=1), rtol=0, atol=1e-15)
+    assert np.allclose(one[1], ref.std(axis=1), rtol=0, atol=1e-15)

@@ -125,10 +125,17 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor,
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population, ddof=0) std of images ``(N, C, H, W)``, in float64."""
-    xc = x.double().transpose(0, 1).reshape(x.shape[1], -1)
-    return (tuple(float(v) for v in xc.mean(dim=1)),
-            tuple(float(v) for v in xc.std(dim=1, correction=0)))
+    """Per-channel mean and (population, ddof=0) std of images ``(N, C, H, W)``, in float64.
+
+    Computed with numpy's pairwise summation, so the numbers do not depend on how many torch
+    threads the process has: run.json written by one process must match what a worker with
+    another thread count computes (a torch reduction's last bits change with the thread count).
+    """
+    import numpy as np
+
+    xc = x.detach().cpu().double().transpose(0, 1).reshape(x.shape[1], -1).numpy()
+    return (tuple(float(v) for v in np.mean(xc, axis=1)),
+            tuple(float(v) for v in np.std(xc, axis=1)))
 
 
 def load_dataset(name: str, root: str | Path | None = None, split_seed: int = 0) -> ImageData:
