@@ -15,6 +15,7 @@ import numpy as np
 from .. import events as an
 from ..cube.read import CubeInfo, ProbeData, read_cube_info, read_probe_group
 from ..errors import UsageError, did_you_mean
+from ..events.common import _int_arg
 from ..schema import time_label
 
 if TYPE_CHECKING:
@@ -106,8 +107,8 @@ def _clean(obj: Any) -> Any:
 
 def _check_params(patience: int | None, window: int, subset: str | None) -> None:
     if patience is not None:
-        an._int_arg(patience, "patience", 1)
-    an._int_arg(window, "window", 0)
+        _int_arg(patience, "patience", 1)
+    _int_arg(window, "window", 0)
     if subset is not None and subset not in SUBSETS:
         raise UsageError(f"unknown subset '{subset}'{did_you_mean(subset, SUBSETS)}")
 
