@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on a CPU, as a small study: three seeds of a digits width
-# sweep with 20% label noise (mcnn widths 1, 2, 3, 4, 8; Adam lr 1e-3; 100 epochs, 13
+# sweep with 20% label noise (mcnn widths 1, 2, 3, 4, 8; Adam lr 1e-3; 300 epochs, 17
 # log-spaced checkpoints per width), every probe on every run, the study report (text and a
 # self-contained HTML page) and the figures. Two worker processes (one torch thread each) train
 # and measure in parallel. Re-running resumes whatever is unfinished.
@@ -8,8 +8,8 @@
 set -euo pipefail
 OUT=${1:-demo-run}
 
-ckpt-train "$OUT" --dataset digits --arch mcnn --widths 1,2,3,4,8 --epochs 100 \
-  --label-noise 0.2 --seeds 0,1,2 --lr 1e-3 --save log:12 --workers 2
+ckpt-train "$OUT" --dataset digits --arch mcnn --widths 1,2,3,4,8 --epochs 300 \
+  --label-noise 0.2 --seeds 0,1,2 --lr 1e-3 --save log:16 --workers 2
 
 # every run folder under $OUT gets its own cube ($OUT/noise0.2-seed<S>/analysis.h5)
 # cheap probes on every checkpoint (fewer points/pairs than the papers' defaults, for a CPU)
@@ -23,7 +23,7 @@ ckpt-analyze run "$OUT" --workers 2 --quiet --probe hessian --probe landscape \
   --set hessian.iterations=12 --set hessian.trace_samples=8 --set landscape.points=128 \
   --set landscape.steps=11 --set landscape.subsets=train,test --set landscape.barrier_steps=6
 # the expensive one on a few epochs: initialization, early, interpolation time, the end
-ckpt-analyze run "$OUT" --workers 2 --quiet --probe sharpness --epochs 0,6,28,100 \
+ckpt-analyze run "$OUT" --workers 2 --quiet --probe sharpness --epochs 0,8,39,300 \
   --set sharpness.samples=256 --set sharpness.paths=4
 
 # the study: events per run with mean ± std over seeds, agreement, the fit with its CI
