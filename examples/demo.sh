@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on a CPU, as a small study: three seeds of a digits width
-# sweep with 20% label noise (mcnn widths 1, 2, 3, 4, 8; Adam lr 1e-3; 300 epochs, 17
+# sweep with 20% label noise (mcnn widths 1, 2, 3, 4, 8; Adam lr 1e-3; 300 epochs, 16
 # log-spaced checkpoints per width), every probe on every run, the study report (text and a
 # self-contained HTML page) and the figures. Two worker processes (one torch thread each) train
 # and measure in parallel. Re-running resumes whatever is unfinished.
