@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cube.journal import store_derived_group
+from ..cube.derived import store_derived_group
 from ..cube.read import read_cube_info, text
 from ..errors import CkptError
 from .build import REPORT_FORMAT, WIDTH_FIELDS, _clean
