@@ -1,6 +1,6 @@
 """Reading a cube in a notebook: xarray for labeled arrays, h5py for the raw layout.
 
-    python examples/read_cube.py demo-run/analysis.h5
+    python examples/read_cube.py demo-run/noise0.2-seed0/analysis.h5
 """
 
 import sys
@@ -9,7 +9,7 @@ import h5py
 
 import ckpt_analyzer
 
-path = sys.argv[1] if len(sys.argv) > 1 else "demo-run/analysis.h5"
+path = sys.argv[1] if len(sys.argv) > 1 else "demo-run/noise0.2-seed0/analysis.h5"
 
 # labeled: dims (epoch, width, subset, k), coordinates, config in attrs
 spec = ckpt_analyzer.open_cube(path, "spectrum")
