@@ -25,6 +25,20 @@ def main() -> None:
     """Stream checkpoints through probes into HDF5 cubes; report and plot them."""
 
 
+def _batch_option(value: str, words: tuple[str, ...], hint: str) -> str | int:
+    """A batch-size option: one of ``words`` or a positive integer (click's one-line error)."""
+    if value in words:
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not {', '.join(words)} or an integer",
+                                 param_hint=hint) from None
+    if n < 1:
+        raise click.BadParameter("must be positive", param_hint=hint)
+    return n
+
+
 REPLACE_OPT = click.option("--replace-builtin", is_flag=True,
                            help="Let a --plugin probe replace a built-in probe of the same name.")
 
@@ -166,24 +180,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     make_probes(probes, settings)  # invalid names or parameters fail before torch loads
     from .runner import Runner
 
-    bs: str | int = batch_size
-    if batch_size != "auto":
-        try:
-            bs = int(batch_size)
-        except ValueError:
-            raise click.BadParameter(f"'{batch_size}' is not auto or an integer",
-                                     param_hint="--batch-size") from None
-        if bs < 1:
-            raise click.BadParameter("must be positive", param_hint="--batch-size")
-    fbs: str | int | None = None if forward_batch_size == "same" else forward_batch_size
-    if fbs not in (None, "auto"):
-        try:
-            fbs = int(forward_batch_size)
-        except ValueError:
-            raise click.BadParameter(f"'{forward_batch_size}' is not same, auto or an integer",
-                                     param_hint="--forward-batch-size") from None
-        if fbs < 1:
-            raise click.BadParameter("must be positive", param_hint="--forward-batch-size")
+    bs = _batch_option(batch_size, ("auto",), "--batch-size")
+    fwd = _batch_option(forward_batch_size, ("same", "auto"), "--forward-batch-size")
+    fbs = None if fwd == "same" else fwd
     from pathlib import Path
 
     from .study.runs import find_runs
