@@ -64,15 +64,11 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     else:
         from .data import normalize
         from .data.digits import load_digits
+        from .data.noise import label_noise
 
         digits = load_digits(None, 0)
-        gen = np.random.default_rng(seed)
-        y = digits.y_train.clone()
-        noisy = np.zeros(len(y), dtype=bool)
-        noisy[gen.choice(len(y), size=len(y) // 5, replace=False)] = True
-        shift = torch.as_tensor(gen.integers(1, 10, size=int(noisy.sum())))
-        mask = torch.as_tensor(noisy)
-        y[mask] = (y[mask] + shift) % 10
+        noisy_y, noisy = label_noise(digits.y_train.numpy(), 10, "symmetric", 0.2, seed)
+        y, mask = torch.from_numpy(noisy_y), torch.from_numpy(noisy)
         mean = torch.tensor(digits.mean)
         std = torch.tensor(digits.std)
         norm = lambda x: normalize(x, mean, std)
