@@ -77,6 +77,42 @@ def test_hvp_is_the_dense_product_summed_over_batches(dense: tuple) -> None:
     assert abs(op.loss() - F.cross_entropy(model(x), y).detach().item()) < 1e-12
 
 
+@pytest.mark.parametrize("budget", [None, 0, "one chunk"])
+def test_kept_graphs_give_the_same_products_bit_for_bit(budget: object) -> None:
+    model, x, y = problem()
+    ref = HessianOperator(model, x, y, batch_size=7, cache_bytes=0)  # rebuilt every product
+    first = HessianOperator(model, x, y, batch_size=7)
+    _, chunk_bytes = first._gradient(0, 7)
+    cache = chunk_bytes if budget == "one chunk" else budget
+    op = HessianOperator(model, x, y, batch_size=7, cache_bytes=cache)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        v = torch.randn(op.dim, generator=g, dtype=torch.float64)
+        assert torch.equal(op.matvec(v), ref.matvec(v))
+    assert ref._graphs == [] and ref.cached_bytes == 0
+    assert len(op._graphs) == {None: 6, 0: 0, "one chunk": 1}[budget]  # type: ignore[index]
+    assert op.cached_bytes <= op.cache_bytes
+    assert op.cached_bytes == len(op._graphs) * chunk_bytes or budget is None
+    op.release()
+    assert op._graphs == [] and op.cached_bytes == 0
+
+
+def test_kept_graphs_follow_values_changed_in_place() -> None:
+    model, x, y = problem()
+    op = HessianOperator(model, x, y, batch_size=16)
+    v = torch.ones(op.dim, dtype=torch.float64)
+    before = op.matvec(v)
+    with torch.no_grad():
+        model[0].weight.add_(0.5)  # a parameter
+        model[1].running_var.mul_(2.0)  # a buffer
+    after = op.matvec(v)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, HessianOperator(model, x, y, batch_size=16, cache_bytes=0).matvec(v))
+    with torch.no_grad():
+        x.mul_(0.5)  # the points
+    assert torch.equal(op.matvec(v), HessianOperator(model, x, y, 16, cache_bytes=0).matvec(v))
+
+
 def test_lanczos_top_eigenvalues_match_dense_eigendecomposition(dense: tuple) -> None:
     model, x, y, h = dense
     op = HessianOperator(model, x, y, batch_size=16)

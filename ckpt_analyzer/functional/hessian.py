@@ -40,7 +40,9 @@ from torch import nn
 from .batching import chunks, evaluation
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
     "HessianOperator",
+    "default_cache_bytes",
     "hutchinson_trace",
     "lanczos",
     "lanczos_memory_bytes",
@@ -48,6 +50,19 @@ __all__ = [
 ]
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+DEFAULT_CACHE_BYTES = 2 * 2**30
+
+
+def default_cache_bytes(device: torch.device | str) -> int:
+    """The memory :class:`HessianOperator` may keep for first-order graphs: 2 GiB, and on a
+    CUDA device at most a quarter of its free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(DEFAULT_CACHE_BYTES, free // 4)
+    return DEFAULT_CACHE_BYTES
 
 
 class HessianOperator:
@@ -58,10 +73,19 @@ class HessianOperator:
     in the parameters' dtype and returned in ``v``'s. ``x`` is processed in chunks of
     ``batch_size``; each chunk contributes ``∂(g_bᵀv)/∂θ`` with ``g_b`` the gradient of its
     share ``Σ_{i∈b} ℓ_i / N`` of the loss (PyHessian eq. 2).
+
+    The points and parameters are fixed for the operator's life, so the first-order part of a
+    product (forward and the ``create_graph`` backward that gives ``g_b``) is the same for
+    every ``v``: it is built once per chunk and kept, as long as the tensors its graph saves
+    fit in ``cache_bytes`` (counted with saved-tensor hooks; default :func:`default_cache_bytes`),
+    so later products run only the double backward. Chunks beyond the budget are rebuilt on
+    every product, as without a cache. The kept graph gives bit-identical products. If the
+    parameters, buffers or points are changed in place (their version counters move), the kept
+    graphs are dropped and rebuilt, so a product is always that of the current values.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int = 512) -> None:
+                 batch_size: int = 512, cache_bytes: int | None = None) -> None:
         if len(x) == 0:
             raise ValueError("HessianOperator needs at least one point")
         self.model = model
@@ -77,31 +101,72 @@ class HessianOperator:
         self._params = {n: p.detach().requires_grad_(True) for n, p in named}
         frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
         self._fixed = {**frozen, **dict(model.named_buffers())}
+        self.cache_bytes = default_cache_bytes(x.device) if cache_bytes is None \
+            else max(0, int(cache_bytes))
+        self.cached_bytes = 0
+        self._graphs: list[tuple[torch.Tensor, ...]] = []  # g_b of the first chunks, kept
+        self._full = False  # a chunk did not fit: keep no more
+        self._versions: tuple[int, ...] = ()
         self.calls = 0
+
+    def _tensors_versions(self) -> tuple[int, ...]:
+        tensors = [*self._params.values(), *self._fixed.values(), self.x, self.y]
+        return tuple(t._version for t in tensors)
 
     def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
         return [c.view(s) for c, s in zip(v.to(self.dtype).split(self.sizes), self.shapes)]
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` summed over the batches of the fixed points."""
+    def _gradient(self, lo: int, hi: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        """``g_b`` of chunk ``[lo, hi)`` with its graph, and the bytes that graph saves."""
         from torch.func import functional_call
 
+        saved = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = functional_call(self.model, {**self._params, **self._fixed},
+                                  (self.x[lo:hi],))
+            loss = F.cross_entropy(out, self.y[lo:hi], reduction="sum") / len(self.x)
+            grads = torch.autograd.grad(loss, list(self._params.values()), create_graph=True)
+        return grads, saved + sum(g.numel() * g.element_size() for g in grads)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` summed over the batches of the fixed points."""
+        versions = self._tensors_versions()
+        if versions != self._versions:  # changed in place since the graphs were kept
+            self.release()
+            self._versions = versions
         vs = self.unflatten(v)
         leaves = list(self._params.values())
         total = [torch.zeros_like(p) for p in leaves]
-        n = len(self.x)
         with evaluation(grad=True):
-            for lo, hi in chunks(n, self.batch_size):
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-                out = functional_call(self.model, {**self._params, **self._fixed}, (xb,))
-                loss = F.cross_entropy(out, yb, reduction="sum") / n
-                grads = torch.autograd.grad(loss, leaves, create_graph=True)
+            for i, (lo, hi) in enumerate(chunks(len(self.x), self.batch_size)):
+                if i < len(self._graphs):
+                    grads, keep = self._graphs[i], True
+                else:
+                    grads, size = self._gradient(lo, hi)
+                    keep = not self._full and self.cached_bytes + size <= self.cache_bytes
+                    if keep:
+                        self._graphs.append(grads)
+                        self.cached_bytes += size
+                    else:
+                        self._full = True
                 # ∂(gᵀv)/∂θ: the vector-Jacobian product of g with v
-                hv = torch.autograd.grad(grads, leaves, grad_outputs=vs)
+                hv = torch.autograd.grad(grads, leaves, grad_outputs=vs, retain_graph=keep)
                 for t, h in zip(total, hv):
                     t.add_(h)
         self.calls += 1
         return torch.cat([t.flatten() for t in total]).to(v.dtype)
+
+    def release(self) -> None:
+        """Drop the kept graphs (their memory); later products rebuild and keep them again."""
+        self._graphs.clear()
+        self.cached_bytes = 0
+        self._full = False
 
     def loss(self) -> float:
         """The mean cross-entropy at the current parameters (inference mode). The chunk sums
