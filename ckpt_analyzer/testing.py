@@ -29,20 +29,21 @@ from .schema import Outputs
 __all__ = ["check_probe", "contract_context"]
 
 
-def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_size: int = 97
-                     ) -> tuple[Context, dict[int, tuple[Any, Any]]]:
-    """A CPU :class:`Context` and ``{width: (model, checkpoint ref)}`` to measure: the last checkpoint of each width
-    of ``run_dir``, or (without one) digits with 20% symmetric label noise and untrained
-    ``mcnn`` models of widths 1 and 2 (seeded)."""
+def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_size: int = 97,
+                     device: str | Any = "cpu") -> tuple[Context, dict[int, tuple[Any, Any]]]:
+    """A :class:`Context` on ``device`` and ``{width: (model, checkpoint ref)}`` to measure:
+    the last checkpoint of each width of ``run_dir``, or (without one) digits with 20%
+    symmetric label noise and untrained ``mcnn`` models of widths 1 and 2 (seeded). The
+    models and data are the same on every device (built on the CPU, then moved)."""
     import torch
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
     from .data.run import RunData, load_run_data
     from .models import build_model
 
-    cpu = torch.device("cpu")
+    dev = torch.device(device)
     if run_dir is not None:
-        data = load_run_data(run_dir)
+        data = load_run_data(run_dir, dev)
         refs = discover(run_dir)
         widths = tuple(sorted({r.width for r in refs}))
         last = {w: max((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
@@ -50,17 +51,18 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         arch = _arch(run_dir)
 
         def build(width: int) -> torch.nn.Module:
-            return build_model(arch, width, data.num_classes, int(data.x_train.shape[1])).eval()
+            return build_model(arch, width, data.num_classes,
+                               int(data.x_train.shape[1])).to(dev).eval()
 
         models = {}
         for w, ref in last.items():
             m = build(w)
-            load_state_into(m, read_state_dict(ref.path), ref.path)
+            load_state_into(m, read_state_dict(ref.path, dev), ref.path)
             models[w] = (m, ref)
         epochs = tuple(sorted({r.epoch for r in refs}))
 
         def initial(width: int) -> Mapping[str, torch.Tensor] | None:
-            return read_state_dict(first[width].path)
+            return read_state_dict(first[width].path, dev)
     else:
         from .data import normalize
         from .data.digits import load_digits
@@ -79,15 +81,16 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
 
         def build(width: int) -> torch.nn.Module:
             torch.manual_seed(1000 + width)
-            return build_model("mcnn", width, 10, 1).eval()
+            return build_model("mcnn", width, 10, 1).to(dev).eval()
 
+        data = data.to(dev)
         inits = {w: {k: v.clone() for k, v in build(w).state_dict().items()} for w in widths}
         models = {w: (build(w), CheckpointRef(width=w, epoch=1, path="<untrained mcnn>"))
                   for w in widths}
 
         def initial(width: int) -> Mapping[str, torch.Tensor] | None:
             return inits[width]
-    ctx = Context(data=data, device=cpu, batch_size=batch_size, seed=seed,
+    ctx = Context(data=data, device=dev, batch_size=batch_size, seed=seed,
                   run={} if run_dir is None else (read_run_json(run_dir) or {}), widths=widths,
                   epochs=epochs, build_model=build, initial_state=initial)
     return ctx, models
@@ -101,14 +104,15 @@ def _arch(run_dir: str | Path) -> str:
 
 
 def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path | None = None,
-                *, every_metric_finite: bool | None = None) -> None:
+                *, every_metric_finite: bool | None = None, device: str | Any = "cpu") -> None:
     """Assert that ``cls`` meets the probe contract (docs/probes.md); ``config`` defaults to
     ``cls.Config()``. Checked: the class (name, version, description, frozen ``Config`` whose
     fields have defaults and help), registration rules, declared outputs (float metrics on
     declared coordinates), results shaped as declared, determinism given the seed (fixed inputs
     and results), other seeds drawing other inputs, the model left untouched (weights, buffers,
     no ``.grad``), pickling after ``prepare`` (as executors do) with the same results, and
-    finite values: in every metric with ``run_dir`` (trained models), somewhere without."""
+    finite values: in every metric with ``run_dir`` (trained models), somewhere without.
+    Everything runs on ``device`` (e.g. ``"cuda"``: the same checks, GPU kernels)."""
     import torch
 
     name = getattr(cls, "name", "?")
@@ -127,7 +131,7 @@ def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path |
         if not f.metadata.get("help"):
             raise fail(f"Config.{f.name} has no help (field(metadata={{'help': ...}}))")
     cfg = config if config is not None else cls.Config()
-    ctx, models = contract_context(run_dir)
+    ctx, models = contract_context(run_dir, device=device)
 
     def once(c: Context) -> tuple[Probe[Any], dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
         probe = cls(cfg)

@@ -9,6 +9,37 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+#: where the device-agnostic tests (marked ``device``) run: ``CKPT_TEST_DEVICE=cuda pytest -m
+#: device`` runs them on a GPU (benchmarks/gpu_check.sh); the default is the CPU.
+TEST_DEVICE = os.environ.get("CKPT_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_DEVICE != "cpu":
+        import torch
+
+        if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError(f"CKPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that takes the ``device`` fixture is marked ``device``."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device of the device-agnostic tests (``CKPT_TEST_DEVICE``, default ``cpu``)."""
+    return TEST_DEVICE
+
+
+def tolerance(device: str, cpu: float, other: float = 1e-4) -> float:
+    """A relative tolerance: ``cpu`` on the CPU, ``other`` elsewhere (float32 GPU kernels sum
+    in other orders; convolutions may use other algorithms)."""
+    return cpu if device == "cpu" else max(cpu, other)
+
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

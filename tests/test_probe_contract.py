@@ -29,10 +29,10 @@ def small_config(cls: type[Probe]) -> object:
 
 
 @pytest.mark.parametrize("name", PROBES.names())
-def test_probe_contract(name: str, digits_run: Path) -> None:
+def test_probe_contract(name: str, digits_run: Path, device: str) -> None:
     """The published checker (ckpt_analyzer.testing.check_probe), on the trained test run."""
     cls = PROBES.get(name)
-    check_probe(cls, small_config(cls), run_dir=digits_run)
+    check_probe(cls, small_config(cls), run_dir=digits_run, device=device)
 
 
 def test_check_probe_catches_a_broken_probe() -> None:

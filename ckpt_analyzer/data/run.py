@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,14 @@ class RunData:
         if subset == "test":
             return self.x_test[idx], self.y_test[idx], idx
         return self.x_train[idx], self.y_train[idx], idx
+
+    def to(self, device: str | torch.device) -> RunData:
+        """The same data with every tensor on ``device``."""
+        import torch
+
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
     def to_pixel(self, x: torch.Tensor) -> torch.Tensor:
         return denormalize(x, self.mean, self.std)
