@@ -91,6 +91,9 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--set", "sets", multiple=True, metavar="PROBE.PARAM=VALUE", help="Probe parameter.")
 @click.option("--config", "config_file", default=None, help="TOML file with a table per probe.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
+@click.option("--tf32", is_flag=True,
+              help="CUDA: allow TF32 matmuls and convolutions (faster, ~3 decimal digits); "
+                   "off by default: full float32 and deterministic cuDNN.")
 @click.option("--batch-size", default="auto", show_default=True, help="auto or samples per batch.")
 @click.option("--forward-batch-size", default="same", show_default=True,
               help="Samples per forward-only batch (metrics, normalization, spectrum, "
@@ -140,7 +143,8 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
 def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[str, ...],
-        config_file: str | None, device: str, batch_size: str, forward_batch_size: str,
+        config_file: str | None, device: str, tf32: bool, batch_size: str,
+        forward_batch_size: str,
         widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
@@ -201,7 +205,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
             click.echo(f"== {rd}", err=as_json)
             try:
                 _analyze_one(str(rd), Runner, dict(
-                    probes=probes, output=None, settings=settings, device=device,
+                    probes=probes, output=None, settings=settings, device=device, tf32=tf32,
                     batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
                     epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
                     strict=strict, model=model, dataset=dataset, data_root=data_root,
@@ -219,7 +223,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         return
     _analyze_one(run_dir, Runner, dict(
         probes=probes, output=output, settings=settings,
-        device=device, batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
+        device=device, tf32=tf32, batch_size=bs, forward_batch_size=fbs,
+        widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
         prefix=prefix, width=single_width, executor=kind,

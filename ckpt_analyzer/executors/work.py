@@ -45,6 +45,7 @@ class Plan:
     probes: bytes  # pickle of list[PreparedProbe], after prepare()
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
+    tf32: bool = False  # CUDA: allow TF32 (util.set_precision)
     batch_size: int = 512
     forward_batch_size: int | None = None  # forward-only batch (None: batch_size)
     seed: int = 0
@@ -109,10 +110,12 @@ class Worker:
         from ..data.run import load_run_data
         from ..probes import load_plugin
         from ..probes.base import Context
+        from ..util import set_precision
 
         self.plan = plan
         self.name = name or f"pid {os.getpid()}"
         dev = torch.device(device or plan.device)
+        set_precision(dev, plan.tf32)
         for spec in plan.plugins:
             load_plugin(spec, replace=True)  # the parent checked the names
         prepared: list[PreparedProbe] = pickle.loads(plan.probes)

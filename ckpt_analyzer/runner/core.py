@@ -91,6 +91,7 @@ class Runner(FollowMixin):
     output: str | None = None
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "auto"
+    tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (util.set_precision)
     batch_size: str | int = "auto"
     #: forward-only batch: None = batch_size (bit-identical), "auto" or an int (opt-in)
     forward_batch_size: str | int | None = None
@@ -122,11 +123,12 @@ class Runner(FollowMixin):
 
     def run(self) -> RunSummary:
         from ..cube import Cube
-        from ..util import resolve_device
+        from ..util import resolve_device, set_precision
 
         t0 = time.perf_counter()
         probes = make_probes(self.probes, self.settings)
         dev = resolve_device(self.device)
+        set_precision(dev, self.tf32)
         run_dir = Path(self.run_dir)
         idle = _Idle(self.idle_timeout, self.poll) if self.follow else None
         if idle is not None:
@@ -351,7 +353,8 @@ class Runner(FollowMixin):
         plugins = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
                         for p in self.plugins)
         return Plan(run_dir=str(run_dir.resolve()), probes=pickle.dumps(prepared),
-                    plugins=plugins, device=str(ctx.device), batch_size=ctx.batch_size,
+                    plugins=plugins, device=str(ctx.device), tf32=self.tf32,
+                    batch_size=ctx.batch_size,
                     forward_batch_size=ctx.forward_batch_size,
                     seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
                     width_meta={w: dict(m) for w, m in width_meta.items()},
