@@ -37,6 +37,8 @@ SHORT: dict[str, Any] = {"patience": 10, "window": 2}
 FINAL_TEST = {0: [0.5, 0.6, 0.3], 1: [0.5, 0.55, 0.2], 2: [0.6, 0.5, 0.3]}
 FINAL_TRAIN = [0.3, 0.0, 0.0]  # interpolation threshold: width 2
 R_OFFSET = [2, 4, 3]
+# top Hessian eigenvalue at the last epoch: interior peak at width 2 in every seed
+FINAL_HESSIAN = [100.0, 300.0, 50.0]
 
 
 def t_e_peak(seed: int, i: int) -> int:
@@ -47,10 +49,17 @@ def t_r_peak(seed: int, i: int) -> int:
     return t_e_peak(seed, i) - R_OFFSET[(seed + i) % 3]
 
 
+def hessian_curve(seed: int, i: int) -> np.ndarray:
+    """Top eigenvalue over epochs: a peak one epoch before T_E,peak, then down to the final."""
+    final = FINAL_HESSIAN[i] * (1 + 0.1 * seed)
+    return np.interp(np.arange(N), [0, t_e_peak(seed, i) - 1, N - 1], [1.0, 4 * final, final])
+
+
 def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
               spectrum_points: int = 50, last_epoch: int | None = None) -> Path:
-    """Metrics (train, noisy, test) and spectrum (train, test) with known events per seed;
-    epochs after ``last_epoch`` left unmeasured (a cube still being written)."""
+    """Metrics (train, noisy, test), spectrum (train, test) and hessian (train) with known
+    events per seed; epochs after ``last_epoch`` left unmeasured (a cube still being
+    written)."""
     final_test = FINAL_TEST[seed % 3]
     stop = N - 1 if last_epoch is None else last_epoch
     with Cube(path) as cube:
@@ -63,6 +72,9 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
         cube.begin_probe("spectrum", "1", {"points": spectrum_points}, 0, Outputs(
             coords={"subset": ["train", "test"], "k": list(range(K))},
             metrics={"R": Metric(("subset", "k"))}), {})
+        cube.begin_probe("hessian", "1", {"points": 64}, 0, Outputs(
+            coords={"subset": ["train"], "k": [0]},
+            metrics={"eigenvalues": Metric(("subset", "k"))}), {})
         noisy = 0.9 - 0.8 / (1 + np.exp(-(np.arange(N) - 14.5) / 1.5))
         for i, w in enumerate(WIDTHS):
             test = np.interp(np.arange(N), [0, T_E_MIN, t_e_peak(seed, i), N - 1],
@@ -73,9 +85,11 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
             R = g[:, None] * np.arange(K)[None, :]
             rng = np.random.default_rng(seed * 10 + i)
             R_test = R + 0.3 * rng.standard_normal(R.shape)
+            top = hessian_curve(seed, i)
             for e in range(stop + 1):
                 cube.record("metrics", e, w, {"error": np.array([train[e], noisy[e], test[e]])})
                 cube.record("spectrum", e, w, {"R": np.stack([R[e], R_test[e]])})
+                cube.record("hessian", e, w, {"eigenvalues": np.array([[top[e]]])})
         cube.materialize(list(range(N)), WIDTHS)
     return path
 
@@ -238,7 +252,7 @@ def test_report_cli_several_cubes_json_and_text(cubes: dict[str, Path]) -> None:
 def test_plot_cli_several_cubes(cubes: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     all4 = [*map(str, three(cubes)), str(cubes["n01"])]
-    for kind in ("double-descent", "spectrum"):
+    for kind in ("double-descent", "spectrum", "hessian"):
         out = tmp_path / f"{kind}.png"
         res = CliRunner().invoke(main, ["plot", *all4, "--kind", kind, "-o", str(out)])
         assert res.exit_code == 0, res.output
@@ -268,6 +282,30 @@ def test_band_is_mean_and_std_over_seeds(cubes: dict[str, Path]) -> None:
     assert band[:, 1].max() >= top
 
 
+def test_hessian_band_and_events_over_seeds(cubes: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from ckpt_analyzer.plot import PlotOptions
+    from ckpt_analyzer.study.figures import make_study_figure
+
+    study = load_study(three(cubes), **SHORT)
+    fig = make_study_figure(study, "hessian", PlotOptions())
+    a1, a2 = fig.axes[:2]
+    final = a1.get_lines()[0]  # mean final top eigenvalue against width
+    want = [statistics.mean(FINAL_HESSIAN[i] * (1 + 0.1 * s) for s in (0, 1, 2))
+            for i in range(3)]
+    assert np.allclose(final.get_xdata(), WIDTHS) and np.allclose(final.get_ydata(), want)
+    assert a1.get_yscale() == "log"  # values from 1 (initialization) to 1,440: > 2 decades
+    marker = a1.get_lines()[1]  # the agreed model-wise peak
+    assert marker.get_xdata()[0] == 2
+    curve = a2.get_lines()[0]  # width 4 over epochs, mean over seeds
+    mean = np.mean([hessian_curve(s, 2) for s in (0, 1, 2)], axis=0)
+    assert np.allclose(curve.get_ydata(), mean)
+    # mean T_H,peak of width 4 is one epoch before its mean T_E,peak (seeds 0, 1, 2)
+    vlines = sorted(ln.get_xdata()[0] for ln in a2.get_lines()[1:3])
+    t_e = statistics.mean(t_e_peak(s, 2) for s in (0, 1, 2))
+    assert vlines == pytest.approx([t_e - 1, t_e])
+
+
 class _Refs(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -294,8 +332,8 @@ def test_html_is_self_contained_and_embeds_every_figure(cubes: dict[str, Path],
     p.close()
     assert p.tags[0] == "html" and "body" in p.tags
     imgs = [v for tag, k, v in p.refs if tag == "img"]
-    assert len(imgs) == 3  # double-descent, spectrum, fit: every study figure
-    assert page.count("<figure") == 3
+    assert len(imgs) == 4  # double-descent, spectrum, fit, hessian: every study figure
+    assert page.count("<figure") == 4
     for v in imgs:
         assert v.startswith("data:image/png;base64,")
         assert base64.b64decode(v.split(",", 1)[1])[:4] == b"\x89PNG"
@@ -306,7 +344,10 @@ def test_html_is_self_contained_and_embeds_every_figure(cubes: dict[str, Path],
     # provenance and the paper claims with a verdict
     assert "ckpt-analyzer version" in page and "/runs/noise0.2-seed1" in page
     assert '"points": 50' in page
-    assert page.count("The paper:") == 3
+    assert page.count("The paper:") == 4
+    # the Hessian verdict: peak at width 2 in every run, test error peak in 2 of 3
+    assert "Hessian peak at width 2 in 3 of 3 runs, test error peak at width 2 in 2 of 3 " \
+           "runs" in page
     assert "test error peak at width 2 in 2 of 3 runs" in format_study(
         load_study(three(cubes), **SHORT))
 
@@ -390,7 +431,7 @@ def test_one_cube_with_html_prints_todays_report_and_writes_the_page(
                                     "--html", str(out), "--no-store"])
     assert res.exit_code == 0, res.output
     assert "Per width" in res.output  # the single-cube text
-    assert out.read_text().count("data:image/png;base64,") == 3
+    assert out.read_text().count("data:image/png;base64,") == 4
 
 
 def test_cube_being_written_is_named(cubes: dict[str, Path], tmp_path: Path) -> None:

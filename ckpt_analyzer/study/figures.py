@@ -8,6 +8,11 @@
   ``train`` by default, mean ± std band over seeds per noise rate, with the mean T_R,peak and
   T_E,peak of the report marked.
 
+* ``hessian``: (a) the top Hessian eigenvalue at the last checkpoint against width, mean ±
+  std band over seeds per noise rate, each rate's model-wise Hessian peak (agreement over
+  seeds) marked; (b) the top eigenvalue over epochs of one width (default the largest) with its
+  band and the mean T_H,peak and T_E,peak of the report. Subset ``train`` by default.
+
 Curves of different runs are put on the epochs they share (a note says when the save grids
 differ). The other plot kinds are not yet supported for several cubes.
 """
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Kinds drawn over several cubes.
-STUDY_KINDS = ("double-descent", "spectrum")
+STUDY_KINDS = ("double-descent", "spectrum", "hessian")
 
 
 def _band(ax: Any, x: np.ndarray, stack: np.ndarray, color: Any, label: str,
@@ -211,6 +216,79 @@ def draw_spectrum(study: dict[str, Any], opts: PlotOptions) -> Figure:
     return fig
 
 
+def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    from .. import events as an
+
+    notes: list[str] = []
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    subset = opts.subset or "train"
+    per_cube: dict[str, Any] = {}
+    for _, cubes in groups:
+        for c in cubes:
+            hs = load_probe(c, "hessian", ("eigenvalues",))
+            if hs is None:
+                raise CkptError("no 'hessian' probe, needed by --kind hessian", c)
+            if hs.get("eigenvalues", subset=subset, k=0) is None:
+                raise UsageError(f"--subset {subset}: the hessian of {c} was not measured on it")
+            per_cube[c] = hs
+    all_widths = sorted({int(w) for h in per_cube.values() for w in h.widths.tolist()})
+    common_w = sorted(set.intersection(*[{int(w) for w in h.widths.tolist()}
+                                         for h in per_cube.values()]))
+    width = _pick_width(common_w, opts.width)
+    epochs = _common_epochs([h.epochs for h in per_cube.values()], notes)
+    fig = new_figure(12.0, 4.6)
+    a1, a2 = fig.subplots(1, 2)
+    values: list[np.ndarray] = []
+    for (noise, cubes), color in zip(groups, colors, strict=True):
+        final = np.full((len(cubes), len(all_widths)), np.nan)
+        curves = np.full((len(cubes), epochs.size), np.nan)
+        for i, c in enumerate(cubes):
+            hs = per_cube[c]
+            top = hs.get("eigenvalues", subset=subset, k=0)
+            for j, w in enumerate(hs.widths.tolist()):
+                final[i, all_widths.index(int(w))] = an.last_finite(top[:, j])
+            curves[i] = _on(hs.epochs, top[:, hs.column(width)], epochs)
+        values += [final, curves]
+        label = f"noise {noise} ({len(cubes)} run{'s' if len(cubes) > 1 else ''})"
+        _band(a1, np.array(all_widths, dtype=float), final, color, label, marker="o")
+        g = next(g for g in study["groups"] if g["noise"] == noise)
+        agree = g["model_wise"]["hessian_peak_width"]
+        if subset == "train" and agree["value"] is not None:
+            with _quiet():
+                y = float(np.nanmean(final[:, all_widths.index(int(agree["value"]))]))
+            a1.plot([agree["value"]], [y], "v", color=color, mec="black", ms=10,
+                    label=f"peak w = {agree['value']} ({agree['count']}/{agree['of']} runs)")
+        _band(a2, epochs.astype(float), curves, color, label)
+        row = next((r for r in g["per_width"] if r["width"] == width), None)
+        for key, ls in (("T_H_peak", ":"), ("T_E_peak", "--")):
+            if subset == "train" and row is not None and row[key]["mean"] is not None:
+                a2.axvline(row[key]["mean"], color=color, ls=ls, lw=1.2)
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    for ax in (a1, a2):
+        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"top Hessian eigenvalue ({subset} loss)")
+        ax.grid(alpha=0.3)
+    width_axis(a1, all_widths)
+    a1.legend(fontsize=7)
+    a1.set_title("(a) model-wise, last checkpoint: mean ± std over seeds", fontsize=10)
+    if epochs.size:
+        symlog_axis(a2, epochs.astype(float))
+    a2.set_xlabel("epoch (symlog scale, 0 = initialization)")
+    from matplotlib.lines import Line2D
+
+    handles, _ = a2.get_legend_handles_labels()
+    if subset == "train":
+        handles += [Line2D([], [], color="0.3", ls=":", label="mean $T_{H,peak}$"),
+                    Line2D([], [], color="0.3", ls="--", label="mean $T_{E,peak}$")]
+    a2.legend(handles=handles, fontsize=7)
+    a2.set_title(f"(b) width {width} over training, mean ± std", fontsize=10)
+    fig.suptitle(_title(study, "top Hessian eigenvalue") + ("\n" + "; ".join(notes)
+                                                           if notes else ""), fontsize=10)
+    return fig
+
+
 def _title(study: dict[str, Any], what: str) -> str:
     runs = study["runs"]
     ds = sorted({str(r.get("dataset")) for r in runs})
@@ -218,7 +296,8 @@ def _title(study: dict[str, Any], what: str) -> str:
     return f"{', '.join(arch)} on {', '.join(ds)}, {len(runs)} runs: {what}"
 
 
-DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum}
+DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
+        "hessian": draw_hessian}
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None

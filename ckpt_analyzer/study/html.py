@@ -98,6 +98,28 @@ def verdict_fit(study: dict[str, Any]) -> tuple[str, str]:
         ": the slope's interval includes 0 or lies below it")
 
 
+def verdict_hessian(study: dict[str, Any]) -> tuple[str, str]:
+    """Shown if, for some noise rate, the agreed model-wise peaks of the top Hessian eigenvalue
+    and of the test error are at the same width; the epoch-wise means are listed."""
+    parts, best = [], "not"
+    for g in study["groups"]:
+        h = g["model_wise"]["hessian_peak_width"]
+        e = g["model_wise"]["test_error_peak_width"]
+        epochs = ", ".join(
+            f"w{r['width']} {r['T_H_peak']['mean']:.0f} vs {r['T_E_peak']['mean']:.0f}"
+            for r in g["per_width"]
+            if r["T_H_peak"]["mean"] is not None and r["T_E_peak"]["mean"] is not None)
+        parts.append(f"noise {g['noise']}: {agreement_text('Hessian peak', h, 'runs')}, "
+                     f"{agreement_text('test error peak', e, 'runs')}; mean T_H,peak vs "
+                     f"T_E,peak (epochs): {epochs or 'no width with both'}")
+        if h["value"] is not None and h["value"] == e["value"] \
+                and 2 * h["count"] > h["of"] and 2 * e["count"] > e["of"]:
+            best = "shown"
+    if not study["groups"]:
+        best = "unknown"
+    return best, "; ".join(parts)
+
+
 CLAIMS = {
     "double-descent": (
         "Gamba et al. (2023) and the deep double-descent literature: with label noise, the "
@@ -108,6 +130,11 @@ CLAIMS = {
         "Zhang & Wu (2021, §3.2, Fig. 1-2): the high-frequency ratio R_t of the learned "
         "function first falls, then rises while the network memorizes the noisy labels and "
         "peaks (T_R,peak) near the test error's epoch-wise peak (T_E,peak).", verdict_spectrum),
+    "hessian": (
+        "Gamba et al. (2023) find the input-space sharpness peaking with the test error at the "
+        "interpolation threshold; the question here (no paper of docs/ claims it) is whether "
+        "the parameter-space curvature (PyHessian's top eigenvalue of the training loss) peaks "
+        "at the same width, model-wise, and near the same epoch, epoch-wise.", verdict_hessian),
     "fit": (
         "Zhang & Wu (2021, Fig. 6a): across models and runs, T_R,peak grows linearly with "
         "T_E,peak (a positive correlation), so the second descent of the test error can be "
@@ -118,7 +145,7 @@ CLAIMS = {
 def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
     """``(kind, title, base64 PNG or None, why not)`` of every study figure."""
     from ..plot import PlotOptions
-    from .figures import draw_double_descent, draw_fit, draw_spectrum
+    from .figures import draw_double_descent, draw_fit, draw_hessian, draw_spectrum
 
     probes = {p for r in study["runs"] for p in r.get("configs", {})}
     out: list[tuple[str, str, str | None, str]] = []
@@ -128,7 +155,9 @@ def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
             ("spectrum", "R_t over epochs, band over seeds", "spectrum",
              lambda: draw_spectrum(study, PlotOptions())),
             ("fit", "T_R,peak against T_E,peak over all runs", "spectrum",
-             lambda: draw_fit(study))):
+             lambda: draw_fit(study)),
+            ("hessian", "Top Hessian eigenvalue over width and epochs, band over seeds",
+             "hessian", lambda: draw_hessian(study, PlotOptions()))):
         if need not in probes:
             out.append((kind, title, None, f"no '{need}' probe in the cubes"))
             continue
