@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
             raise pytest.UsageError(f"CKPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available")
+        if TEST_DEVICE.startswith("cuda"):
+            # The reference tests check float32 maths to ~1e-4: TensorFloat-32 (10-bit mantissa)
+            # convolutions, which PyTorch enables in cuDNN by default, would be off by ~1e-3.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -39,6 +45,37 @@ def tolerance(device: str, cpu: float, other: float = 1e-4) -> float:
     """A relative tolerance: ``cpu`` on the CPU, ``other`` elsewhere (float32 GPU kernels sum
     in other orders; convolutions may use other algorithms)."""
     return cpu if device == "cpu" else max(cpu, other)
+
+
+def assert_same(device: str, actual: Any, expected: Any, rtol: float = 1e-4, atol: float = 0.0,
+                err_msg: str = "") -> None:
+    """Two computations on ``device`` give the same numbers: bit for bit on the CPU (NaN equal
+    to NaN), within ``rtol``/``atol`` elsewhere (the same kernels may reduce in another order
+    from one call to the next, e.g. atomic adds). Tensors are brought to the CPU first."""
+    import numpy as np
+
+    def host(v: Any) -> Any:
+        return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+    a, b = host(actual), host(expected)
+    if device == "cpu":
+        np.testing.assert_array_equal(a, b, err_msg=err_msg)
+    else:
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, equal_nan=True, err_msg=err_msg)
+
+
+def on_device(ctx: Any, device: str) -> Any:
+    """The same probe :class:`~ckpt_analyzer.probes.base.Context` with its data, its device and
+    the models of its factory on ``device`` (built on the CPU, then moved, as
+    ``contract_context`` does)."""
+    import dataclasses
+
+    import torch
+
+    dev = torch.device(device)
+    build = ctx.build_model
+    return dataclasses.replace(ctx, data=ctx.data.to(dev), device=dev,
+                               build_model=None if build is None else lambda w: build(w).to(dev))
 
 
 @pytest.fixture(scope="session")

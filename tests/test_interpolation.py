@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -9,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same, tolerance
 from torch import nn
 
 from ckpt_analyzer.config import ConfigError, build_config
@@ -77,8 +79,14 @@ def trained(data: RunData) -> nn.Module:
     return model.eval()
 
 
-def context(data: RunData, seed: int = 0, batch_size: int = 256) -> Context:
-    return Context(data=data, device=torch.device("cpu"), batch_size=batch_size, seed=seed)
+def context(data: RunData, seed: int = 0, batch_size: int = 256, device: str = "cpu") -> Context:
+    dev = torch.device(device)
+    return Context(data=data.to(dev), device=dev, batch_size=batch_size, seed=seed)
+
+
+def moved(model: nn.Module, device: str) -> nn.Module:
+    """A copy of ``model`` on ``device`` (the CPU original stays for the slow reference)."""
+    return copy.deepcopy(model).to(torch.device(device))
 
 
 def random_pairs(n_images: int, n: int, seed: int) -> torch.Tensor:
@@ -129,65 +137,76 @@ def slow_aggregate(bin_mean: np.ndarray, tv: np.ndarray) -> tuple[np.ndarray, fl
 # --------------------------------------------------------------------------- functional
 
 
-def test_path_lengths_match_numpy(data: RunData) -> None:
+def test_path_lengths_match_numpy(data: RunData, device: str) -> None:
     pairs = random_pairs(len(data.x_test), 30, 0)
-    d, points = path_lengths(data.x_test, pairs, step=0.7, batch_size=4)
+    dev = torch.device(device)
+    d, points = path_lengths(data.x_test.to(dev), pairs.to(dev), step=0.7, batch_size=4)
+    d, points = d.cpu(), points.cpu()
     for k, (i, j) in enumerate(pairs.tolist()):
         want = np.linalg.norm((data.x_test[j] - data.x_test[i]).double().numpy())
-        assert d[k].item() == pytest.approx(want, rel=1e-6)
+        assert d[k].item() == pytest.approx(want, rel=tolerance(device, 1e-6))
         assert points[k].item() == len(np.arange(0, want, 0.7))
 
 
 @pytest.mark.parametrize("step,bins", [(1.0, 20), (2.5, 7)])
 def test_path_curves_match_a_loop(data: RunData, trained: nn.Module, step: float,
-                                  bins: int) -> None:
+                                  bins: int, device: str) -> None:
     pairs = random_pairs(len(data.x_test), 12, 1)
-    curves = path_curves(trained, data.x_test, pairs, step=step, bins=bins, batch_size=16)
+    dev = torch.device(device)
+    curves = path_curves(moved(trained, device), data.x_test.to(dev), pairs.to(dev), step=step,
+                         bins=bins, batch_size=16)
     want_bins, want_tv = slow_paths(trained, data.x_test, pairs, step, bins)
-    got = curves.bin_mean.numpy()
+    got = curves.bin_mean.cpu().numpy()
+    rtol, atol = tolerance(device, 1e-5), tolerance(device, 1e-7, 1e-6)  # softmax differences
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want_bins))
-    np.testing.assert_allclose(got, want_bins, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(curves.tv.numpy(), want_tv, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, want_bins, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(curves.tv.cpu().numpy(), want_tv, rtol=rtol, atol=atol)
     res = aggregate_paths(curves.bin_mean, curves.tv)
     want_cdn, want_mean_tv = slow_aggregate(want_bins, want_tv)
-    np.testing.assert_allclose(res.cdn.numpy(), want_cdn, rtol=1e-5, atol=1e-7)
-    assert res.tv.item() == pytest.approx(want_mean_tv, rel=1e-5)
+    np.testing.assert_allclose(res.cdn.cpu().numpy(), want_cdn, rtol=rtol, atol=atol)
+    assert res.tv.item() == pytest.approx(want_mean_tv, rel=rtol)
     assert res.paths == 12
 
 
-def test_chunking_does_not_change_paths(data: RunData, trained: nn.Module) -> None:
-    # In float64 so that only the stream's index arithmetic could make chunks differ.
-    import copy
-
-    model, images = copy.deepcopy(trained).double(), data.x_test.double()
-    pairs = random_pairs(len(data.x_test), 25, 2)
+def test_chunking_does_not_change_paths(data: RunData, trained: nn.Module, device: str) -> None:
+    # In float64 so that only the stream's index arithmetic could make chunks differ (on a GPU,
+    # float64 kernels chosen by batch size and atomic adds differ in the last bits only).
+    dev = torch.device(device)
+    model, images = moved(trained, device).double(), data.x_test.double().to(dev)
+    pairs = random_pairs(len(data.x_test), 25, 2).to(dev)
     runs = [path_curves(model, images, pairs, step=1.0, bins=10, batch_size=b)
             for b in (1, 7, 1000)]
     for other in runs[1:]:
-        np.testing.assert_allclose(other.bin_mean.numpy(), runs[0].bin_mean.numpy(), rtol=1e-10,
+        np.testing.assert_allclose(other.bin_mean.cpu().numpy(), runs[0].bin_mean.cpu().numpy(),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(other.tv.cpu().numpy(), runs[0].tv.cpu().numpy(), rtol=1e-10,
                                    atol=1e-12)
-        np.testing.assert_allclose(other.tv.numpy(), runs[0].tv.numpy(), rtol=1e-10, atol=1e-12)
 
 
 class Constant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([[0.3, -1.0, 2.0]]).expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
+        value = torch.tensor([[0.3, -1.0, 2.0]], device=x.device)
+        return value.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
 
 
-def test_constant_model_is_flat(data: RunData) -> None:
+def test_constant_model_is_flat(data: RunData, device: str) -> None:
     pairs = random_pairs(len(data.x_test), 40, 3)
-    res = interpolate(Constant(), data.x_test, pairs, step=0.5, bins=10, batch_size=33)
+    dev = torch.device(device)
+    res = interpolate(Constant(), data.x_test.to(dev), pairs.to(dev), step=0.5, bins=10,
+                      batch_size=33)
     assert res.paths == 40
     assert torch.all(res.cdn == 0) and res.tv.item() == 0
 
 
-def test_linear_two_class_toy_closed_form() -> None:
+def test_linear_two_class_toy_closed_form(device: str) -> None:
     """Logits (0, s(x)) with s linear: y_1 = sigmoid(s), d_t = sqrt(2) |sigmoid(s_t) - sigmoid(s_0)|."""
+    dev = torch.device(device)
     w = torch.linspace(-1, 1, 64).view(1, 64)
     model = nn.Linear(64, 1)
     with torch.no_grad():
         model.weight.copy_(w)
         model.bias.fill_(0.2)
+    model.to(dev)
 
     def toy(x: torch.Tensor) -> torch.Tensor:
         s = model(x.flatten(1))
@@ -197,27 +216,31 @@ def test_linear_two_class_toy_closed_form() -> None:
     direction = w.view(1, 1, 8, 8) / w.norm()
     d = 10.3
     x1 = x0 + d * direction  # s(lambda) = 0.2 + lambda * d * ||w||
-    res = interpolate_pairs(toy, x0, x1, step=1.0, bins=3, batch_size=4)
+    res = interpolate_pairs(toy, x0.to(dev), x1.to(dev), step=1.0, bins=3, batch_size=4)
     t = np.arange(11.0)  # 0, 1, ..., 10 < 10.3
     lam = t / d
     s = 0.2 + lam * d * float(w.norm())
     sig = 1 / (1 + np.exp(-s))
     dt = np.sqrt(2) * np.abs(sig - sig[0])
     want = [dt[(lam >= b / 3) & (lam < (b + 1) / 3)].mean() for b in range(3)]
-    np.testing.assert_allclose(res.cdn.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(res.cdn.cpu().numpy(), want, rtol=tolerance(device, 1e-5))
     # Monotone path: the total variation telescopes.
-    assert res.tv.item() == pytest.approx(np.sqrt(2) * (sig[-1] - sig[0]), rel=1e-5)
+    assert res.tv.item() == pytest.approx(np.sqrt(2) * (sig[-1] - sig[0]),
+                                          rel=tolerance(device, 1e-5))
 
 
-def test_linear_softmax_toy_closed_form(data: RunData) -> None:
+def test_linear_softmax_toy_closed_form(data: RunData, device: str) -> None:
     """Logits W x: along the path they mix linearly, z(lambda) = (1 - lambda) z0 + lambda z1."""
     g = torch.Generator().manual_seed(7)
     weight = torch.randn(10, 64, generator=g) * 0.3
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10, bias=False))
     with torch.no_grad():
         model[1].weight.copy_(weight)
+    dev = torch.device(device)
     pairs = random_pairs(len(data.x_test), 6, 4)
-    curves = path_curves(model, data.x_test, pairs, step=1.0, bins=1, batch_size=9)
+    curves = path_curves(model.to(dev), data.x_test.to(dev), pairs.to(dev), step=1.0, bins=1,
+                         batch_size=9)
+    rtol = tolerance(device, 1e-5)
     for k, (i, j) in enumerate(pairs.tolist()):
         x0 = data.x_test[i].double().flatten().numpy()
         x1 = data.x_test[j].double().flatten().numpy()
@@ -228,30 +251,36 @@ def test_linear_softmax_toy_closed_form(data: RunData) -> None:
         y = np.exp(z - z.max(1, keepdims=True))
         y /= y.sum(1, keepdims=True)
         assert curves.bin_mean[k, 0].item() == pytest.approx(
-            np.linalg.norm(y - y[0], axis=1).mean(), rel=1e-5)
+            np.linalg.norm(y - y[0], axis=1).mean(), rel=rtol)
         assert curves.tv[k].item() == pytest.approx(
-            np.linalg.norm(np.diff(y, axis=0), axis=1).sum(), rel=1e-5)
+            np.linalg.norm(np.diff(y, axis=0), axis=1).sum(), rel=rtol)
 
 
-def test_mispredicted_end_points_are_excluded(data: RunData, trained: nn.Module) -> None:
-    pairs = random_pairs(len(data.x_test), 60, 5)
-    pred = predict(trained, data.x_test, batch_size=50)
+def test_mispredicted_end_points_are_excluded(data: RunData, trained: nn.Module,
+                                             device: str) -> None:
+    dev = torch.device(device)
+    model, images = moved(trained, device), data.x_test.to(dev)
+    pairs = random_pairs(len(data.x_test), 60, 5).to(dev)
+    pred = predict(model, images, batch_size=50)
     labels = pred.clone()
     labels[pairs[:5, 1]] = (labels[pairs[:5, 1]] + 1) % 10  # make 5+ pairs wrong
     keep = correct_pairs(pred, labels, pairs)
     assert keep.sum() < 60 - 4
-    res = interpolate(trained, data.x_test, pairs, labels=labels, step=1.0, bins=5)
-    kept = path_curves(trained, data.x_test, pairs[keep], step=1.0, bins=5)
+    res = interpolate(model, images, pairs, labels=labels, step=1.0, bins=5)
+    kept = path_curves(model, images, pairs[keep], step=1.0, bins=5)
     want = aggregate_paths(kept.bin_mean, kept.tv)
     assert res.paths == int(keep.sum())
-    np.testing.assert_allclose(res.cdn.numpy(), want.cdn.numpy(), rtol=1e-6)
-    none = interpolate(trained, data.x_test, pairs, labels=(pred + 1) % 10, bins=5)
+    np.testing.assert_allclose(res.cdn.cpu().numpy(), want.cdn.cpu().numpy(),
+                               rtol=tolerance(device, 1e-6))
+    none = interpolate(model, images, pairs, labels=(pred + 1) % 10, bins=5)
     assert none.paths == 0 and torch.all(torch.isnan(none.cdn)) and math.isnan(none.tv.item())
 
 
-def test_identical_images_give_one_sample(data: RunData) -> None:
-    x = data.x_test[:2]
-    curves = path_curves(Constant(), torch.cat([x, x]), torch.tensor([[0, 2], [1, 3]]), bins=4)
+def test_identical_images_give_one_sample(data: RunData, device: str) -> None:
+    dev = torch.device(device)
+    x = data.x_test[:2].to(dev)
+    curves = path_curves(Constant(), torch.cat([x, x]), torch.tensor([[0, 2], [1, 3]], device=dev),
+                         bins=4)
     assert curves.points.tolist() == [1, 1]
     assert curves.bin_mean[:, 0].tolist() == [0.0, 0.0]
     assert torch.all(torch.isnan(curves.bin_mean[:, 1:]))
@@ -324,31 +353,35 @@ def test_small_class_pools() -> None:
                                                for a, b in itertools.combinations(range(9), 2))
 
 
-def test_probe_outputs_and_values(data: RunData, trained: nn.Module) -> None:
+def test_probe_outputs_and_values(data: RunData, trained: nn.Module, device: str) -> None:
     cfg = InterpolationProbe.Config(pairs=8, bins=6, step=1.5)
     probe = InterpolationProbe(cfg)
-    ctx = context(data, seed=4, batch_size=64)
+    ctx = context(data, seed=4, batch_size=64, device=device)
     inputs = probe.prepare(ctx)
     outputs = probe.outputs()
     assert outputs.coords["lambda"] == pytest.approx(lambda_centres(6))
-    out = outputs.check(probe(trained, ctx), "interpolation")
+    fast = moved(trained, device)
+    out = outputs.check(probe(fast, ctx), "interpolation")
     assert out["cdn"].shape == (2, 6) and out["paths"].shape == (2,) and out["tv"].shape == (2,)
     for row, kind in enumerate(cfg.kinds):
         pairs = torch.from_numpy(inputs[f"{kind}/pairs"])
+        # the functional on the CPU is the reference
         want = interpolate(trained, data.x_test, pairs, labels=data.y_test, step=1.5, bins=6)
         assert 0 < out["paths"][row] <= len(pairs)
         assert out["paths"][row] == want.paths
-        np.testing.assert_allclose(out["cdn"][row], want.cdn.numpy(), rtol=1e-6)
-        assert out["tv"][row] == pytest.approx(want.tv.item(), rel=1e-6)
+        np.testing.assert_allclose(out["cdn"][row], want.cdn.numpy(), rtol=tolerance(device, 1e-6))
+        assert out["tv"][row] == pytest.approx(want.tv.item(), rel=tolerance(device, 1e-6))
     # Between-class paths cross a decision boundary: they change more than within-class ones.
     assert out["cdn"][1, -1] > out["cdn"][0, -1]
-    again = outputs.check(probe(trained, ctx), "interpolation")
-    np.testing.assert_array_equal(again["cdn"], out["cdn"])
+    again = outputs.check(probe(fast, ctx), "interpolation")
+    assert_same(device, again["cdn"], out["cdn"])
 
 
-def test_no_pairs_gives_nan(data: RunData, trained: nn.Module) -> None:
-    res = interpolate(trained, data.x_test, torch.zeros((0, 2), dtype=torch.long),
-                      labels=data.y_test, bins=4)
+def test_no_pairs_gives_nan(data: RunData, trained: nn.Module, device: str) -> None:
+    dev = torch.device(device)
+    res = interpolate(moved(trained, device), data.x_test.to(dev),
+                      torch.zeros((0, 2), dtype=torch.long, device=dev), labels=data.y_test.to(dev),
+                      bins=4)
     assert res.paths == 0 and res.cdn.shape == (4,) and torch.all(torch.isnan(res.cdn))
     assert math.isnan(res.tv.item())
 

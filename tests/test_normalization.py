@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same, tolerance
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -141,9 +143,15 @@ def digits() -> RunData:
                    y_test=y[te], mean=mean, std=std, num_classes=10)
 
 
-def make_ctx(data: RunData, build, widths: tuple[int, ...] = (4,)) -> Context:
-    return Context(data=data, device=torch.device("cpu"), batch_size=256, seed=3,
-                   widths=widths, build_model=build)
+def make_ctx(data: RunData, build, widths: tuple[int, ...] = (4,), device: str = "cpu") -> Context:
+    dev = torch.device(device)
+    return Context(data=data.to(dev), device=dev, batch_size=256, seed=3, widths=widths,
+                   build_model=build)
+
+
+def moved(model: nn.Module, device: str) -> nn.Module:
+    """A copy of ``model`` on ``device`` (the CPU original stays for the reference)."""
+    return copy.deepcopy(model).to(torch.device(device))
 
 
 def run_probe(probe: NormalizationProbe, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
@@ -163,46 +171,52 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------- batch-norm folding
 
 
-def test_fold_conv_bn_relu_pool_preserves_outputs() -> None:
+def test_fold_conv_bn_relu_pool_preserves_outputs(device: str) -> None:
     net = randomize_bn(seeded(conv_bn_net)).eval()
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    folded = fold_batchnorm(net)
+    fast = moved(net, device)
+    folded = fold_batchnorm(fast)
     with torch.no_grad():
-        assert rel_err(folded(x), net(x)) < 1e-5
+        assert rel_err(folded(x.to(torch.device(device))).cpu(), net(x)) < tolerance(device, 1e-5)
     assert not any(isinstance(m, (_BatchNorm, ChannelAffine)) for m in folded.modules())
     assert [p for p, _ in weight_layers(folded)] == ["0", "4", "9"]
-    assert any(isinstance(m, _BatchNorm) for m in net.modules())  # the input is untouched
+    assert any(isinstance(m, _BatchNorm) for m in fast.modules())  # the input is untouched
 
 
-def test_fold_matches_explicit_bn_formula() -> None:
+def test_fold_matches_explicit_bn_formula(device: str) -> None:
     net = randomize_bn(seeded(conv_bn_net)).eval()
-    folded = fold_batchnorm(net)
+    folded = fold_batchnorm(moved(net, device))
     conv, bn = net[0], net[1]
-    w, b = folded.get_submodule("0").weight, folded.get_submodule("0").bias
+    w = folded.get_submodule("0").weight.detach().cpu()
+    b = folded.get_submodule("0").bias.detach().cpu()
+    rel = tolerance(device, 1e-5)
     for c in range(conv.out_channels):  # W' = W g / s, b' = (b - mu) g / s + beta
         s = math.sqrt(bn.running_var[c].item() + bn.eps)
         g = bn.weight[c].item()
         for idx, value in np.ndenumerate(conv.weight[c].detach().numpy()):
-            assert w[c][idx].item() == pytest.approx(value * g / s, rel=1e-5, abs=1e-7)
+            assert w[c][idx].item() == pytest.approx(value * g / s, rel=rel, abs=1e-7)
         want = (conv.bias[c].item() - bn.running_mean[c].item()) * g / s + bn.bias[c].item()
-        assert b[c].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert b[c].item() == pytest.approx(want, rel=rel, abs=1e-6)
 
 
-def test_fold_keeps_train_mode_of_input() -> None:
+def test_fold_keeps_train_mode_of_input(device: str) -> None:
     net = randomize_bn(seeded(conv_bn_net)).train()
-    folded = fold_batchnorm(net)
-    assert net.training and not folded.training
+    fast = moved(net, device)
+    folded = fold_batchnorm(fast)
+    assert fast.training and not folded.training
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert rel_err(folded(x), net.eval()(x)) < 1e-5
+        got = folded(x.to(torch.device(device))).cpu()
+        assert rel_err(got, net.eval()(x)) < tolerance(device, 1e-5)
 
 
-def test_fold_mcnn_like_on_digits(digits: RunData) -> None:
+def test_fold_mcnn_like_on_digits(digits: RunData, device: str) -> None:
     net = randomize_bn(seeded(MCNN, 4)).eval()
     x = digits.x_train[:200]
-    folded = fold_batchnorm(net, example=x[:1])
+    xd = x.to(torch.device(device))
+    folded = fold_batchnorm(moved(net, device), example=xd[:1])
     with torch.no_grad():
-        assert rel_err(folded(x), net(x)) < 1e-5
+        assert rel_err(folded(xd).cpu(), net(x)) < tolerance(device, 1e-5)
     assert [p for p, _ in weight_layers(folded)] == [
         "features.0.0", "features.1.0", "features.2.0", "features.3.0", "fc"]
     assert is_homogeneous(folded)[0]
@@ -211,17 +225,19 @@ def test_fold_mcnn_like_on_digits(digits: RunData) -> None:
 
 
 @pytest.mark.parametrize("residual", [False, True])
-def test_fold_preact_keeps_unfoldable_bn_as_affine_layer(residual: bool) -> None:
+def test_fold_preact_keeps_unfoldable_bn_as_affine_layer(residual: bool, device: str) -> None:
     net = randomize_bn(seeded(PreActChain, 4, residual=residual)).eval()
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    folded = fold_batchnorm(net)
+    folded = fold_batchnorm(moved(net, device))
+    rtol = tolerance(device, 1e-5)
     with torch.no_grad():
-        assert rel_err(folded(x), net(x)) < 1e-5
+        assert rel_err(folded(x.to(torch.device(device))).cpu(), net(x)) < rtol
     # bn1 follows no layer: a per-channel affine weight layer of its own, rho = ||g / s||
     assert isinstance(folded.get_submodule("bn1"), ChannelAffine)
     bn1 = net.bn1
     want = bn1.weight / torch.sqrt(bn1.running_var + bn1.eps)
-    assert torch.allclose(folded.get_submodule("bn1").weight, want, rtol=1e-6)
+    assert torch.allclose(folded.get_submodule("bn1").weight.cpu(), want,
+                          rtol=tolerance(device, 1e-6))
     paths = [p for p, _ in weight_layers(folded)]
     ok, reason = is_homogeneous(folded)
     if residual:  # conv1's output also feeds the residual sum: bn2 cannot be folded into it
@@ -232,13 +248,15 @@ def test_fold_preact_keeps_unfoldable_bn_as_affine_layer(residual: bool) -> None
         assert paths == ["bn1", "conv1", "conv2", "fc"]
         assert ok, reason
         norms = layer_norms(folded)
-        assert float(norms[0]) == pytest.approx(float(want.detach().norm()), rel=1e-6)
+        assert float(norms[0]) == pytest.approx(float(want.detach().norm()),
+                                                rel=tolerance(device, 1e-6))
+        xd = x.to(torch.device(device))
         with torch.no_grad():
-            f_tilde = normalized_network(folded, norms)(x)
-            assert rel_err(f_tilde, folded(x) / norms.prod().float()) < 1e-5
+            f_tilde = normalized_network(folded, norms)(xd)
+            assert rel_err(f_tilde, folded(xd) / norms.prod().float()) < rtol
 
 
-def test_fold_linear_bn_only_on_2d_outputs() -> None:
+def test_fold_linear_bn_only_on_2d_outputs(device: str) -> None:
     class Seq3d(nn.Module):  # Linear over the last dim, BatchNorm1d over dim 1 (channels)
         def __init__(self) -> None:
             super().__init__()
@@ -250,10 +268,11 @@ def test_fold_linear_bn_only_on_2d_outputs() -> None:
 
     net = randomize_bn(seeded(Seq3d)).eval()
     x = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(5))
-    folded = fold_batchnorm(net, example=x[:1])
+    xd = x.to(torch.device(device))
+    folded = fold_batchnorm(moved(net, device), example=xd[:1])
     assert isinstance(folded.get_submodule("bn"), ChannelAffine)
     with torch.no_grad():
-        assert rel_err(folded(x), net(x)) < 1e-5
+        assert rel_err(folded(xd).cpu(), net(x)) < tolerance(device, 1e-5)
 
 
 def test_untraceable_model_is_a_clear_error() -> None:
@@ -295,9 +314,10 @@ def test_weight_layers_in_forward_order_not_definition_order() -> None:
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0, 3.0, math.inf])
-def test_layer_norms_against_explicit_loop(p: float) -> None:
+def test_layer_norms_against_explicit_loop(p: float, device: str) -> None:
     net = seeded(SmallCNN, 3)
-    got = layer_norms(net, p=p)
+    # float64 sums on every device: the CPU tolerance holds
+    got = layer_norms(moved(net, device), p=p).cpu()
     modules = [net.conv1, net.conv2, net.fc1, net.fc2]
     assert got.shape == (4,) and got.dtype == torch.float64
     for value, module in zip(got.tolist(), modules):
@@ -327,7 +347,7 @@ def test_log_norm_product_is_sum_of_logs_without_overflow() -> None:
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0])
-def test_normalized_network_equals_f_over_product_of_norms(p: float) -> None:
+def test_normalized_network_equals_f_over_product_of_norms(p: float, device: str) -> None:
     net = seeded(SmallCNN, 4).eval()
     with torch.no_grad():  # make the product of norms far from 1 and biases non-negligible
         for m in (net.conv1, net.conv2, net.fc1, net.fc2):
@@ -335,19 +355,21 @@ def test_normalized_network_equals_f_over_product_of_norms(p: float) -> None:
             m.bias.copy_(torch.linspace(-1, 1, len(m.bias)))
     assert is_homogeneous(net)[0]
     x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(6))
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    norms = layer_norms(net, p=p)
-    tilde = normalized_network(net, norms)
+    fast = moved(net, device)
+    before = {k: v.clone() for k, v in fast.state_dict().items()}
+    norms = layer_norms(fast, p=p)
+    tilde = normalized_network(fast, norms)
+    rtol = tolerance(device, 1e-5)
     with torch.no_grad():
-        want = net(x).double() / torch.exp(log_norm_product(norms))
-        assert rel_err(tilde(x).double(), want) < 1e-5
+        want = net(x).double() / torch.exp(log_norm_product(layer_norms(net, p=p)))
+        assert rel_err(tilde(x.to(torch.device(device))).double().cpu(), want) < rtol
     unit = layer_norms(tilde, p=p)
-    assert torch.allclose(unit, torch.ones_like(unit), rtol=1e-5)
-    for k, v in net.state_dict().items():  # the input network is not modified
+    assert torch.allclose(unit, torch.ones_like(unit), rtol=rtol)
+    for k, v in fast.state_dict().items():  # the input network is not modified
         assert torch.equal(v, before[k])
 
 
-def test_normalized_network_against_explicit_mlp() -> None:
+def test_normalized_network_against_explicit_mlp(device: str) -> None:
     torch.manual_seed(7)
     net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     x = torch.randn(10, 5)
@@ -355,16 +377,19 @@ def test_normalized_network_against_explicit_mlp() -> None:
                                            net[2].bias))
     r1, r2 = float(w1.norm()), float(w2.norm())
     want = torch.relu(x @ (w1 / r1).T + b1 / r1) @ (w2 / r2).T + b2 / (r1 * r2)
-    tilde = normalized_network(net, torch.tensor([r1, r2]))
+    # norms given on the CPU for a model on the device: normalized_network moves them
+    tilde = normalized_network(moved(net, device), torch.tensor([r1, r2]))
     with torch.no_grad():
-        assert torch.allclose(tilde(x), want, atol=1e-6)
+        got = tilde(x.to(torch.device(device))).cpu()
+        assert torch.allclose(got, want, atol=tolerance(device, 1e-6, 1e-5))
 
 
-def test_normalized_network_is_not_f_over_rho_for_residual_nets() -> None:
-    net = seeded(Residual).eval()
+def test_normalized_network_is_not_f_over_rho_for_residual_nets(device: str) -> None:
+    dev = torch.device(device)
+    net = seeded(Residual).eval().to(dev)
     with torch.no_grad():
         net.conv2.weight.mul_(5.0)
-    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(8)).to(dev)
     norms = layer_norms(net)
     with torch.no_grad():
         got = normalized_network(net, norms)(x)
@@ -441,16 +466,19 @@ def test_is_homogeneous(case: str) -> None:
 # ---------------------------------------------------------------- output normalization
 
 
-def test_output_normalized_logits_against_explicit_norm() -> None:
+def test_output_normalized_logits_against_explicit_norm(device: str) -> None:
     g = torch.Generator().manual_seed(9)
     logits, ref = torch.randn(6, 4, generator=g), torch.randn(1, 4, generator=g)
     norm = math.sqrt(sum(float(v) ** 2 for v in ref.reshape(-1)))
-    got = output_normalized_logits(logits, ref)
+    dev = torch.device(device)
+    got = output_normalized_logits(logits.to(dev), ref.to(dev))
+    rel = tolerance(device, 1e-6)
     for i in range(6):
         for j in range(4):
-            assert float(got[i, j]) == pytest.approx(float(logits[i, j]) / norm, rel=1e-6)
+            assert float(got[i, j]) == pytest.approx(float(logits[i, j]) / norm, rel=rel)
     # invariant under a positive rescaling of the network's outputs (c f)
-    assert torch.allclose(output_normalized_logits(7.5 * logits, 7.5 * ref[0]), got, rtol=1e-6)
+    scaled = output_normalized_logits(7.5 * logits.to(dev), 7.5 * ref[0].to(dev))
+    assert torch.allclose(scaled, got, rtol=rel)
     with pytest.raises(ValueError, match="one example"):
         output_normalized_logits(logits, logits)
 
@@ -466,32 +494,33 @@ def explicit_ce(logits: torch.Tensor, y: torch.Tensor) -> float:
     return total / len(y)
 
 
-def test_probe_scaling_one_layer(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: SmallCNN(w, bias=False))
+def test_probe_scaling_one_layer(digits: RunData, device: str) -> None:
+    ctx = make_ctx(digits, lambda w: SmallCNN(w, bias=False), device=device)
     probe = NormalizationProbe()
     inputs = probe.prepare(ctx)
     assert len(inputs["index"]) == len(digits.y_train)
-    net = seeded(SmallCNN, 4, bias=False)
+    net = seeded(SmallCNN, 4, bias=False).to(torch.device(device))
     base = run_probe(probe, net, ctx)
     assert base["mode_layerwise"] == 1.0
     c = 3.7
     with torch.no_grad():
         net.conv2.weight.mul_(c)
     scaled = run_probe(probe, net, ctx)
-    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"], rtol=1e-6)
+    rtol = tolerance(device, 1e-6)
+    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"], rtol=rtol)
     assert scaled["log_norm_product"] == pytest.approx(base["log_norm_product"] + math.log(c),
                                                        abs=1e-6)
     np.testing.assert_allclose(scaled["layer_norm"], base["layer_norm"] * [1, c, 1, 1],
-                               rtol=1e-6)
+                               rtol=rtol)
     np.testing.assert_array_equal(scaled["error"], base["error"])
     assert np.all(np.abs(scaled["loss"] - base["loss"]) > 1e-4)  # the raw loss does change
 
 
-def test_probe_scaling_one_layer_with_biases(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: SmallCNN(w))
+def test_probe_scaling_one_layer_with_biases(digits: RunData, device: str) -> None:
+    ctx = make_ctx(digits, lambda w: SmallCNN(w), device=device)
     probe = NormalizationProbe(NormalizationProbe.Config(p=1.0))
     probe.prepare(ctx)
-    net = seeded(SmallCNN, 4)
+    net = seeded(SmallCNN, 4).to(torch.device(device))
     base = run_probe(probe, net, ctx)
     c = 0.3  # scale W_2 and every bias from layer 2 on: f -> c f, same f~
     with torch.no_grad():
@@ -499,14 +528,15 @@ def test_probe_scaling_one_layer_with_biases(digits: RunData) -> None:
         for m in (net.conv2, net.fc1, net.fc2):
             m.bias.mul_(c)
     scaled = run_probe(probe, net, ctx)
-    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"],
+                               rtol=tolerance(device, 1e-6))
     assert scaled["log_norm_product"] == pytest.approx(base["log_norm_product"] + math.log(c),
                                                        abs=1e-6)
 
 
-def test_probe_against_explicit_computation(digits: RunData) -> None:
+def test_probe_against_explicit_computation(digits: RunData, device: str) -> None:
     cfg = build_config(NormalizationProbe.Config, {"samples": "25"}, "normalization")
-    ctx = make_ctx(digits, lambda w: SmallCNN(w))
+    ctx = make_ctx(digits, lambda w: SmallCNN(w), device=device)
     probe = NormalizationProbe(cfg)
     inputs = probe.prepare(ctx)
     again = NormalizationProbe(cfg).prepare(ctx)
@@ -516,11 +546,13 @@ def test_probe_against_explicit_computation(digits: RunData) -> None:
         assert np.all(np.diff(idx) > 0)
         np.testing.assert_array_equal(idx, again[key])
     assert set(inputs) == {"index", "test_index"}
-    net = seeded(SmallCNN, 4, seed=11).eval()
-    out = run_probe(probe, net, ctx)
+    net = seeded(SmallCNN, 4, seed=11).eval()  # the reference's, on the CPU
+    out = run_probe(probe, moved(net, device), ctx)
     rho = [math.sqrt(sum(float(w) ** 2 for w in m.weight.detach().reshape(-1)))
            for m in (net.conv1, net.conv2, net.fc1, net.fc2)]
-    np.testing.assert_allclose(out["layer_norm"], rho, rtol=1e-6)
+    rel = tolerance(device, 1e-6)
+    np.testing.assert_allclose(out["layer_norm"], rho, rtol=rel)
+    # float64 norms and logs on every device
     assert out["log_norm_product"] == pytest.approx(sum(math.log(r) for r in rho), rel=1e-9)
     splits = [(digits.x_train, digits.y_train, inputs["index"]),
               (digits.x_test, digits.y_test, inputs["test_index"])]
@@ -528,15 +560,15 @@ def test_probe_against_explicit_computation(digits: RunData) -> None:
         x, y = x_all[torch.as_tensor(idx)], y_all[torch.as_tensor(idx)]
         with torch.no_grad():
             logits = net(x)
-        assert out["loss"][row] == pytest.approx(explicit_ce(logits, y), rel=1e-6)
+        assert out["loss"][row] == pytest.approx(explicit_ce(logits, y), rel=rel)
         assert out["normalized_loss"][row] == pytest.approx(
-            explicit_ce(logits.double() / math.prod(rho), y), rel=1e-6)
+            explicit_ce(logits.double() / math.prod(rho), y), rel=rel)
         wrong = sum(int(torch.argmax(logits[i]) != y[i]) for i in range(len(y)))
         assert out["error"][row] == pytest.approx(wrong / len(y))
 
 
-def test_probe_bn_network_layers_are_folded_paths(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: MCNN(w), widths=(2, 4))
+def test_probe_bn_network_layers_are_folded_paths(digits: RunData, device: str) -> None:
+    ctx = make_ctx(digits, lambda w: MCNN(w), widths=(2, 4), device=device)
     probe = NormalizationProbe(NormalizationProbe.Config(subsets=("test",)))
     inputs = probe.prepare(ctx)
     assert set(inputs) == {"test_index"}
@@ -544,26 +576,27 @@ def test_probe_bn_network_layers_are_folded_paths(digits: RunData) -> None:
     assert outputs.coords["layer"] == ["features.0.0", "features.1.0", "features.2.0",
                                        "features.3.0", "fc"]
     assert outputs.coords["subset"] == ["test"]
-    net = randomize_bn(seeded(MCNN, 4)).eval()
-    out = run_probe(probe, net, ctx)
+    net = randomize_bn(seeded(MCNN, 4)).eval()  # the reference's, on the CPU
+    out = run_probe(probe, moved(net, device), ctx)
     assert out["mode_layerwise"] == 1.0
     conv, bn = net.features[2][0], net.features[2][1]  # explicit fold of the third conv
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     want = math.sqrt(sum(float(w) ** 2 for w in (conv.weight.detach()
                                                  * scale.view(-1, 1, 1, 1)).reshape(-1)))
-    assert out["layer_norm"][2] == pytest.approx(want, rel=1e-5)
-    assert out["layer_norm"][4] == pytest.approx(float(net.fc.weight.detach().norm()), rel=1e-6)
+    assert out["layer_norm"][2] == pytest.approx(want, rel=tolerance(device, 1e-5))
+    assert out["layer_norm"][4] == pytest.approx(float(net.fc.weight.detach().norm()),
+                                                 rel=tolerance(device, 1e-6))
     with pytest.raises(CkptError, match="weight layers"):
-        probe(seeded(SmallCNN, 4).eval(), ctx)
+        probe(seeded(SmallCNN, 4).eval().to(torch.device(device)), ctx)
 
 
-def test_probe_residual_network_uses_output_mode(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: Residual(w))
+def test_probe_residual_network_uses_output_mode(digits: RunData, device: str) -> None:
+    ctx = make_ctx(digits, lambda w: Residual(w), device=device)
     probe = NormalizationProbe(NormalizationProbe.Config(samples=40, reference=5))
     inputs = probe.prepare(ctx)
     np.testing.assert_array_equal(inputs["reference"], [5])
-    net = seeded(Residual, 4).eval()
-    out = run_probe(probe, net, ctx)
+    net = seeded(Residual, 4).eval()  # the reference's, on the CPU
+    out = run_probe(probe, moved(net, device), ctx)
     assert out["mode_layerwise"] == 0.0
     with torch.no_grad():
         ref = net(digits.x_train[5:6])[0]
@@ -571,22 +604,24 @@ def test_probe_residual_network_uses_output_mode(digits: RunData) -> None:
         logits = net(x)
     norm = math.sqrt(sum(float(v) ** 2 for v in ref))
     want = explicit_ce(logits.double() / norm, digits.y_train[torch.as_tensor(inputs["index"])])
-    assert out["normalized_loss"][0] == pytest.approx(want, rel=1e-6)
+    assert out["normalized_loss"][0] == pytest.approx(want, rel=tolerance(device, 1e-6))
     with pytest.raises(ConfigError, match="mode=layer needs a positively homogeneous"):
         NormalizationProbe(NormalizationProbe.Config(mode="layer")).prepare(ctx)
 
 
-def test_probe_output_mode_on_homogeneous_net_is_scale_invariant(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: SmallCNN(w, bias=False))
+def test_probe_output_mode_on_homogeneous_net_is_scale_invariant(digits: RunData,
+                                                                  device: str) -> None:
+    ctx = make_ctx(digits, lambda w: SmallCNN(w, bias=False), device=device)
     probe = NormalizationProbe(NormalizationProbe.Config(mode="output", samples=50))
     probe.prepare(ctx)
-    net = seeded(SmallCNN, 4, bias=False)
+    net = seeded(SmallCNN, 4, bias=False).to(torch.device(device))
     base = run_probe(probe, net, ctx)
     with torch.no_grad():
         net.fc1.weight.mul_(4.0)
     scaled = run_probe(probe, net, ctx)
     assert base["mode_layerwise"] == 0.0
-    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["normalized_loss"], base["normalized_loss"],
+                               rtol=tolerance(device, 1e-6))
 
 
 @pytest.mark.parametrize("values, fragment", [
@@ -616,28 +651,32 @@ def test_probe_prepare_errors(digits: RunData) -> None:
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0])
-def test_first_bias_convention_counts_b1_in_rho1_and_stays_exact(p: float) -> None:
+def test_first_bias_convention_counts_b1_in_rho1_and_stays_exact(p: float, device: str) -> None:
     net = seeded(SmallCNN, 4).eval()
     with torch.no_grad():  # a first-layer bias of a norm comparable to its weight's
         net.conv1.bias.copy_(torch.linspace(-2, 2, len(net.conv1.bias)))
-    plain = layer_norms(net, p=p)
-    paper = layer_norms(net, p=p, first_bias=True)
+    fast = moved(net, device)
+    plain = layer_norms(fast, p=p)
+    paper = layer_norms(fast, p=p, first_bias=True)
     w1 = torch.cat([net.conv1.weight.detach().reshape(-1), net.conv1.bias.detach()]).double()
-    assert paper[0].item() == pytest.approx(torch.linalg.vector_norm(w1, ord=p).item(), rel=1e-12)
+    # float64 norms: another device's reduction order moves the last bits only
+    assert paper[0].item() == pytest.approx(torch.linalg.vector_norm(w1, ord=p).item(),
+                                            rel=tolerance(device, 1e-12, 1e-10))
     assert paper[0] > plain[0]
     torch.testing.assert_close(paper[1:], plain[1:])  # later biases are in no rho_l
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         for norms in (plain, paper):  # f~ = f / prod rho_l under both conventions
-            want = net(x).double() / torch.exp(log_norm_product(norms))
-            assert rel_err(normalized_network(net, norms)(x).double(), want) < 1e-5
-    nobias = seeded(SmallCNN, 4, bias=False)
+            want = net(x).double() / torch.exp(log_norm_product(norms.cpu()))
+            got = normalized_network(fast, norms)(x.to(torch.device(device))).double().cpu()
+            assert rel_err(got, want) < tolerance(device, 1e-5)
+    nobias = seeded(SmallCNN, 4, bias=False).to(torch.device(device))
     torch.testing.assert_close(layer_norms(nobias, first_bias=True), layer_norms(nobias))
 
 
-def test_probe_rho_bias_parameter(digits: RunData) -> None:
-    ctx = make_ctx(digits, lambda w: SmallCNN(w))
-    net = seeded(SmallCNN, 4)
+def test_probe_rho_bias_parameter(digits: RunData, device: str) -> None:
+    ctx = make_ctx(digits, lambda w: SmallCNN(w), device=device)
+    net = seeded(SmallCNN, 4).to(torch.device(device))
     out = {}
     for conv in ("none", "first"):
         probe = NormalizationProbe(build_config(NormalizationProbe.Config, {"rho_bias": conv},
@@ -649,6 +688,6 @@ def test_probe_rho_bias_parameter(digits: RunData) -> None:
                                layer_norms(net, first_bias=True)[0].item(), rtol=1e-6)
     np.testing.assert_allclose(out["first"]["layer_norm"][1:], out["none"]["layer_norm"][1:])
     assert out["first"]["log_norm_product"] > out["none"]["log_norm_product"]
-    np.testing.assert_array_equal(out["first"]["loss"], out["none"]["loss"])
+    assert_same(device, out["first"]["loss"], out["none"]["loss"])
     with pytest.raises(ConfigError, match="rho_bias"):
         build_config(NormalizationProbe.Config, {"rho_bias": "all"}, "normalization")

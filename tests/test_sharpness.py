@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from conftest import assert_same, tolerance
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -47,7 +48,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_ctx(digits: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype = torch.float32,
-             batch_size: int = 512, noise: float = 0.1, seed: int = 0) -> Context:
+             batch_size: int = 512, noise: float = 0.1, seed: int = 0,
+             device: str = "cpu") -> Context:
+    """The first N_TRAIN digits (drawn on the CPU), their data moved to ``device``."""
     x01, y = digits
     x01 = x01[:N_TRAIN].to(dtype)
     y = y[:N_TRAIN]
@@ -58,7 +61,8 @@ def make_ctx(digits: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype = tor
     x = (x01 - mean) / std
     data = RunData(x_train=x, y_train=y_train, clean_labels=y, noisy_mask=noisy,
                    x_test=x[:20], y_test=y[:20], mean=mean, std=std, num_classes=10)
-    return Context(data=data, device=torch.device("cpu"), batch_size=batch_size, seed=seed)
+    dev = torch.device(device)
+    return Context(data=data.to(dev), device=dev, batch_size=batch_size, seed=seed)
 
 
 def small(**kw: object) -> SharpnessProbe:
@@ -83,27 +87,34 @@ def run(probe: SharpnessProbe, model: nn.Module, ctx: Context) -> dict[str, np.n
 # --------------------------------------------------------------------------- gradients (eq. 1-2)
 
 
-def test_input_gradients_match_autograd_jacobian_per_sample(digits):
-    model = tiny_cnn(torch.float64)
+def test_input_gradients_match_autograd_jacobian_per_sample(digits, device):
+    model = tiny_cnn(torch.float64)  # the reference's, on the CPU
     x = (digits[0][:7] - 0.3).double()
     y = digits[1][:7]
-    g, loss, correct = fs.input_gradients(model, x, y, batch_size=3)
+    dev = torch.device(device)
+    g, loss, correct = fs.input_gradients(tiny_cnn(torch.float64).to(dev), x.to(dev), y.to(dev),
+                                          batch_size=3)
     assert g.shape == x.shape and loss.shape == (7,) and correct.dtype == torch.bool
+    norms = fs.jacobian_norm(g).cpu()
+    g, loss, correct = g.cpu(), loss.cpu(), correct.cpu()
     for i in range(len(x)):
         def f(xi: torch.Tensor, i: int = i) -> torch.Tensor:
             return F.cross_entropy(model(xi[None]), y[i : i + 1])
 
         jac = torch.autograd.functional.jacobian(f, x[i])
-        torch.testing.assert_close(g[i], jac, rtol=1e-10, atol=1e-12)
-        assert fs.jacobian_norm(g)[i].item() == pytest.approx(jac.norm().item(), rel=1e-5)
+        # float64 everywhere: another device's kernels differ by ~1e-15, not float32's 1e-4
+        torch.testing.assert_close(g[i], jac, rtol=tolerance(device, 1e-10, 1e-9),
+                                   atol=tolerance(device, 1e-12, 1e-11))
+        assert norms[i].item() == pytest.approx(jac.norm().item(), rel=1e-5)
         logits = model(x[i : i + 1])
         assert loss[i].item() == pytest.approx(F.cross_entropy(logits, y[i : i + 1]).item())
         assert bool(correct[i]) == (logits.argmax().item() == y[i].item())
 
 
-def test_input_gradients_eval_mode_restored_and_no_param_grads(digits):
-    model = tiny_cnn(torch.float64)
-    x, y = digits[0][:9].double(), digits[1][:9]
+def test_input_gradients_eval_mode_restored_and_no_param_grads(digits, device):
+    dev = torch.device(device)
+    model = tiny_cnn(torch.float64).to(dev)
+    x, y = digits[0][:9].double().to(dev), digits[1][:9].to(dev)
     ref, _, _ = fs.input_gradients(model, x, y, batch_size=9)
     model.train()
     model[2].eval()  # a mixed-mode model keeps its modes
@@ -113,9 +124,10 @@ def test_input_gradients_eval_mode_restored_and_no_param_grads(digits):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_jacobian_norm_known_values():
+def test_jacobian_norm_known_values(device):
     g = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, -1.0]]).view(3, 1, 1, 2)
-    torch.testing.assert_close(fs.jacobian_norm(g), torch.tensor([5.0, 0.0, math.sqrt(2)]))
+    torch.testing.assert_close(fs.jacobian_norm(g.to(torch.device(device))).cpu(),
+                               torch.tensor([5.0, 0.0, math.sqrt(2)]))
 
 
 class Detach(nn.Module):
@@ -182,7 +194,7 @@ def test_probe_reports_blocking_module(digits):
 # --------------------------------------------------------------------------- tangent Hessian (eq. 5)
 
 
-def test_tangent_hessian_known_answer():
+def test_tangent_hessian_known_answer(device):
     g = torch.Generator().manual_seed(0)
     g0 = torch.randn(5, 7, generator=g, dtype=torch.float64)
     u = torch.randn(5, 3, 7, generator=g, dtype=torch.float64)
@@ -190,24 +202,27 @@ def test_tangent_hessian_known_answer():
     c = torch.rand(5, generator=g, dtype=torch.float64) * 3
     delta = 0.1
     gm = g0[:, None] - delta * c.view(5, 1, 1) * u  # every ‖(g0 - gm)/δ‖ equals c
-    torch.testing.assert_close(fs.tangent_hessian_norm(g0, gm, delta), c)
+    dev = torch.device(device)
+    g0, gm = g0.to(dev), gm.to(dev)
+    torch.testing.assert_close(fs.tangent_hessian_norm(g0, gm, delta).cpu(), c)
     assert torch.all(fs.tangent_hessian_norm(g0, g0[:, None].expand(5, 3, 7), delta) == 0)
 
 
-def test_tangent_hessian_of_linear_model_closed_form(digits):
+def test_tangent_hessian_of_linear_model_closed_form(digits, device):
     torch.manual_seed(3)
     lin = nn.Linear(64, 10).double()
-    model = nn.Sequential(nn.Flatten(), lin).eval()
-    x, y = digits[0][:4].double(), digits[1][:4]
-    gen = torch.Generator().manual_seed(1)
+    w, b = lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
+    dev = torch.device(device)
+    model = nn.Sequential(nn.Flatten(), lin).eval().to(dev)
+    x, y = digits[0][:4].double().to(dev), digits[1][:4].to(dev)
+    gen = torch.Generator().manual_seed(1)  # jitters drawn on the CPU, the same on every device
     m, delta = 3, 0.1
     factors, orders = fs.draw_jitters(4, m, 0.2, gen)
     xm = fs.color_jitter(x.repeat_interleave(m, 0), factors.view(-1, 3), orders.view(-1, 3))
     g0, _, _ = fs.input_gradients(model, x, y, 4)
     gm, _, _ = fs.input_gradients(model, xm, y.repeat_interleave(m), 5)
-    h = fs.tangent_hessian_norm(g0, gm.view(4, m, -1), delta)
-
-    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+    h = fs.tangent_hessian_norm(g0, gm.view(4, m, -1), delta).cpu()
+    x, y, xm = x.cpu(), y.cpu(), xm.cpu()
 
     def grad(v: np.ndarray, label: int) -> np.ndarray:  # Wᵀ(softmax(Wx + b) − e_y)
         z = w @ v + b
@@ -220,7 +235,8 @@ def test_tangent_hessian_of_linear_model_closed_form(digits):
     for n in range(4):
         sq = [np.sum(((grad(xs[n], int(y[n])) - grad(xms[n, j], int(y[n]))) / delta) ** 2)
               for j in range(m)]
-        assert h[n].item() == pytest.approx(math.sqrt(sum(sq) / m), rel=1e-10)
+        assert h[n].item() == pytest.approx(math.sqrt(sum(sq) / m),
+                                            rel=tolerance(device, 1e-10, 1e-9))
     assert torch.all(h > 0)
 
 
@@ -242,20 +258,22 @@ def jitter_reference(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_color_jitter_matches_torchvision_per_image(channels):
+def test_color_jitter_matches_torchvision_per_image(channels, device):
     gen = torch.Generator().manual_seed(channels)
     # some pixels outside [0, 1], as unclamped SVD erasures produce
     x = torch.rand(40, channels, 5, 6, generator=gen) * 1.2 - 0.1
     factors, orders = fs.draw_jitters(40, 1, 0.4, gen)
     factors, orders = factors[:, 0], orders[:, 0]
-    got = fs.color_jitter(x, factors, orders)
-    torch.testing.assert_close(got, jitter_reference(x, factors, orders), rtol=0, atol=1e-6)
+    dev = torch.device(device)
+    got = fs.color_jitter(x.to(dev), factors.to(dev), orders.to(dev)).cpu()
+    torch.testing.assert_close(got, jitter_reference(x, factors, orders), rtol=0,
+                               atol=tolerance(device, 1e-6, 1e-5))
     assert not torch.equal(got, x)
 
 
-def test_color_jitter_strength_zero_is_identity():
+def test_color_jitter_strength_zero_is_identity(device):
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(8, 3, 4, 4, generator=gen)
+    x = torch.rand(8, 3, 4, 4, generator=gen).to(torch.device(device))
     factors, orders = fs.draw_jitters(8, 2, 0.0, gen)
     assert torch.all(factors == 1)
     out = fs.color_jitter(x.repeat_interleave(2, 0), factors.view(-1, 3), orders.view(-1, 3))
@@ -275,16 +293,18 @@ def test_draw_jitters_ranges_orders_and_seed():
 # --------------------------------------------------------------------------- SVD erasure (§3.4)
 
 
-def test_svd_erase_nothing_returns_image_and_everything_gives_zeros(digits):
-    x = digits[0][:5].double()
+def test_svd_erase_nothing_returns_image_and_everything_gives_zeros(digits, device):
+    x = digits[0][:5].double().to(torch.device(device))
+    # float64 SVD (cuSOLVER's Jacobi SVD on a GPU): a little more rounding, far below float32's
+    atol = tolerance(device, 1e-12, 1e-10)
     for start in (0, 3, 8):
-        torch.testing.assert_close(fs.svd_erase(x, start, start), x, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fs.svd_erase(x, 0, 8), torch.zeros_like(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(fs.svd_erase(x, -4, 50), torch.zeros_like(x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(fs.svd_erase(x, start, start), x, rtol=0, atol=atol)
+    torch.testing.assert_close(fs.svd_erase(x, 0, 8), torch.zeros_like(x), rtol=0, atol=atol)
+    torch.testing.assert_close(fs.svd_erase(x, -4, 50), torch.zeros_like(x), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize(("start", "stop"), [(1, 3), (-2, 2), (4, 5), (2, 9)])
-def test_svd_erase_matches_numpy_per_channel(start, stop):
+def test_svd_erase_matches_numpy_per_channel(start, stop, device):
     x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = np.empty_like(x.numpy())
     for n in range(2):
@@ -292,11 +312,13 @@ def test_svd_erase_matches_numpy_per_channel(start, stop):
             u, s, vt = np.linalg.svd(x[n, c].numpy(), full_matrices=False)
             s[max(0, start):stop] = 0.0
             ref[n, c] = u @ np.diag(s) @ vt
-    np.testing.assert_allclose(fs.svd_erase(x, start, stop).numpy(), ref, atol=1e-12)
+    got = fs.svd_erase(x.to(torch.device(device)), start, stop).cpu()
+    np.testing.assert_allclose(got.numpy(), ref, atol=tolerance(device, 1e-12, 1e-10))
 
 
-def test_svd_erasure_path_windows():
+def test_svd_erasure_path_windows(device):
     x = torch.rand(3, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x.to(torch.device(device))
     strengths, paths, side = (1, 3, 4), 4, 6
     got = fs.svd_erasure_path(x, strengths, paths)
     assert got.shape == (3, paths, 3, 2, 6, 6)
@@ -367,8 +389,9 @@ def test_erasure_windows_drop_collapsed_paths():
         fs.erasure_windows(DEFAULT_SVD, 33, 8)
 
 
-def test_svd_erasure_windows_match_the_authors_paths():
+def test_svd_erasure_windows_match_the_authors_paths(device):
     x = torch.rand(3, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x.to(torch.device(device))  # the windows stay on the CPU: svd_erasure_windows moves them
     strengths, paths = (1, 3, 4), 4
     windows = torch.tensor([[(max(0, 6 - s - p), 6 - p) for s in strengths]
                             for p in range(paths)])
@@ -395,41 +418,45 @@ def integrate_reference(values: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_geodesic_integrate_of_a_constant_is_the_constant():
+def test_geodesic_integrate_of_a_constant_is_the_constant(device):
     gen = torch.Generator().manual_seed(0)
     c = torch.randn(6, 1, 1, generator=gen, dtype=torch.float64)
     seg = torch.rand(6, 4, 5, generator=gen, dtype=torch.float64)
     seg[0, 1] = 0.0
     seg[2, :, :2] = 0.0
-    out = fs.geodesic_integrate(c.expand(6, 4, 6), seg)
+    dev = torch.device(device)
+    out = fs.geodesic_integrate(c.expand(6, 4, 6).to(dev), seg.to(dev)).cpu()
     torch.testing.assert_close(out, c.view(6, 1).expand(6, 6))
 
 
-def test_geodesic_integrate_hand_computed():
-    values = torch.tensor([[[1.0, 3.0, 5.0], [1.0, 2.0, 0.0]]], dtype=torch.float64)
-    seg = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]], dtype=torch.float64)
+def test_geodesic_integrate_hand_computed(device):
+    dev = torch.device(device)
+    values = torch.tensor([[[1.0, 3.0, 5.0], [1.0, 2.0, 0.0]]], dtype=torch.float64, device=dev)
+    seg = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]], dtype=torch.float64, device=dev)
     # path 0: v1 = (1+3)/2 = 2, v2 = (2 + 4) / 2 = 3; path 1: v1 = 1.5, v2 = 1.5·2 / 2 = 1.5
     expected = torch.tensor([[1.0, 1.75, 2.25]], dtype=torch.float64)
-    torch.testing.assert_close(fs.geodesic_integrate(values, seg), expected)
+    torch.testing.assert_close(fs.geodesic_integrate(values, seg).cpu(), expected)
 
 
-def test_geodesic_integrate_matches_loops_and_zero_length_paths():
+def test_geodesic_integrate_matches_loops_and_zero_length_paths(device):
     gen = torch.Generator().manual_seed(2)
     values = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
     values[:, :, 0] = values[:, :1, 0]
     seg = torch.rand(5, 3, 3, generator=gen, dtype=torch.float64)
     seg[1] = 0.0
     seg[3, 0, :2] = 0.0
-    got = fs.geodesic_integrate(values, seg)
+    dev = torch.device(device)
+    got = fs.geodesic_integrate(values.to(dev), seg.to(dev)).cpu()
     np.testing.assert_allclose(got.numpy(), integrate_reference(values.numpy(), seg.numpy()))
     torch.testing.assert_close(got[1], values[1, 0, :1].expand(4))
 
 
-def test_segment_lengths_match_loops():
+def test_segment_lengths_match_loops(device):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 3, 3, generator=gen, dtype=torch.float64)
     anchors = torch.randn(2, 3, 4, 1, 3, 3, generator=gen, dtype=torch.float64)
-    got = fs.segment_lengths(x, anchors)
+    dev = torch.device(device)
+    got = fs.segment_lengths(x.to(dev), anchors.to(dev)).cpu()
     for n in range(2):
         for p in range(3):
             prev = x[n]
@@ -517,75 +544,79 @@ def probe_reference(probe: SharpnessProbe, inputs: dict[str, np.ndarray], model:
             for j, name in enumerate(names)}
 
 
-def test_probe_matches_slow_reference(digits):
+def test_probe_matches_slow_reference(digits, device):
     # batch 10: chunks cut through the (anchor, jitters) groups of 3 inputs
-    ctx = make_ctx(digits, dtype=torch.float64, noise=0.3, batch_size=10)
-    model = tiny_cnn(torch.float64)
+    ctx = make_ctx(digits, dtype=torch.float64, noise=0.3, batch_size=10, device=device)
+    model = tiny_cnn(torch.float64).to(torch.device(device))
     probe = small(samples=4, paths=3, jitters=2, jitter_strength=0.2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         inputs = probe.prepare(ctx)
     got = probe.outputs().check(probe(model, ctx), "sharpness")
-    ref = probe_reference(probe, inputs, model, ctx)
-    noisy = ctx.data.noisy_mask[torch.as_tensor(inputs["index"])]
+    # the slow reference on the CPU: its own data and model (the same numbers, built there)
+    cpu = make_ctx(digits, dtype=torch.float64, noise=0.3, batch_size=10)
+    ref = probe_reference(probe, inputs, tiny_cnn(torch.float64), cpu)
+    noisy = cpu.data.noisy_mask[torch.as_tensor(inputs["index"])]
     assert 0 < int(noisy.sum()) < 4  # stratified: both subsets populated
+    # float64 throughout (a GPU's Jacobi SVD and kernels: ~1e-13, far below float32's 1e-4)
     for name in got:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(got[name], ref[name], rtol=tolerance(device, 1e-9, 1e-7),
+                                   atol=tolerance(device, 1e-12, 1e-10), err_msg=name)
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_probe_outputs_deterministic_and_hessian_off(digits):
-    ctx = make_ctx(digits)
-    model = tiny_cnn()
+def test_probe_outputs_deterministic_and_hessian_off(digits, device):
+    ctx = make_ctx(digits, device=device)
+    model = tiny_cnn().to(torch.device(device))
     a, b = small(), small()
     out_a, out_b = run(a, model, ctx), run(b, model, ctx)
     assert set(out_a) == {"accuracy", "loss", "jacobian", "hessian"}
     assert out_a["loss"].shape == (3, 7)
     assert a.outputs().coords["volume"] == list(range(7))
     for name in out_a:
-        np.testing.assert_array_equal(out_a[name], out_b[name])
+        assert_same(device, out_a[name], out_b[name], err_msg=name)
         assert np.isfinite(out_a[name]).all()
     assert ((out_a["accuracy"] >= 0) & (out_a["accuracy"] <= 1)).all()
     assert (out_a["hessian"] > 0).all() and (out_a["jacobian"] > 0).all()
-    np.testing.assert_array_equal(a(model, ctx)["loss"], out_a["loss"])  # same probe, again
+    assert_same(device, a(model, ctx)["loss"], out_a["loss"])  # same probe, again
 
     off = small(hessian=False)
     out_off = run(off, model, ctx)
     assert np.isnan(out_off["hessian"]).all()
     assert off.inputs is not None and "jitter_factors" not in off.inputs
     for name in ("accuracy", "loss", "jacobian"):
-        np.testing.assert_allclose(out_off[name], out_a[name], rtol=1e-6)
+        np.testing.assert_allclose(out_off[name], out_a[name], rtol=tolerance(device, 1e-6))
 
     other = small()
-    run(other, model, make_ctx(digits, seed=1))
+    run(other, model, make_ctx(digits, seed=1, device=device))
     assert not np.array_equal(other.inputs["index"], a.inputs["index"])
 
 
-def test_probe_batch_size_and_cache_invariance(digits):
-    model = tiny_cnn()
-    ref = run(small(), model, make_ctx(digits, batch_size=512))
-    out7 = run(small(), model, make_ctx(digits, batch_size=7))
+def test_probe_batch_size_and_cache_invariance(digits, device):
+    model = tiny_cnn().to(torch.device(device))
+    ref = run(small(), model, make_ctx(digits, batch_size=512, device=device))
+    out7 = run(small(), model, make_ctx(digits, batch_size=7, device=device))
     regen = small()
     regen.cache_bytes = 0  # rebuild the inputs per block of points
     regen.block_bytes = 5 * 19 * 3 * 64 * 8  # 5 points (19 anchors x 3 inputs) per block
-    out_regen = run(regen, model, make_ctx(digits, batch_size=50))
+    out_regen = run(regen, model, make_ctx(digits, batch_size=50, device=device))
     assert regen._cache["state"].cache is None
+    rtol, atol = tolerance(device, 1e-5), tolerance(device, 1e-7, 1e-6)
     for name in ref:
-        np.testing.assert_allclose(out7[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)
-        np.testing.assert_allclose(out_regen[name], ref[name], rtol=1e-5, atol=1e-7,
-                                   err_msg=name)
+        np.testing.assert_allclose(out7[name], ref[name], rtol=rtol, atol=atol, err_msg=name)
+        np.testing.assert_allclose(out_regen[name], ref[name], rtol=rtol, atol=atol, err_msg=name)
 
 
-def test_probe_pickles_without_device_cache(digits):
-    ctx = make_ctx(digits)
-    model = tiny_cnn()
+def test_probe_pickles_without_device_cache(digits, device):
+    ctx = make_ctx(digits, device=device)
+    model = tiny_cnn().to(torch.device(device))
     probe = small(samples=8)
     out = run(probe, model, ctx)
     clone = pickle.loads(pickle.dumps(probe))
     assert clone._cache == {}
     out2 = clone.outputs().check(clone(model, ctx), "sharpness")
     for name in out:
-        np.testing.assert_array_equal(out[name], out2[name])
+        assert_same(device, out[name], out2[name], err_msg=name)
 
 
 def test_probe_sampling_stratified_and_capped(digits):
@@ -613,14 +644,14 @@ def test_probe_sampling_stratified_and_capped(digits):
     np.testing.assert_array_equal(idx, np.arange(N_TRAIN))
 
 
-def test_probe_without_noise_gives_nan_noisy_rows(digits):
-    ctx = make_ctx(digits, noise=0.0)
+def test_probe_without_noise_gives_nan_noisy_rows(digits, device):
+    ctx = make_ctx(digits, noise=0.0, device=device)
     probe = small(samples=10)
     with pytest.warns(UserWarning, match="no noisy points"):
         probe.prepare(ctx)
-    out = probe(tiny_cnn(), ctx)
+    out = probe(tiny_cnn().to(torch.device(device)), ctx)
     assert np.isnan(out["loss"][1]).all()
-    np.testing.assert_allclose(out["loss"][0], out["loss"][2])
+    np.testing.assert_allclose(out["loss"][0], out["loss"][2], rtol=tolerance(device, 1e-7))
 
 
 def test_config_errors(digits):
@@ -653,7 +684,7 @@ def test_config_errors(digits):
     assert len(inputs["paths"]) == 26
 
 
-def synthetic_ctx(n: int = 24, side: int = 32, seed: int = 0) -> Context:
+def synthetic_ctx(n: int = 24, side: int = 32, seed: int = 0, device: str = "cpu") -> Context:
     """3-channel images with a 1/f spectrum in [0, 1] (natural-image-like singular values)."""
     g = torch.Generator().manual_seed(seed)
     f = torch.fft.fftfreq(side)
@@ -670,12 +701,14 @@ def synthetic_ctx(n: int = 24, side: int = 32, seed: int = 0) -> Context:
     noisy = torch.arange(n) % 4 == 0
     data = RunData(x_train=x, y_train=y, clean_labels=y, noisy_mask=noisy, x_test=x[:4],
                    y_test=y[:4], mean=mean, std=std, num_classes=10)
-    return Context(data=data, device=torch.device("cpu"), batch_size=512, seed=0)
+    dev = torch.device(device)
+    return Context(data=data.to(dev), device=dev, batch_size=512, seed=0)
 
 
-def test_default_volumes_on_digits_reach_like_32_pixel_images(digits):
-    ctx8 = make_ctx(digits, noise=0.2)
-    ctx32 = synthetic_ctx()
+def test_default_volumes_on_digits_reach_like_32_pixel_images(digits, device):
+    # the stored distances come from the SVD erasures on the device
+    ctx8 = make_ctx(digits, noise=0.2, device=device)
+    ctx32 = synthetic_ctx(device=device)
     dist = {}
     for name, ctx, n in (("digits", ctx8, 128), ("32px", ctx32, 24)):
         probe = SharpnessProbe(SharpnessProbe.Config(samples=n, hessian=False))
@@ -706,8 +739,8 @@ def test_explicit_config_erasing_the_top_more_often_warns(digits):
         SharpnessProbe(SharpnessProbe.Config(samples=4, svd_path=(5, 28))).prepare(ctx)
 
 
-def test_jitter_displacement_is_the_jitters_own_size(digits):
-    ctx = make_ctx(digits, noise=0.2)
+def test_jitter_displacement_is_the_jitters_own_size(digits, device):
+    ctx = make_ctx(digits, noise=0.2, device=device)
     probe = SharpnessProbe(SharpnessProbe.Config(samples=64))
     probe.prepare(ctx)
     st = probe._state(ctx)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same, tolerance
 from torch import nn
 
 from ckpt_analyzer.config import ConfigError, build_config
@@ -64,8 +66,14 @@ def data() -> RunData:
     return make_data()
 
 
-def context(data: RunData, seed: int = 0, batch_size: int = 256) -> Context:
-    return Context(data=data, device=torch.device("cpu"), batch_size=batch_size, seed=seed)
+def context(data: RunData, seed: int = 0, batch_size: int = 256, device: str = "cpu") -> Context:
+    dev = torch.device(device)
+    return Context(data=data.to(dev), device=dev, batch_size=batch_size, seed=seed)
+
+
+def moved(model: nn.Module, device: str) -> nn.Module:
+    """A copy of ``model`` on ``device`` (the CPU original stays for the slow reference)."""
+    return copy.deepcopy(model).to(torch.device(device))
 
 
 def unit_directions(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -105,48 +113,56 @@ def test_line_offsets_exclude_the_end() -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
-def test_line_logits_match_a_loop(data: RunData, batch_size: int) -> None:
+def test_line_logits_match_a_loop(data: RunData, batch_size: int, device: str) -> None:
     model = tiny_model()
     x = data.x_train[:5]
     v = unit_directions(tuple(x.shape), 1)
     scale = torch.tensor([2.5])
-    got = line_logits(model, x, v, n=12, h=0.7, batch_size=batch_size, scale=scale)
-    assert got.shape == (5, 12, 10)
-    np.testing.assert_allclose(got.double().numpy(), slow_logits(model, x, v, 12, 0.7, scale),
-                               rtol=1e-5, atol=1e-6)
+    dev = torch.device(device)
+    got = line_logits(moved(model, device), x.to(dev), v.to(dev), n=12, h=0.7,
+                      batch_size=batch_size, scale=scale.to(dev))
+    assert got.shape == (5, 12, 10) and got.device.type == dev.type
+    np.testing.assert_allclose(got.cpu().double().numpy(), slow_logits(model, x, v, 12, 0.7, scale),
+                               rtol=tolerance(device, 1e-5), atol=tolerance(device, 1e-6, 1e-5))
 
 
-def test_line_spectrum_matches_numpy_reference(data: RunData) -> None:
+def test_line_spectrum_matches_numpy_reference(data: RunData, device: str) -> None:
     model = tiny_model(1)
     x = data.x_train[10:16]
     v = unit_directions(tuple(x.shape), 2)
     n, h = 32, 0.5
     want = slow_spectrum(slow_logits(model, x, v, n, h))
-    got = line_spectrum(model, x, v, n=n, h=h, batch_size=50).numpy()
+    dev = torch.device(device)
+    a = line_spectrum(moved(model, device), x.to(dev), v.to(dev), n=n, h=h, batch_size=50)
+    got = a.cpu().numpy()
     assert got.shape == (n // 2 + 1,)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    np.testing.assert_allclose(log_ratio(torch.from_numpy(got)).numpy(), np.log(want / want[0]),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, want, rtol=tolerance(device, 1e-5))
+    np.testing.assert_allclose(log_ratio(a).cpu().numpy(), np.log(want / want[0]),
+                               rtol=tolerance(device, 1e-5), atol=tolerance(device, 1e-7))
 
 
-def test_spectrum_of_logits_is_numpy_rfft() -> None:
+def test_spectrum_of_logits_is_numpy_rfft(device: str) -> None:
     logits = torch.randn(3, 10, 4, generator=torch.Generator().manual_seed(0))
     want = np.abs(np.fft.rfft(logits.numpy().astype(np.float64), axis=1))
-    np.testing.assert_allclose(spectrum(logits).numpy(), want, rtol=1e-10)
-    assert spectrum(logits).shape == (3, 6, 4)
+    got = spectrum(logits.to(torch.device(device)))
+    assert got.shape == (3, 6, 4)
+    # float64 FFT: another library's (cuFFT) rounding is ~1e-15, not float32's 1e-4
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=tolerance(device, 1e-10, 1e-9))
 
 
-def test_chunking_does_not_change_the_spectrum(data: RunData) -> None:
-    # In float64 so that only the stream's index arithmetic could make chunks differ.
-    model = tiny_model(2).double()
-    x = data.x_test[:9].double()
-    v = unit_directions(tuple(x.shape), 3).double()
-    runs = [line_logits(model, x, v, n=16, h=0.5, batch_size=b) for b in (1, 7, 1000)]
+def test_chunking_does_not_change_the_spectrum(data: RunData, device: str) -> None:
+    # In float64 so that only the stream's index arithmetic could make chunks differ (on a GPU,
+    # float64 kernels chosen by batch size differ in the last bits only: ~1e-15).
+    dev = torch.device(device)
+    model = tiny_model(2).double().to(dev)
+    x = data.x_test[:9].double().to(dev)
+    v = unit_directions(tuple(x.shape), 3).double().to(dev)
+    runs = [line_logits(model, x, v, n=16, h=0.5, batch_size=b).cpu() for b in (1, 7, 1000)]
     for other in runs[1:]:
         np.testing.assert_allclose(other.numpy(), runs[0].numpy(), rtol=1e-12, atol=1e-12)
     small = line_spectrum(model, x, v, n=16, h=0.5, batch_size=7)
     large = line_spectrum(model, x, v, n=16, h=0.5, batch_size=1000)
-    np.testing.assert_allclose(small.numpy(), large.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(small.cpu().numpy(), large.cpu().numpy(), rtol=1e-10)
 
 
 class SineAlongU(nn.Module):
@@ -154,9 +170,10 @@ class SineAlongU(nn.Module):
 
     def __init__(self, u: torch.Tensor, x0: torch.Tensor, j: int, h: float) -> None:
         super().__init__()
-        self.u, self.j, self.h = u.flatten(), j, h
+        self.j, self.h = j, h
+        self.register_buffer("u", u.flatten())  # buffers: .to(device) moves them
+        self.register_buffer("amp", torch.tensor([1.0, 0.5, 2.0]))
         self.offset = float(x0.flatten() @ self.u)
-        self.amp = torch.tensor([1.0, 0.5, 2.0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.flatten(1).double() @ self.u.double() - self.offset
@@ -165,15 +182,17 @@ class SineAlongU(nn.Module):
 
 
 @pytest.mark.parametrize("j", [1, 5, 17])
-def test_pure_sine_peaks_at_its_frequency(data: RunData, j: int) -> None:
+def test_pure_sine_peaks_at_its_frequency(data: RunData, j: int, device: str) -> None:
     n, h = 64, 0.5
+    dev = torch.device(device)
     u = unit_directions((1, 1, 8, 8), 4)[0]
     x = data.x_train[:4]
-    model = SineAlongU(u, x[0], j, h)
-    a = line_spectrum(model, x, u.expand_as(x).contiguous(), n=n, h=h, batch_size=100)
+    model = SineAlongU(u, x[0], j, h).to(dev)
+    a = line_spectrum(model, x.to(dev), u.expand_as(x).contiguous().to(dev), n=n, h=h,
+                      batch_size=100).cpu()
     assert int(a.argmax()) == j
     # |rfft| of an amplitude-1 sine with j whole periods is n/2; mean amplitude is 3.5/3.
-    assert a[j].item() == pytest.approx(n / 2 * 3.5 / 3, rel=1e-4)
+    assert a[j].item() == pytest.approx(n / 2 * 3.5 / 3, rel=tolerance(device, 1e-4))
     others = torch.cat([a[:j], a[j + 1:]])
     assert float(others.max()) < 1e-3 * float(a[j])
 
@@ -181,16 +200,18 @@ def test_pure_sine_peaks_at_its_frequency(data: RunData, j: int) -> None:
 class Constant(nn.Module):
     def __init__(self, value: torch.Tensor) -> None:
         super().__init__()
-        self.value = value
+        self.register_buffer("value", value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.value.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
 
 
-def test_constant_model_has_only_the_zero_frequency(data: RunData) -> None:
+def test_constant_model_has_only_the_zero_frequency(data: RunData, device: str) -> None:
     value = torch.tensor([[1.0, -2.0, 0.5]])
     x = data.x_train[:3]
-    a = line_spectrum(Constant(value), x, unit_directions(tuple(x.shape), 5), n=16, h=0.5)
+    dev = torch.device(device)
+    a = line_spectrum(Constant(value).to(dev), x.to(dev),
+                      unit_directions(tuple(x.shape), 5).to(dev), n=16, h=0.5).cpu()
     assert a[0].item() == pytest.approx(16 * float(value.abs().mean()))
     assert torch.all(a[1:] < 1e-12)
     r = log_ratio(a)
@@ -249,13 +270,14 @@ def test_small_subset_uses_all_points(data: RunData) -> None:
     np.testing.assert_array_equal(inputs["noisy/index"], data.index("noisy").numpy())
 
 
-def test_probe_measures_pixel_space_lines(data: RunData) -> None:
+def test_probe_measures_pixel_space_lines(data: RunData, device: str) -> None:
     cfg = SpectrumProbe.Config(points=5, n=16, h=0.5, subsets=("train", "test"))
     probe = SpectrumProbe(cfg)
-    ctx = context(data, seed=3, batch_size=37)
+    ctx = context(data, seed=3, batch_size=37, device=device)
     inputs = probe.prepare(ctx)
-    model = tiny_model(3)
-    out = probe.outputs().check(probe(model, ctx), "spectrum")
+    model = tiny_model(3)  # the slow reference's, on the CPU
+    fast = moved(model, device)
+    out = probe.outputs().check(probe(fast, ctx), "spectrum")
     assert out["A"].shape == (2, 9)
     for row, s in enumerate(cfg.subsets):
         split = data.x_test if s == "test" else data.x_train
@@ -270,39 +292,40 @@ def test_probe_measures_pixel_space_lines(data: RunData) -> None:
                 with torch.no_grad():
                     logits[p, i] = model(img)[0].double().numpy()
         want = slow_spectrum(logits)
-        np.testing.assert_allclose(out["A"][row], want, rtol=1e-5)
-        np.testing.assert_allclose(out["R"][row], np.log(want / want[0]), rtol=1e-5, atol=1e-7)
-    again = probe.outputs().check(probe(model, ctx), "spectrum")
-    np.testing.assert_array_equal(again["A"], out["A"])
+        np.testing.assert_allclose(out["A"][row], want, rtol=tolerance(device, 1e-5))
+        np.testing.assert_allclose(out["R"][row], np.log(want / want[0]),
+                                   rtol=tolerance(device, 1e-5), atol=tolerance(device, 1e-7))
+    again = probe.outputs().check(probe(fast, ctx), "spectrum")
+    assert_same(device, again["A"], out["A"])
 
 
-def test_probe_input_space_and_empty_subset() -> None:
+def test_probe_input_space_and_empty_subset(device: str) -> None:
     clean = make_data(noise=0.0)
     cfg = SpectrumProbe.Config(points=4, n=8, h=0.5, subsets=("noisy", "clean"), space="input")
     probe = SpectrumProbe(cfg)
-    ctx = context(clean)
+    ctx = context(clean, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         inputs = probe.prepare(ctx)
     assert inputs["noisy/index"].shape == (0,) and inputs["noisy/direction"].shape == (0, 1, 8, 8)
     model = tiny_model(4)
-    out = probe.outputs().check(probe(model, ctx), "spectrum")
+    out = probe.outputs().check(probe(moved(model, device), ctx), "spectrum")
     assert np.all(np.isnan(out["A"][0])) and np.all(np.isnan(out["R"][0]))
     x = clean.x_train[torch.from_numpy(inputs["clean/index"])]
     v = torch.from_numpy(inputs["clean/direction"])
     want = slow_spectrum(slow_logits(model, x, v, 8, 0.5))  # no pixel scaling
-    np.testing.assert_allclose(out["A"][1], want, rtol=1e-5)
+    np.testing.assert_allclose(out["A"][1], want, rtol=tolerance(device, 1e-5))
 
 
-def test_probe_is_picklable_after_prepare(data: RunData) -> None:
+def test_probe_is_picklable_after_prepare(data: RunData, device: str) -> None:
     import pickle
 
     probe = SpectrumProbe(SpectrumProbe.Config(points=3, n=8))
-    ctx = context(data)
+    ctx = context(data, device=device)
     probe.prepare(ctx)
     clone = pickle.loads(pickle.dumps(probe))
-    model = tiny_model(5)
-    np.testing.assert_array_equal(clone(model, ctx)["A"], probe(model, ctx)["A"])
+    model = moved(tiny_model(5), device)
+    assert_same(device, clone(model, ctx)["A"], probe(model, ctx)["A"])
     assert dataclasses.asdict(clone.config) == dataclasses.asdict(probe.config)
 
 
@@ -353,10 +376,11 @@ def test_h_auto_scales_with_the_image_norm(data: RunData) -> None:
         build_config(SpectrumProbe.Config, {"h": "wide"}, "spectrum")
 
 
-def test_h_auto_measures_with_the_resolved_value(data: RunData) -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+def test_h_auto_measures_with_the_resolved_value(data: RunData, device: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(torch.device(device))
+    ctx = context(data, device=device)
     auto = SpectrumProbe(SpectrumProbe.Config(points=5, n=8))
-    auto.prepare(context(data))
+    auto.prepare(ctx)
     same = SpectrumProbe(auto.resolved_config())
-    same.prepare(context(data))
-    np.testing.assert_array_equal(auto(model, context(data))["A"], same(model, context(data))["A"])
+    same.prepare(ctx)
+    assert_same(device, auto(model, ctx)["A"], same(model, ctx)["A"])

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import on_device
 from test_hessian import digits_ctx, snapshot
 from torch import nn
 
@@ -35,9 +36,11 @@ def power_law_matrix(alpha: float, n: int, seed: int) -> tuple[torch.Tensor, tor
 
 
 @pytest.mark.parametrize("alpha", [2.0, 2.5, 3.0])
-def test_alpha_recovered_on_synthetic_power_law_spectra(alpha: float) -> None:
+def test_alpha_recovered_on_synthetic_power_law_spectra(alpha: float, device: str) -> None:
     w, lam = power_law_matrix(alpha, 800, seed=int(alpha * 10))
-    ev = esd(w)
+    # the SVD on the device (float64: its rounding stays far below 1e-8); the fit on the CPU,
+    # as the probe does (fit_power_law mixes CPU index tensors with its input's device)
+    ev = esd(w.to(torch.device(device))).cpu()
     assert torch.allclose(ev, torch.sort(lam).values, rtol=1e-8)
     est, xmin, dist, n_tail, reason = fit_power_law(ev)
     assert reason == "" and n_tail >= 10 and 0 < dist < 0.1
@@ -78,24 +81,25 @@ def test_fit_reports_why_it_cannot_fit() -> None:
     assert math.isnan(alpha) and "degenerate" in reason
 
 
-def test_conv_layer_matrix_stacks_kernel_slices_like_weightwatcher() -> None:
+def test_conv_layer_matrix_stacks_kernel_slices_like_weightwatcher(device: str) -> None:
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(4, 6, 3, 3, generator=g)  # out < in: each slice turned to 6 × 4
+    dev = torch.device(device)  # pure data movement: exact on every device
+    w = torch.randn(4, 6, 3, 3, generator=g).to(dev)  # out < in: each slice turned to 6 × 4
     m = layer_matrix(w)
     assert m.shape == (54, 4)
     assert torch.equal(m[:6], w[:, :, 0, 0].T) and torch.equal(m[6:12], w[:, :, 0, 1].T)
-    w2 = torch.randn(8, 3, 3, 3, generator=g)  # out > in: slices as they are
+    w2 = torch.randn(8, 3, 3, 3, generator=g).to(dev)  # out > in: slices as they are
     assert torch.equal(layer_matrix(w2)[8:16], w2[:, :, 0, 1])
-    lin = torch.randn(5, 7, generator=g)
+    lin = torch.randn(5, 7, generator=g).to(dev)
     assert layer_matrix(lin) is lin
     with pytest.raises(ValueError):
         layer_matrix(torch.randn(3))
 
 
-def test_scale_metrics_and_histogram() -> None:
+def test_scale_metrics_and_histogram(device: str) -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(20, 12, generator=g, dtype=torch.float64)
-    ev = esd(w)
+    ev = esd(w.to(torch.device(device)))  # on the device, float64
     assert len(ev) == 12
     sn, sr = scale_metrics(ev)
     assert sn == pytest.approx(float(torch.linalg.matrix_norm(w, 2)) ** 2)
@@ -107,14 +111,14 @@ def test_scale_metrics_and_histogram() -> None:
     assert h.tolist() == pytest.approx([0.4, 0.0, 0.4, 0.2])
 
 
-def test_probe_small_layers_get_nan_alpha_and_model_is_untouched() -> None:
-    ctx = digits_ctx()
+def test_probe_small_layers_get_nan_alpha_and_model_is_untouched(device: str) -> None:
+    ctx = on_device(digits_ctx(), device)
     probe = WeightsSpectrumProbe(WeightsSpectrumProbe.Config(min_evals=8, min_tail=4))
     with pytest.warns(UserWarning, match="too small for a power-law fit"):
         assert probe.prepare(ctx) == {}
     outs = probe.outputs()
     assert outs.coords["layer"] == ["0", "3", "7", "11", "17"]
-    model = ctx.build_model(2)
+    model = ctx.build_model(2)  # on the device
     before = snapshot(model)
     res = outs.check(probe(model, ctx), "weights_spectrum")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -122,7 +126,7 @@ def test_probe_small_layers_get_nan_alpha_and_model_is_untouched() -> None:
     assert res["num_evals"].tolist() == [1, 2, 4, 8, 10]
     assert np.isnan(res["alpha"][:3]).all() and np.isfinite(res["alpha"][3:]).all()
     assert np.allclose(res["histogram"].sum(axis=1), 1.0)
-    w = model[11].weight.detach()
+    w = model[11].weight.detach().cpu()  # the reference on the CPU (float64 on both sides)
     assert res["spectral_norm"][3] == pytest.approx(
         float(torch.linalg.matrix_norm(layer_matrix(w).double(), 2)) ** 2)
 
