@@ -21,11 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
             raise pytest.UsageError(f"CKPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available")
-        if TEST_DEVICE.startswith("cuda"):
-            # The reference tests check float32 maths to ~1e-4: TensorFloat-32 (10-bit mantissa)
-            # convolutions, which PyTorch enables in cuDNN by default, would be off by ~1e-3.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        from ckpt_analyzer.util import set_precision
+
+        # as the analyzer does: the reference tests check float32 maths to ~1e-4, and
+        # TensorFloat-32 convolutions (cuDNN's default) would be off by ~1e-3
+        set_precision(torch.device(TEST_DEVICE))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
