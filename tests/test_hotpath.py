@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ckpt_analyzer.checkpoints import discover, load_state_into, read_state_dict
 from ckpt_analyzer.data.run import load_run_data
-from ckpt_analyzer.functional.batching import batched, chunks
+from ckpt_analyzer.functional.batching import add_at, batched, chunks
 from ckpt_analyzer.models import build_model
 from ckpt_analyzer.probes import PROBES
 from ckpt_analyzer.probes.base import Context
@@ -63,6 +63,56 @@ def test_chunks_and_batched() -> None:
     assert g.requires_grad
     with pytest.raises(ValueError):
         batched(lambda a, b: a, x, y[:3], batch_size=2)
+
+
+@pytest.mark.parametrize("sorted_sums", [False, True])
+def test_add_at_against_a_loop(sorted_sums: bool, device: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 7, (500,), generator=g)
+    index[index == 3] = 4  # a bin that gets nothing keeps its start value
+    values = torch.randn(500, generator=g, dtype=torch.float64)
+    start = torch.randn(7, generator=g, dtype=torch.float64)
+    want = start.clone()
+    for i, v in zip(index.tolist(), values.tolist()):  # the slow, obvious reference
+        want[i] += v
+    dev = torch.device(device)
+    out = add_at(start.clone().to(dev), index.to(dev), values.to(dev), sorted_sums=sorted_sums)
+    assert torch.allclose(out.cpu(), want, rtol=1e-13, atol=1e-13)
+    assert out[3].item() == start[3].item()
+    again = add_at(start.clone().to(dev), index.to(dev), values.to(dev), sorted_sums=sorted_sums)
+    assert torch.equal(out, again)  # the same bits on every run
+    empty = add_at(start.clone().to(dev), index[:0].to(dev), values[:0].to(dev),
+                   sorted_sums=sorted_sums)
+    assert torch.equal(empty.cpu(), start)
+
+
+@pytest.mark.parametrize("name", ["interpolation", "landscape"])
+def test_sorted_sums_give_the_probes_numbers(name: str, setting: tuple,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a probe gets on CUDA (sums by index in sorted runs) equals what it gets from
+    index_add_ on the CPU, to float64 rounding."""
+    import numpy as np
+
+    from ckpt_analyzer.functional import batching
+
+    ctx, model, ref = setting
+    cls = PROBES.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    config = cls.Config(**{k: v for k, v in SMALL[name].items() if k in fields})
+    plain = cls(config).measure(model, ctx.with_checkpoint(ref))
+    real = batching.add_at
+    calls: list[int] = []
+
+    def sorted_add_at(o: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls.append(len(i))
+        return real(o, i, v, sorted_sums=True)
+
+    module = __import__(f"ckpt_analyzer.functional.{name}", fromlist=["add_at"])
+    monkeypatch.setattr(module, "add_at", sorted_add_at)
+    sorted_ = cls(config).measure(model, ctx.with_checkpoint(ref))
+    assert calls and sum(calls) > 0
+    for metric, value in plain.items():
+        assert np.allclose(sorted_[metric], value, rtol=1e-12, atol=1e-14, equal_nan=True), metric
 
 
 @pytest.fixture(scope="module")

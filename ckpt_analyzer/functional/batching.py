@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batched", "chunks", "evaluation"]
+__all__ = ["add_at", "batched", "chunks", "evaluation"]
 
 
 def chunks(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
@@ -68,3 +68,27 @@ def batched(fn: Callable[..., Any], *tensors: torch.Tensor, batch_size: int,
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
+
+
+def add_at(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor,
+           sorted_sums: bool | None = None) -> torch.Tensor:
+    """``out[index[i]] += values[i]`` for every ``i`` (1-D), in place, with the same bits on
+    every run of the same inputs.
+
+    On the CPU this is ``index_add_``, which adds in the order of ``i``. On CUDA ``index_add_``
+    adds with atomics in an order that changes from run to run, so a float sum would change in
+    its last bits and a probe would not repeat itself. There (or with ``sorted_sums=True``) the
+    values are stably sorted by index, each run of one index is summed in order by
+    ``torch.segment_reduce`` (one thread per run) and the sums are added to ``out`` once.
+    """
+    if sorted_sums is None:
+        sorted_sums = out.device.type != "cpu"
+    if not sorted_sums:
+        return out.index_add_(0, index, values)
+    if index.numel() == 0:
+        return out
+    order = torch.argsort(index, stable=True)
+    keys, counts = torch.unique_consecutive(index[order], return_counts=True)
+    sums = torch.segment_reduce(values[order], "sum", lengths=counts)
+    out[keys] += sums.to(out.dtype)
+    return out

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .batching import batched, chunks, evaluation
+from .batching import add_at, batched, chunks, evaluation
 
 __all__ = [
     "InterpolationResult",
@@ -168,9 +168,9 @@ def path_curves(model: nn.Module, images: torch.Tensor, pairs: torch.Tensor,
             seg = torch.where(j == 0, torch.zeros_like(seg), seg)
             b = torch.floor(lam * bins).to(torch.long).clamp_(0, bins - 1)
             key = p * bins + b
-            sums.index_add_(0, key, dt)
-            counts.index_add_(0, key, torch.ones_like(dt))
-            tv.index_add_(0, p, seg)
+            add_at(sums, key, dt)
+            counts.index_add_(0, key, torch.ones_like(dt))  # whole numbers: exact in any order
+            add_at(tv, p, seg)
             carry_y0, carry_last = y0[-1], y[-1:]
     bin_mean = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
     return PathCurves(bin_mean.view(n, bins), tv, d, points)

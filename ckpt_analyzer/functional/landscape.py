@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import chunks, evaluation
+from .batching import add_at, chunks, evaluation
 
 __all__ = [
     "barrier_height",
@@ -107,8 +107,8 @@ def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
                 xb, yb, gb = x[lo:hi], y[lo:hi], groups[lo:hi]
                 out = functional_call(model, dict(state), (xb,))
                 ce = F.cross_entropy(out.double(), yb, reduction="none")
-                loss.index_add_(0, gb, ce)
-                wrong.index_add_(0, gb, (out.argmax(dim=1) != yb).double())
+                add_at(loss, gb, ce)
+                wrong.index_add_(0, gb, (out.argmax(dim=1) != yb).double())  # exact counts
         return (loss / count).cpu(), (wrong / count).cpu()
 
     return evaluate
