@@ -148,6 +148,21 @@ def test_lanczos_top_eigenvalues_match_dense_eigendecomposition(dense: tuple,
     assert torch.allclose(full, ref, rtol=tolerance(device, 1e-9, 1e-8))
 
 
+def test_operator_on_a_device_takes_host_vectors(dense: tuple, device: str) -> None:
+    """Lanczos and Hutchinson keep their vectors on the CPU (their default) while the operator
+    runs on the device: products come back on the vector's device."""
+    model, x, y, h = dense
+    dev = torch.device(device)
+    op = HessianOperator(copy.deepcopy(model).to(dev), x.to(dev), y.to(dev), batch_size=16)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    hv = op.matvec(v)
+    assert hv.device == v.device and hv.dtype == v.dtype
+    assert torch.allclose(hv, h @ v, rtol=tolerance(device, 1e-9, 1e-7), atol=1e-11)
+    vals, _ = lanczos(op.matvec, op.dim, k=2, iterations=60,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(vals, torch.linalg.eigvalsh(h).flip(0)[:2], rtol=1e-4)
+
+
 def test_lanczos_pads_nan_beyond_the_dimension(device: str) -> None:
     dev = torch.device(device)
     a = torch.diag(torch.tensor([3.0, -1.0], dtype=torch.float64)).to(dev)

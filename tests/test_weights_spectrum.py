@@ -65,11 +65,13 @@ def brute_force_fit(x: np.ndarray, min_tail: int) -> tuple[float, float, float]:
     return best[1], best[2], best[0]
 
 
-def test_fit_matches_brute_force_reference() -> None:
+def test_fit_matches_brute_force_reference(device: str) -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(0.1, 1.0, 60), (1 - rng.random(90)) ** (-1 / 1.8)])
     a, xmin, d = brute_force_fit(x, 5)
-    est, exmin, ed, n_tail, _ = fit_power_law(torch.tensor(x), min_tail=5)
+    # eigenvalues on any device: the fit itself runs on the CPU
+    est, exmin, ed, n_tail, _ = fit_power_law(torch.tensor(x).to(torch.device(device)),
+                                              min_tail=5)
     assert est == pytest.approx(a, rel=1e-10) and exmin == xmin and ed == pytest.approx(d)
     assert n_tail == int((x >= xmin).sum())
 
@@ -106,9 +108,10 @@ def test_scale_metrics_and_histogram(device: str) -> None:
     assert sr == pytest.approx(float(torch.linalg.matrix_norm(w) ** 2 / torch.linalg.matrix_norm(w, 2) ** 2))
     assert all(math.isnan(v) for v in scale_metrics(torch.zeros(3)))
     edges = torch.linspace(-1, 1, 5)
-    h = log_histogram(torch.tensor([1e-5, 0.2, 1.0, 3.0, 1e6]), edges)
-    # log10: -5 and -0.7 | none | 0 and 0.48 | 6 (clipped)
-    assert h.tolist() == pytest.approx([0.4, 0.0, 0.4, 0.2])
+    h = log_histogram(torch.tensor([1e-5, 0.2, 1.0, 3.0, 1e6]).to(ev.device), edges)
+    # log10: -5 and -0.7 | none | 0 and 0.48 | 6 (clipped); on the eigenvalues' device
+    assert h.device == ev.device and h.tolist() == pytest.approx([0.4, 0.0, 0.4, 0.2])
+    assert log_histogram(ev[:0], edges).device == ev.device
 
 
 def test_probe_small_layers_get_nan_alpha_and_model_is_untouched(device: str) -> None:

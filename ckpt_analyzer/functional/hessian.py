@@ -69,8 +69,8 @@ class HessianOperator:
     """``v ↦ H v`` for the mean cross-entropy of ``model`` on ``(x, y)`` w.r.t. its parameters.
 
     Vectors are flat (``dim`` = number of trainable parameter entries, in
-    ``model.named_parameters()`` order) and may have any floating dtype; products are computed
-    in the parameters' dtype and returned in ``v``'s. ``x`` is processed in chunks of
+    ``model.named_parameters()`` order) and may have any floating dtype and device; products
+    are computed in the parameters' dtype on their device and returned in ``v``'s. ``x`` is processed in chunks of
     ``batch_size``; each chunk contributes ``∂(g_bᵀv)/∂θ`` with ``g_b`` the gradient of its
     share ``Σ_{i∈b} ℓ_i / N`` of the loss (PyHessian eq. 2).
 
@@ -97,6 +97,7 @@ class HessianOperator:
         self.sizes = [p.numel() for _, p in named]
         self.dim = sum(self.sizes)
         self.dtype = named[0][1].dtype if named else torch.float32
+        self.device = named[0][1].device if named else x.device
         # detached leaves sharing the model's storage: autograd never writes to the model
         self._params = {n: p.detach().requires_grad_(True) for n, p in named}
         frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
@@ -114,7 +115,9 @@ class HessianOperator:
         return tuple(t._version for t in tensors)
 
     def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
-        return [c.view(s) for c, s in zip(v.to(self.dtype).split(self.sizes), self.shapes)]
+        """A flat vector as one tensor per parameter, on the parameters' device and dtype."""
+        flat = v.to(device=self.device, dtype=self.dtype)
+        return [c.view(s) for c, s in zip(flat.split(self.sizes), self.shapes)]
 
     def _gradient(self, lo: int, hi: int) -> tuple[tuple[torch.Tensor, ...], int]:
         """``g_b`` of chunk ``[lo, hi)`` with its graph, and the bytes that graph saves."""
@@ -160,7 +163,7 @@ class HessianOperator:
                 for t, h in zip(total, hv):
                     t.add_(h)
         self.calls += 1
-        return torch.cat([t.flatten() for t in total]).to(v.dtype)
+        return torch.cat([t.flatten() for t in total]).to(device=v.device, dtype=v.dtype)
 
     def release(self) -> None:
         """Drop the kept graphs (their memory); later products rebuild and keep them again."""

@@ -75,7 +75,7 @@ def line_logits(model: nn.Module, x: torch.Tensor, v: torch.Tensor, n: int = 128
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     num_points = x.shape[0]
     t = line_offsets(n, h, device=x.device, dtype=x.dtype)
-    direction = v.to(x.dtype)
+    direction = v.to(device=x.device, dtype=x.dtype)
     if scale is not None:
         direction = direction * _channel_view(scale.to(device=x.device, dtype=x.dtype), x.dim())
     total = num_points * n

@@ -74,8 +74,9 @@ def fit_power_law(evals: torch.Tensor, min_tail: int = 10
 
     Returns ``(alpha, xmin, ks_distance, n_tail, reason)``; when no fit is possible alpha, xmin
     and the distance are NaN, ``n_tail`` is 0 and ``reason`` says why (empty otherwise).
+    The fit runs on the CPU whatever the device of ``evals`` (a few hundred values).
     """
-    x = torch.sort(evals.detach().double().flatten()).values
+    x = torch.sort(evals.detach().cpu().double().flatten()).values
     x = x[torch.isfinite(x) & (x > 0)]
     n = len(x)
     if n < max(2, min_tail):
@@ -115,11 +116,11 @@ def fit_power_law(evals: torch.Tensor, min_tail: int = 10
 def log_histogram(evals: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Fraction of the eigenvalues in each bin of ``log10 λ`` between consecutive ``edges``;
     values outside are counted in the first or last bin, zero eigenvalues in the first.
-    All zeros for an empty spectrum."""
+    All zeros for an empty spectrum. On the device of ``evals``."""
     nb = len(edges) - 1
     if len(evals) == 0:
-        return torch.zeros(nb, dtype=torch.float64)
+        return torch.zeros(nb, dtype=torch.float64, device=evals.device)
     lg = torch.log10(evals.double().clamp_min(1e-300))
-    e = edges.double()
+    e = edges.to(device=evals.device, dtype=torch.float64)
     pos = torch.bucketize(lg, e[1:-1], right=True)  # 0..nb-1, clipped at the ends
     return torch.bincount(pos, minlength=nb).double() / len(evals)
