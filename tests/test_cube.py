@@ -335,6 +335,17 @@ def test_changed_config_is_refused_naming_keys(cube_path: Path) -> None:
                         metrics=dict(outputs().metrics))
         with pytest.raises(UsageError, match=r"different outputs than the cube \(k\)"):
             begin(cube, outputs=other)
+        # a float input measured on another device: float32 rounding is the same input...
+        noisy = inputs()
+        noisy["train/direction"] = noisy["train/direction"] * np.float32(1 + 3e-7)
+        noisy["train/direction"][0, 0, 0, 0] += np.float32(1e-6)  # a 1e-6 rounding step
+        assert not np.array_equal(noisy["train/direction"], inputs()["train/direction"])
+        begin(cube, inputs=noisy)
+        # ...another draw or other data is not
+        moved = inputs()
+        moved["train/direction"][0, 0, 0, 0] += np.float32(1e-3)
+        with pytest.raises(UsageError, match=r"fixed inputs differ.*\(train/direction\)"):
+            begin(cube, inputs=moved)
         begin(cube)  # unchanged: accepted, nothing lost
         assert cube.done("spectrum") == set(PARTIAL)
         begin(cube, {**CONFIG, "points": 500}, overwrite=True)

@@ -38,7 +38,7 @@ from .schema import (
     decode,
     encode,
     jsonable,
-    same_array,
+    same_inputs,
 )
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class Cube:
                     "SELECT key, dtype, shape, data FROM input WHERE probe=?", (name,))}
                 differ = sorted(k for k in set(old_in) | set(arrays)
                                 if k not in old_in or k not in arrays
-                                or not same_array(old_in[k], arrays[k]))
+                                or not same_inputs(old_in[k], arrays[k]))
                 if differ:
                     raise UsageError(f"probe '{name}' has the same config but its fixed inputs "
                                      f"differ from the cube's ({', '.join(differ)}): the cube "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .read import check_cube, is_probe, read_group, scalar, text, walk_inputs
-from .schema import Decl, same_array
+from .schema import Decl, same_array, same_inputs
 
 IDENTITY = ("source", "run_json")
 
@@ -111,7 +111,7 @@ def check_compatible(first: Path, other: Path) -> None:
             raise UsageError(f"{why}: probe '{name}' declares different outputs")
         differ = sorted(k for k in set(a.inputs) | set(b.inputs)
                         if k not in a.inputs or k not in b.inputs
-                        or not same_array(a.inputs[k], b.inputs[k]))
+                        or not same_inputs(a.inputs[k], b.inputs[k]))
         if differ:
             raise UsageError(f"{why}: probe '{name}' fixed input '{differ[0]}' differs")
 
