@@ -39,6 +39,20 @@ FINAL_TRAIN = [0.3, 0.0, 0.0]  # interpolation threshold: width 2
 R_OFFSET = [2, 4, 3]
 # top Hessian eigenvalue at the last epoch: interior peak at width 2 in every seed
 FINAL_HESSIAN = [100.0, 300.0, 50.0]
+# input-space tangent Hessian (largest volume, noisy points) at the last epoch: peak at width 2
+FINAL_SHARP = [2.0, 5.0, 3.0]
+SHARP_SUBSETS = ["clean", "noisy"]
+SHARP_METRICS = ("accuracy", "loss", "jacobian", "hessian")
+
+
+def sharp_value(seed: int, i: int, subset: str, volume: int, metric: str) -> float:
+    """Sharpness at the last epoch: noisy points twice the clean ones, volume 0 half the
+    largest volume, the Jacobian a third of the Hessian; accuracy and loss flat."""
+    if metric in ("accuracy", "loss"):
+        return 0.5
+    v = FINAL_SHARP[i] * (1 + 0.1 * seed) * (2.0 if subset == "noisy" else 1.0)
+    v *= 0.5 if volume == 0 else 1.0
+    return v / 3 if metric == "jacobian" else v
 
 
 def t_e_peak(seed: int, i: int) -> int:
@@ -75,6 +89,9 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
         cube.begin_probe("hessian", "1", {"points": 64}, 0, Outputs(
             coords={"subset": ["train"], "k": [0]},
             metrics={"eigenvalues": Metric(("subset", "k"))}), {})
+        cube.begin_probe("sharpness", "2", {"samples": 8}, 0, Outputs(
+            coords={"subset": SHARP_SUBSETS, "volume": [0, 6]},
+            metrics={m: Metric(("subset", "volume")) for m in SHARP_METRICS}), {})
         noisy = 0.9 - 0.8 / (1 + np.exp(-(np.arange(N) - 14.5) / 1.5))
         for i, w in enumerate(WIDTHS):
             test = np.interp(np.arange(N), [0, T_E_MIN, t_e_peak(seed, i), N - 1],
@@ -90,6 +107,10 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
                 cube.record("metrics", e, w, {"error": np.array([train[e], noisy[e], test[e]])})
                 cube.record("spectrum", e, w, {"R": np.stack([R[e], R_test[e]])})
                 cube.record("hessian", e, w, {"eigenvalues": np.array([[top[e]]])})
+                if e == stop:  # sharpness measured at the last epoch only, as the demo does
+                    cube.record("sharpness", e, w, {m: np.array(
+                        [[sharp_value(seed, i, sub, vol, m) for vol in (0, 6)]
+                         for sub in SHARP_SUBSETS]) for m in SHARP_METRICS})
         cube.materialize(list(range(N)), WIDTHS)
     return path
 
@@ -252,12 +273,12 @@ def test_report_cli_several_cubes_json_and_text(cubes: dict[str, Path]) -> None:
 def test_plot_cli_several_cubes(cubes: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     all4 = [*map(str, three(cubes)), str(cubes["n01"])]
-    for kind in ("double-descent", "spectrum", "hessian"):
+    for kind in ("double-descent", "spectrum", "hessian", "sharpness"):
         out = tmp_path / f"{kind}.png"
         res = CliRunner().invoke(main, ["plot", *all4, "--kind", kind, "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
-    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "sharpness", "-o",
+    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "interpolation", "-o",
                                     str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "not yet supported for several cubes" in res.output
 
@@ -306,6 +327,28 @@ def test_hessian_band_and_events_over_seeds(cubes: dict[str, Path]) -> None:
     assert vlines == pytest.approx([t_e - 1, t_e])
 
 
+def test_sharpness_band_and_agreed_peak_over_seeds(cubes: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from ckpt_analyzer.plot import PlotOptions
+    from ckpt_analyzer.study.figures import make_study_figure
+
+    study = load_study(three(cubes), **SHORT)
+    fig = make_study_figure(study, "sharpness", PlotOptions())
+    axes = fig.axes[:4]  # rows jacobian, hessian; columns clean, noisy
+    for ax, (metric, subset) in zip(axes, [("jacobian", "clean"), ("jacobian", "noisy"),
+                                           ("hessian", "clean"), ("hessian", "noisy")]):
+        largest, at_points, marker = ax.get_lines()[:3]
+        for line, vol in ((largest, 6), (at_points, 0)):
+            want = [statistics.mean(sharp_value(s, i, subset, vol, metric) for s in (0, 1, 2))
+                    for i in range(3)]
+            assert np.allclose(line.get_xdata(), WIDTHS)
+            assert np.allclose(line.get_ydata(), want), (metric, subset, vol)
+        assert marker.get_xdata()[0] == 2  # the agreed peak of the largest volume
+        assert marker.get_label().endswith("(3/3 runs)")
+    with pytest.raises(UsageError, match="--subset test: not measured in every cube"):
+        make_study_figure(study, "sharpness", PlotOptions(subset="test"))
+
+
 class _Refs(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -332,8 +375,8 @@ def test_html_is_self_contained_and_embeds_every_figure(cubes: dict[str, Path],
     p.close()
     assert p.tags[0] == "html" and "body" in p.tags
     imgs = [v for tag, k, v in p.refs if tag == "img"]
-    assert len(imgs) == 4  # double-descent, spectrum, fit, hessian: every study figure
-    assert page.count("<figure") == 4
+    assert len(imgs) == 5  # double-descent, spectrum, fit, sharpness, hessian: every one
+    assert page.count("<figure") == 5
     for v in imgs:
         assert v.startswith("data:image/png;base64,")
         assert base64.b64decode(v.split(",", 1)[1])[:4] == b"\x89PNG"
@@ -344,7 +387,8 @@ def test_html_is_self_contained_and_embeds_every_figure(cubes: dict[str, Path],
     # provenance and the paper claims with a verdict
     assert "ckpt-analyzer version" in page and "/runs/noise0.2-seed1" in page
     assert '"points": 50' in page
-    assert page.count("The paper:") == 4
+    assert page.count("The paper:") == 5
+    assert "peaks within one width of the interpolation threshold in 4 of 4 runs" in page
     # the Hessian verdict: peak at width 2 in every run, test error peak in 2 of 3
     assert "Hessian peak at width 2 in 3 of 3 runs, test error peak at width 2 in 2 of 3 " \
            "runs" in page
@@ -431,7 +475,7 @@ def test_one_cube_with_html_prints_todays_report_and_writes_the_page(
                                     "--html", str(out), "--no-store"])
     assert res.exit_code == 0, res.output
     assert "Per width" in res.output  # the single-cube text
-    assert out.read_text().count("data:image/png;base64,") == 4
+    assert out.read_text().count("data:image/png;base64,") == 5
 
 
 def test_cube_being_written_is_named(cubes: dict[str, Path], tmp_path: Path) -> None:

@@ -13,6 +13,12 @@
   seeds) marked; (b) the top eigenvalue over epochs of one width (default the largest) with its
   band and the mean T_H,peak and T_E,peak of the report. Subset ``train`` by default.
 
+* ``sharpness``: Gamba et al.'s input-space Jacobian and tangent Hessian norms against width
+  (each width at the last epoch its sharpness was measured), one panel per metric and subset
+  (clean and noisy by default), mean ± std band over seeds per noise rate for the largest
+  volume (solid) and the points themselves (volume 0, dashed), each rate's agreed peak width
+  of the largest volume marked.
+
 Curves of different runs are put on the epochs they share (a note says when the save grids
 differ). The other plot kinds are not yet supported for several cubes.
 """
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Kinds drawn over several cubes.
-STUDY_KINDS = ("double-descent", "spectrum", "hessian")
+STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness")
 
 
 def _band(ax: Any, x: np.ndarray, stack: np.ndarray, color: Any, label: str,
@@ -289,6 +295,87 @@ def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
     return fig
 
 
+def sharpness_peaks(study: dict[str, Any], metric: str, subset: str
+                    ) -> dict[str, dict[str, Any]]:
+    """Per noise rate, the agreement over runs on the model-wise peak width of ``metric`` on
+    ``subset`` at the largest volume (from each run's report)."""
+    from .aggregate import agreement
+
+    reports = {r["cube"]: r for r in study["reports"]}
+    out = {}
+    for g in study["groups"]:
+        values = []
+        for c in g["cubes"]:
+            sh = (reports[c].get("model_wise") or {}).get("sharpness") or {}
+            vols = sh.get("volumes") or []
+            peaks = ((sh.get("peaks") or {}).get(metric) or {}).get(subset) or {}
+            values.append(peaks.get(str(vols[-1])) if vols else None)
+        out[g["noise"]] = agreement(values)
+    return out
+
+
+def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    from .. import events as an
+
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    per_cube: dict[str, Any] = {}
+    for _, cubes in groups:
+        for c in cubes:
+            sh = load_probe(c, "sharpness", ("jacobian", "hessian"))
+            if sh is None:
+                raise CkptError("no 'sharpness' probe, needed by --kind sharpness", c)
+            per_cube[c] = sh
+    have = set.intersection(*[{str(x) for x in sh.coords.get("subset", ())}
+                              for sh in per_cube.values()])
+    if opts.subset is not None:
+        if opts.subset not in have:
+            raise UsageError(f"--subset {opts.subset}: not measured in every cube (common: "
+                             f"{', '.join(sorted(have)) or 'none'})")
+        subsets = [opts.subset]
+    else:
+        subsets = [x for x in ("clean", "noisy") if x in have] or sorted(have)[:1]
+    if not subsets:
+        raise CkptError("the cubes' sharpness probes share no subset")
+    all_widths = sorted({int(w) for sh in per_cube.values() for w in sh.widths.tolist()})
+    metrics = (("jacobian", r"Jacobian norm $\|\nabla_x \ell\|_2$"),
+               ("hessian", "tangent Hessian norm"))
+    fig = new_figure(5.2 * len(subsets), 8.0)
+    axes = np.atleast_2d(fig.subplots(2, len(subsets), squeeze=False))
+    for r, (metric, label) in enumerate(metrics):
+        for col, subset in enumerate(subsets):
+            ax = axes[r, col]
+            agreed = sharpness_peaks(study, metric, subset)
+            for (noise, cubes), color in zip(groups, colors, strict=True):
+                last = np.full((len(cubes), len(all_widths)), np.nan)
+                at_points = np.full_like(last, np.nan)
+                for i, c in enumerate(cubes):
+                    sh = per_cube[c]
+                    values = sh.get(metric, subset=subset)  # (epoch, width, volume)
+                    for j, w in enumerate(sh.widths.tolist()):
+                        k = all_widths.index(int(w))
+                        last[i, k] = an.last_finite(values[:, j, -1])
+                        at_points[i, k] = an.last_finite(values[:, j, 0])
+                runs = f"{len(cubes)} run{'s' if len(cubes) > 1 else ''}"
+                x = np.array(all_widths, dtype=float)
+                _band(ax, x, last, color, f"noise {noise} ({runs}): largest volume", marker="o")
+                _band(ax, x, at_points, color, "at the points (volume 0)", ls="--")
+                a = agreed[noise]
+                if a["value"] is not None and int(a["value"]) in all_widths:
+                    with _quiet():
+                        y = float(np.nanmean(last[:, all_widths.index(int(a["value"]))]))
+                    ax.plot([a["value"]], [y], "v", color=color, mec="black", ms=10,
+                            label=f"peak w = {a['value']} ({a['count']}/{a['of']} runs)")
+            width_axis(ax, all_widths)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{metric}, {subset} points", fontsize=10)
+            ax.legend(fontsize=7)
+    fig.suptitle(_title(study, "input-space sharpness at each width's last measured epoch, "
+                               "mean ± std over seeds"), fontsize=10)
+    return fig
+
+
 def _title(study: dict[str, Any], what: str) -> str:
     runs = study["runs"]
     ds = sorted({str(r.get("dataset")) for r in runs})
@@ -297,7 +384,7 @@ def _title(study: dict[str, Any], what: str) -> str:
 
 
 DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
-        "hessian": draw_hessian}
+        "hessian": draw_hessian, "sharpness": draw_sharpness}
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None

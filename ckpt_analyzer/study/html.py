@@ -120,6 +120,36 @@ def verdict_hessian(study: dict[str, Any]) -> tuple[str, str]:
     return best, "; ".join(parts)
 
 
+def verdict_sharpness(study: dict[str, Any]) -> tuple[str, str]:
+    """Shown if in most runs the tangent Hessian's model-wise peak (largest volume; noisy
+    points, else the first subset measured) is within one width of the run's interpolation
+    threshold."""
+    near = total = 0
+    parts = []
+    for r in study["reports"]:
+        mw = r.get("model_wise") or {}
+        sh = mw.get("sharpness") or {}
+        vols = sh.get("volumes") or []
+        peaks = (sh.get("peaks") or {}).get("hessian") or {}
+        if not vols or not peaks:
+            continue
+        subset = "noisy" if "noisy" in peaks else next(iter(peaks))
+        peak = peaks[subset].get(str(vols[-1]))
+        thr = mw.get("interpolation_threshold")
+        widths = [int(w) for w in r.get("widths", [])]
+        total += 1
+        if peak is not None and thr is not None and peak in widths and thr in widths:
+            near += abs(widths.index(peak) - widths.index(thr)) <= 1
+        parts.append(f"{Path(r['cube']).parent.name or r['cube']}: {subset} peak "
+                     f"{'none' if peak is None else f'w{peak}'}, threshold "
+                     f"{'none' if thr is None else f'w{thr}'}")
+    if total == 0:
+        return "unknown", "no run with sharpness peaks"
+    state = "shown" if 2 * near > total else "not"
+    return state, (f"the tangent Hessian (largest volume) peaks within one width of the "
+                   f"interpolation threshold in {near} of {total} runs ({'; '.join(parts)})")
+
+
 CLAIMS = {
     "double-descent": (
         "Gamba et al. (2023) and the deep double-descent literature: with label noise, the "
@@ -130,6 +160,12 @@ CLAIMS = {
         "Zhang & Wu (2021, §3.2, Fig. 1-2): the high-frequency ratio R_t of the learned "
         "function first falls, then rises while the network memorizes the noisy labels and "
         "peaks (T_R,peak) near the test error's epoch-wise peak (T_E,peak).", verdict_spectrum),
+    "sharpness": (
+        "Gamba et al. (2023, §4.1-4.2, Fig. 2-3): the input-space sharpness of the loss "
+        "(Jacobian norm and tangent Hessian, at the points and over SVD-erasure volumes) "
+        "peaks at the interpolation threshold, near the test-error peak, and falls as the "
+        "models grow; the peaks are considerably more marked around noisy labels.",
+        verdict_sharpness),
     "hessian": (
         "Gamba et al. (2023) find the input-space sharpness peaking with the test error at the "
         "interpolation threshold; the question here (no paper of docs/ claims it) is whether "
@@ -145,7 +181,13 @@ CLAIMS = {
 def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
     """``(kind, title, base64 PNG or None, why not)`` of every study figure."""
     from ..plot import PlotOptions
-    from .figures import draw_double_descent, draw_fit, draw_hessian, draw_spectrum
+    from .figures import (
+        draw_double_descent,
+        draw_fit,
+        draw_hessian,
+        draw_sharpness,
+        draw_spectrum,
+    )
 
     probes = {p for r in study["runs"] for p in r.get("configs", {})}
     out: list[tuple[str, str, str | None, str]] = []
@@ -156,6 +198,8 @@ def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
              lambda: draw_spectrum(study, PlotOptions())),
             ("fit", "T_R,peak against T_E,peak over all runs", "spectrum",
              lambda: draw_fit(study)),
+            ("sharpness", "Input-space sharpness against width, band over seeds",
+             "sharpness", lambda: draw_sharpness(study, PlotOptions())),
             ("hessian", "Top Hessian eigenvalue over width and epochs, band over seeds",
              "hessian", lambda: draw_hessian(study, PlotOptions()))):
         if need not in probes:
