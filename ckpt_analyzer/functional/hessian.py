@@ -70,9 +70,9 @@ class HessianOperator:
 
     Vectors are flat (``dim`` = number of trainable parameter entries, in
     ``model.named_parameters()`` order) and may have any floating dtype and device; products
-    are computed in the parameters' dtype on their device and returned in ``v``'s. ``x`` is processed in chunks of
-    ``batch_size``; each chunk contributes ``∂(g_bᵀv)/∂θ`` with ``g_b`` the gradient of its
-    share ``Σ_{i∈b} ℓ_i / N`` of the loss (PyHessian eq. 2).
+    are computed in the parameters' dtype on their device and returned in ``v``'s. ``x`` is
+    processed in chunks of ``batch_size``; each chunk contributes ``∂(g_bᵀv)/∂θ`` with ``g_b``
+    the gradient of its share ``Σ_{i∈b} ℓ_i / N`` of the loss (PyHessian eq. 2).
 
     The points and parameters are fixed for the operator's life, so the first-order part of a
     product (forward and the ``create_graph`` backward that gives ``g_b``) is the same for
@@ -102,7 +102,7 @@ class HessianOperator:
         self._params = {n: p.detach().requires_grad_(True) for n, p in named}
         frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
         self._fixed = {**frozen, **dict(model.named_buffers())}
-        self.cache_bytes = default_cache_bytes(x.device) if cache_bytes is None \
+        self.cache_bytes = default_cache_bytes(self.device) if cache_bytes is None \
             else max(0, int(cache_bytes))
         self.cached_bytes = 0
         self._graphs: list[tuple[torch.Tensor, ...]] = []  # g_b of the first chunks, kept
