@@ -102,6 +102,27 @@ def _pick_width(widths: Sequence[int], width: int | None) -> int:
     return max(widths)
 
 
+def _load_all(groups: list[tuple[str, list[str]]], probe: str, metrics: tuple[str, ...],
+              kind: str, subset: str | None = None, **sel: Any) -> dict[str, Any]:
+    """Each cube's ``probe`` group (only ``metrics``); CkptError naming the cube without it,
+    UsageError when ``subset`` is given and the first metric was not measured on it."""
+    per_cube: dict[str, Any] = {}
+    for _, cubes in groups:
+        for c in cubes:
+            data = load_probe(c, probe, metrics)
+            if data is None:
+                raise CkptError(f"no '{probe}' probe, needed by --kind {kind}", c)
+            if subset is not None and data.get(metrics[0], subset=subset, **sel) is None:
+                raise UsageError(f"--subset {subset}: the {probe} of {c} was not measured on it")
+            per_cube[c] = data
+    return per_cube
+
+
+def _common_widths(per_cube: dict[str, Any]) -> list[int]:
+    return sorted(set.intersection(*[{int(w) for w in d.widths.tolist()}
+                                     for d in per_cube.values()]))
+
+
 def draw_double_descent(study: dict[str, Any], opts: PlotOptions) -> Figure:
     notes: list[str] = []
     groups = _groups(study)
@@ -117,9 +138,7 @@ def draw_double_descent(study: dict[str, Any], opts: PlotOptions) -> Figure:
                 raise CkptError("no 'metrics' probe with a 'test' subset, needed by "
                                 "--kind double-descent", c)
             per_cube[c] = m
-    common_w = sorted(set.intersection(*[{int(w) for w in m.widths.tolist()}
-                                         for m in per_cube.values()]))
-    width = _pick_width(common_w, opts.width)
+    width = _pick_width(_common_widths(per_cube), opts.width)
     other = opts.subset or "train"
     epochs = _common_epochs([m.epochs for m in per_cube.values()], notes)
     for (noise, cubes), color in zip(groups, colors, strict=True):
@@ -177,18 +196,8 @@ def draw_spectrum(study: dict[str, Any], opts: PlotOptions) -> Figure:
     groups = _groups(study)
     colors = line_colors(len(groups), "plasma")
     subset = opts.subset or "train"
-    per_cube: dict[str, Any] = {}
-    for _, cubes in groups:
-        for c in cubes:
-            sp = load_probe(c, "spectrum", ("R",))
-            if sp is None:
-                raise CkptError("no 'spectrum' probe, needed by --kind spectrum", c)
-            if sp.get("R", subset=subset) is None:
-                raise UsageError(f"--subset {subset}: the spectrum of {c} was not measured on it")
-            per_cube[c] = sp
-    common_w = sorted(set.intersection(*[{int(w) for w in s.widths.tolist()}
-                                         for s in per_cube.values()]))
-    width = _pick_width(common_w, opts.width)
+    per_cube = _load_all(groups, "spectrum", ("R",), "spectrum", subset)
+    width = _pick_width(_common_widths(per_cube), opts.width)
     epochs = _common_epochs([s.epochs for s in per_cube.values()], notes)
     fig = new_figure(9.0, 5.0)
     ax = fig.add_subplot()
@@ -229,19 +238,9 @@ def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
     groups = _groups(study)
     colors = line_colors(len(groups), "plasma")
     subset = opts.subset or "train"
-    per_cube: dict[str, Any] = {}
-    for _, cubes in groups:
-        for c in cubes:
-            hs = load_probe(c, "hessian", ("eigenvalues",))
-            if hs is None:
-                raise CkptError("no 'hessian' probe, needed by --kind hessian", c)
-            if hs.get("eigenvalues", subset=subset, k=0) is None:
-                raise UsageError(f"--subset {subset}: the hessian of {c} was not measured on it")
-            per_cube[c] = hs
+    per_cube = _load_all(groups, "hessian", ("eigenvalues",), "hessian", subset, k=0)
     all_widths = sorted({int(w) for h in per_cube.values() for w in h.widths.tolist()})
-    common_w = sorted(set.intersection(*[{int(w) for w in h.widths.tolist()}
-                                         for h in per_cube.values()]))
-    width = _pick_width(common_w, opts.width)
+    width = _pick_width(_common_widths(per_cube), opts.width)
     epochs = _common_epochs([h.epochs for h in per_cube.values()], notes)
     fig = new_figure(12.0, 4.6)
     a1, a2 = fig.subplots(1, 2)
@@ -319,13 +318,7 @@ def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
 
     groups = _groups(study)
     colors = line_colors(len(groups), "plasma")
-    per_cube: dict[str, Any] = {}
-    for _, cubes in groups:
-        for c in cubes:
-            sh = load_probe(c, "sharpness", ("jacobian", "hessian"))
-            if sh is None:
-                raise CkptError("no 'sharpness' probe, needed by --kind sharpness", c)
-            per_cube[c] = sh
+    per_cube = _load_all(groups, "sharpness", ("jacobian", "hessian"), "sharpness")
     have = set.intersection(*[{str(x) for x in sh.coords.get("subset", ())}
                               for sh in per_cube.values()])
     if opts.subset is not None:
