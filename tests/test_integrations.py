@@ -263,6 +263,37 @@ def test_torchvision_and_timm_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
         build_model("timm:huge", 1, 7, 3)
 
 
+def test_real_timm_model_end_to_end(tmp_path: Path) -> None:
+    """timm's own test_resnet (the `dev` extra installs timm): foreign checkpoints analyzed with
+    --model timm:test_resnet give the test error of the same weights evaluated directly."""
+    timm = pytest.importorskip("timm", reason="timm is not installed (the 'dev' extra)")
+    from ckpt_analyzer.data.run import load_run_data
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1).eval()
+    states = {}
+    for e in (0, 3):
+        if e:
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+        states[e] = {k: v.clone() for k, v in net.state_dict().items()}
+        save_file(states[e], str(tmp_path / f"ckpt_{e}.safetensors"))
+    analyze("run", str(tmp_path), "--probe", "metrics", "--model", "timm:test_resnet",
+            "--dataset", "digits", "--pattern", "ckpt_{epoch}.safetensors", "--quiet")
+    attrs, epochs, widths, err = cube_metrics(tmp_path / "analysis.h5")
+    assert list(epochs) == [0, 3] and list(widths) == [1]
+    with h5py.File(tmp_path / "analysis.h5", "r") as f:
+        subsets = [x.decode() if isinstance(x, bytes) else x for x in f["metrics/subset"][()]]
+    data = load_run_data(tmp_path, dataset="digits")
+    for i, e in enumerate((0, 3)):
+        net.load_state_dict(states[e])
+        with torch.no_grad():
+            want = (net(data.x_test).argmax(1) != data.y_test).double().mean().item()
+        assert err[i, 0, subsets.index("test")] == pytest.approx(want, abs=1e-12)
+    assert err[0, 0, subsets.index("test")] != err[1, 0, subsets.index("test")]
+
+
 # ---------------------------------------------------------------- Lightning
 def test_lightning_callback_and_ckpt_reader(tmp_path: Path) -> None:
     L = pytest.importorskip("lightning.pytorch", reason="lightning is not installed (the "
