@@ -73,6 +73,18 @@ class _quiet:
         self._w.__exit__(*a)
 
 
+def _mark_peak(ax: Any, agree: dict[str, Any], widths: list[int], stack: np.ndarray,
+               color: Any, scale: float = 1.0) -> None:
+    """The agreed model-wise peak (``agreement`` dict) as a marker on the mean curve of
+    ``stack`` (runs, widths), labelled with how many runs agree."""
+    if agree["value"] is None or int(agree["value"]) not in widths:
+        return
+    with _quiet():
+        y = float(np.nanmean(stack[:, widths.index(int(agree["value"]))])) * scale
+    ax.plot([agree["value"]], [y], "v", color=color, mec="black", ms=10,
+            label=f"peak w = {agree['value']} ({agree['count']}/{agree['of']} runs)")
+
+
 def _groups(study: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return [(g["noise"], list(g["cubes"])) for g in study["groups"]]
 
@@ -164,13 +176,7 @@ def draw_double_descent(study: dict[str, Any], opts: PlotOptions) -> Figure:
               marker="o")
         _band(a1, np.array(all_widths, dtype=float), 100 * fin_o, color, f"{other}", ls="--")
         g = next(g for g in study["groups"] if g["noise"] == noise)
-        agree = g["model_wise"]["test_error_peak_width"]
-        if agree["value"] is not None:
-            k = all_widths.index(int(agree["value"]))
-            with _quiet():
-                y = float(np.nanmean(fin_t[:, k])) * 100
-            a1.plot([agree["value"]], [y], "v", color=color, mec="black", ms=10,
-                    label=f"peak w = {agree['value']} ({agree['count']}/{agree['of']} runs)")
+        _mark_peak(a1, g["model_wise"]["test_error_peak_width"], all_widths, fin_t, color, 100)
         _band(a2, epochs.astype(float), 100 * curves, color, label)
     width_axis(a1, all_widths)
     a1.set_ylabel("error at the last checkpoint (%)")
@@ -258,12 +264,8 @@ def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
         label = f"noise {noise} ({len(cubes)} run{'s' if len(cubes) > 1 else ''})"
         _band(a1, np.array(all_widths, dtype=float), final, color, label, marker="o")
         g = next(g for g in study["groups"] if g["noise"] == noise)
-        agree = g["model_wise"]["hessian_peak_width"]
-        if subset == "train" and agree["value"] is not None:
-            with _quiet():
-                y = float(np.nanmean(final[:, all_widths.index(int(agree["value"]))]))
-            a1.plot([agree["value"]], [y], "v", color=color, mec="black", ms=10,
-                    label=f"peak w = {agree['value']} ({agree['count']}/{agree['of']} runs)")
+        if subset == "train":  # the report's model-wise Hessian peak is on the train subset
+            _mark_peak(a1, g["model_wise"]["hessian_peak_width"], all_widths, final, color)
         _band(a2, epochs.astype(float), curves, color, label)
         row = next((r for r in g["per_width"] if r["width"] == width), None)
         for key, ls in (("T_H_peak", ":"), ("T_E_peak", "--")):
@@ -353,12 +355,7 @@ def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
                 x = np.array(all_widths, dtype=float)
                 _band(ax, x, last, color, f"noise {noise} ({runs}): largest volume", marker="o")
                 _band(ax, x, at_points, color, "at the points (volume 0)", ls="--")
-                a = agreed[noise]
-                if a["value"] is not None and int(a["value"]) in all_widths:
-                    with _quiet():
-                        y = float(np.nanmean(last[:, all_widths.index(int(a["value"]))]))
-                    ax.plot([a["value"]], [y], "v", color=color, mec="black", ms=10,
-                            label=f"peak w = {a['value']} ({a['count']}/{a['of']} runs)")
+                _mark_peak(ax, agreed[noise], all_widths, last, color)
             width_axis(ax, all_widths)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
