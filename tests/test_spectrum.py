@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -342,6 +343,22 @@ def cifar_like(n: int = 64, seed: int = 0) -> RunData:
     return RunData(x_train=z.float(), y_train=y, clean_labels=y,
                    noisy_mask=torch.zeros(n, dtype=torch.bool), x_test=z[:4].float(),
                    y_test=y[:4], mean=mean, std=std, num_classes=10)
+
+
+def test_image_norm_is_the_same_on_every_device(data: RunData, device: str) -> None:
+    """The norm behind ``auto`` (stored in the cube's config, compared on resume) is computed
+    in float64 on the CPU: data on any device gives the same bits; checked against a loop."""
+    from ckpt_analyzer.probes import scale
+
+    for space in ("pixel", "input"):
+        here = scale.rms_norm(data, space)
+        assert scale.rms_norm(data.to(torch.device(device)), space) == here
+        total = 0.0
+        for x in data.x_train.double():  # one image at a time, the obvious way
+            if space == "pixel":
+                x = x * data.std.double().view(-1, 1, 1) + data.mean.double().view(-1, 1, 1)
+            total += float((x ** 2).sum())
+        assert here == pytest.approx(math.sqrt(total / len(data.x_train)), rel=1e-12)
 
 
 def test_h_auto_scales_with_the_image_norm(data: RunData) -> None:

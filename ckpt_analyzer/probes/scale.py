@@ -44,11 +44,14 @@ CIFAR10_RMS_NORM_INPUT = math.sqrt(3 * CIFAR10_PIXELS)
 
 
 def rms_norm(data: RunData, space: Space) -> float:
-    """``sqrt(mean over the training images of ‖x‖²)`` in ``space``, in float64 on the CPU."""
-    x = data.x_train.detach()
+    """``sqrt(mean over the training images of ‖x‖²)`` in ``space``, in float64 on the CPU
+    from the start (the stored inputs are the same on every device, so the result is too)."""
+    from ..data import denormalize
+
+    x = data.x_train.detach().cpu().double()
     if space == "pixel":
-        x = data.to_pixel(x)
-    flat = x.double().cpu().flatten(1)
+        x = denormalize(x, data.mean.detach().cpu(), data.std.detach().cpu())
+    flat = x.flatten(1)
     return float(flat.pow(2).sum(dim=1).mean().sqrt()) if len(flat) else math.nan
 
 
