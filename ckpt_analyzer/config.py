@@ -129,6 +129,16 @@ def check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: The largest number of points a probe parameter may put on one of its output coordinates
+#: (bins, grid steps, eigenvalues): every coordinate value is a number in the cube, per cell.
+MAX_COORDINATE = 100_000
+
+
+def check_count(value: int, what: str, low: int = 1, high: int = MAX_COORDINATE) -> None:
+    """ConfigError unless ``low <= value <= high`` (an integer count such as bins or steps)."""
+    check(low <= value <= high, f"{what} must be in [{low}, {high:,}] (got {value:,})")
+
+
 def check_choices(values: tuple[str, ...], allowed: tuple[str, ...] | list[str], what: str,
                   noun: str = "subset") -> None:
     """ConfigError unless ``values`` is a non-empty tuple of distinct members of ``allowed``."""

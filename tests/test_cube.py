@@ -594,3 +594,16 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path: Pa
     assert check_cube_file(path) == set(cells)
     assert metric_bytes(path) == metric_bytes(ref)
     assert read_summary(path)["root"] == read_summary(ref)["root"]
+
+
+def test_group_size_is_counted_and_bounded() -> None:
+    from ckpt_analyzer.cube.schema import MAX_GROUP_BYTES, group_size_problem
+
+    per_cell = len(SUBSETS) * K * 8 + len(SUBSETS) * K * 4 + 8  # A float64, R float32, total
+    exact = 300 * 8 * per_cell
+    assert group_size_problem("spectrum", outputs(), 300, 8, limit=exact) is None
+    msg = group_size_problem("spectrum", outputs(), 300, 8, limit=exact - 1)
+    assert msg is not None and msg.startswith("probe 'spectrum': its results would take")
+    assert f"largest metric 'A': subset {len(SUBSETS)}, k {K} per cell" in msg
+    assert group_size_problem("spectrum", outputs(), 300, 8) is None  # far below 8 GiB
+    assert MAX_GROUP_BYTES == 8 * 2**30

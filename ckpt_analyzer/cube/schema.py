@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,36 @@ def declaration(probe: str, outputs: Outputs) -> Decl:
     if not metrics:
         raise CkptError(f"probe '{probe}' declares no metrics")
     return Decl(tuple(coords), tuple(metrics))
+
+
+#: The most memory one probe's group of a cube may take. The writer builds a probe's arrays whole
+#: (epoch × width × the metric's own dimensions) when it materializes the HDF5 file, so a size
+#: parameter set far too high is refused before any checkpoint is read.
+MAX_GROUP_BYTES = 8 * 2**30
+
+
+def group_size_problem(probe: str, outputs: Outputs, epochs: int, widths: int,
+                       limit: int = MAX_GROUP_BYTES) -> str | None:
+    """``None``, or one line saying why ``probe``'s group over ``epochs`` × ``widths`` cells
+    would be larger than ``limit`` bytes, naming its largest metric and that metric's
+    dimensions (whose sizes come from the probe's parameters)."""
+    decl = declaration(probe, outputs)
+    total = 0
+    largest: tuple[int, str, tuple[str, ...], tuple[int, ...]] = (0, "", (), ())
+    for name, dims, dtype, _ in decl.metrics:
+        shape = decl.shape(dims)
+        size = epochs * widths * math.prod(shape) * np.dtype(dtype).itemsize
+        total += size
+        if size > largest[0]:
+            largest = (size, name, dims, shape)
+    if total <= limit:
+        return None
+    _, name, dims, shape = largest
+    sizes = ", ".join(f"{d} {n:,}" for d, n in zip(dims, shape)) or "a scalar"
+    return (f"probe '{probe}': its results would take {total / 2**30:,.0f} GiB ({epochs} "
+            f"epoch(s) x {widths} width(s); largest metric '{name}': {sizes} per cell), more "
+            f"than the {limit / 2**30:g} GiB a probe's group may take; lower the {probe} "
+            "parameters behind those sizes")
 
 
 def encode(arr: np.ndarray) -> tuple[str, str, bytes]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..config import ConfigError, check, check_choices
+from ..config import ConfigError, check, check_choices, check_count
 from .base import SUBSETS, Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class HessianProbe(Probe):
             object.__setattr__(self, "subsets", tuple(self.subsets))
             check(self.points >= 1, f"hessian.points must be >= 1 (got {self.points})")
             check_choices(self.subsets, SUBSETS, "hessian.subsets")
-            check(self.k >= 1, f"hessian.k must be >= 1 (got {self.k})")
+            check_count(self.k, "hessian.k")
             check(self.method in ("lanczos", "power"),
                   f"hessian.method: '{self.method}' is not one of lanczos, power")
             check(self.iterations >= 1, f"hessian.iterations must be >= 1 "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..config import check, check_choices
+from ..config import check, check_choices, check_count
 from .base import Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class InterpolationProbe(Probe):
                                           and isinstance(self.step, (int, float))
                                           and self.step > 0 and math.isfinite(self.step)),
                   f"interpolation.step must be a finite number > 0 or auto (got {self.step})")
-            check(self.bins >= 1, f"interpolation.bins must be >= 1 (got {self.bins})")
+            check_count(self.bins, "interpolation.bins")
             check_choices(self.kinds, KINDS, "interpolation.kinds", noun="kind")
 
     def __init__(self, config: Any = None) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import check, check_choices
+from ..config import check, check_choices, check_count
 from ..errors import CkptError
 from .base import SUBSETS, Context, Metric, Outputs, Probe
 
@@ -99,12 +99,11 @@ class LandscapeProbe(Probe):
             object.__setattr__(self, "subsets", tuple(self.subsets))
             check(self.directions in (1, 2),
                   f"landscape.directions must be 1 or 2 (got {self.directions})")
-            check(self.steps >= 2, f"landscape.steps must be >= 2 (got {self.steps})")
+            check_count(self.steps, "landscape.steps", low=2)
             check(math.isfinite(self.r) and self.r > 0, f"landscape.r must be > 0 (got {self.r})")
             check(self.points >= 1, f"landscape.points must be >= 1 (got {self.points})")
             check_choices(self.subsets, SUBSETS, "landscape.subsets")
-            check(self.barrier_steps >= 2,
-                  f"landscape.barrier_steps must be >= 2 (got {self.barrier_steps})")
+            check_count(self.barrier_steps, "landscape.barrier_steps", low=2)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import check
+from ..config import check, check_count
 from ..errors import CkptError
 from .base import Context, Metric, Outputs, Probe
 
@@ -74,7 +74,7 @@ class WeightsSpectrumProbe(Probe):
             check(2 <= self.min_tail <= self.min_evals,
                   f"weights_spectrum.min_tail must be in [2, min_evals={self.min_evals}] "
                   f"(got {self.min_tail})")
-            check(self.bins >= 1, f"weights_spectrum.bins must be >= 1 (got {self.bins})")
+            check_count(self.bins, "weights_spectrum.bins")
             check(np.isfinite(self.hist_min) and np.isfinite(self.hist_max)
                   and self.hist_max > self.hist_min,
                   f"weights_spectrum: need hist_min < hist_max (got {self.hist_min}, "

@@ -39,7 +39,7 @@ from ..executors.local import LocalExecutor
 from ..executors.measure import PreparedProbe, one_line
 from ..executors.work import Outcome, Plan, Task, Worker
 from ..probes import make_probes
-from ..probes.base import Context
+from ..probes.base import Context, Probe
 from .follow import FollowMixin, _Idle, _planned, _unplanned
 from .summary import RunSummary, _Terminated
 
@@ -236,6 +236,7 @@ class Runner(FollowMixin):
                       widths=tuple(widths), epochs=tuple(grid_epochs),
                       build_model=build, initial_state=initial_state)
 
+        self._check_sizes(probes, ctx, len(grid_epochs), len(widths))
         with Cube(output) as cube:
             summary.warnings += cube.notes  # e.g. a damaged cube rebuilt from its journal
             check_run(cube, run_dir, self.overwrite)  # a cube of another run is refused
@@ -344,6 +345,24 @@ class Runner(FollowMixin):
             return RayExecutor(self.workers, self.ray_address, device=dev.type,
                                threads=self.worker_threads)
         raise UsageError(f"--executor: unknown executor '{kind}' (local, pool or ray)")
+
+    @staticmethod
+    def _check_sizes(probes: Sequence[Probe[Any]], ctx: Context, epochs: int, widths: int
+                     ) -> None:
+        """UsageError, before the cube is opened, for a probe whose results would not fit in
+        memory (a size parameter set far too high). A probe that fails to prepare is left to
+        the cube loop, which records the failure."""
+        from ..cube.schema import group_size_problem
+
+        for p in probes:
+            try:
+                p.prepare(ctx)  # once: the base class keeps what it fixed
+                outs = p.outputs()
+            except (Exception, SystemExit):
+                continue
+            problem = group_size_problem(p.name, outs, epochs, widths)
+            if problem:
+                raise UsageError(problem)
 
     def _plan(self, run_dir: Path, run: Mapping[str, Any] | None, prepared: list[PreparedProbe],
               ctx: Context, width_meta: Mapping[int, Mapping[str, Any]],
