@@ -211,6 +211,8 @@ ROWS = [
     Row("probe-bins-huge", ["run", "{run}", "--probe", "interpolation", "--set", "interpolation.bins=2000000000"], 2, "interpolation.bins must be in [1, 100,000] (got 2,000,000,000)", kept=True),
     Row("probe-steps-huge", ["run", "{run}", "--probe", "landscape", "--set", "landscape.barrier_steps=1000000"], 2, "landscape.barrier_steps must be in [2, 100,000]", kept=True),
     Row("probe-k-huge", ["run", "{run}", "--probe", "hessian", "--set", "hessian.k=1000000000", "--set", "hessian.iterations=1000000000"], 2, "hessian.k must be in [1, 100,000]", kept=True),
+    Row("probe-jitters-huge", ["run", "{run}", "--probe", "sharpness", "--set", "sharpness.jitters=1000000000"], 2, "sharpness.jitters must be in [0, 100,000]", kept=True),
+    Row("probe-pairs-huge", ["run", "{run}", "--probe", "interpolation", "--set", "interpolation.pairs=1000000000"], 2, "interpolation.pairs must be in [1, 100,000]", kept=True),
     Row("probe-hist-bins-huge", ["run", "{run}", "--probe", "weights_spectrum", "--set", "weights_spectrum.bins=1000000"], 2, "weights_spectrum.bins must be in", kept=True),
     Row("probe-unknown", ["run", "{run}", "--probe", "spectrun"], 2, "did you mean 'spectrum'", kept=True),
     Row("analyze-seed-65-bits", ["run", "{run}", *M, "--seed", str(2**64)], 2, "--seed: must be an integer in [0, 2**64 - 1]", kept=True),

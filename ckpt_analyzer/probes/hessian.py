@@ -95,15 +95,13 @@ class HessianProbe(Probe):
             check_count(self.k, "hessian.k")
             check(self.method in ("lanczos", "power"),
                   f"hessian.method: '{self.method}' is not one of lanczos, power")
-            check(self.iterations >= 1, f"hessian.iterations must be >= 1 "
-                                        f"(got {self.iterations})")
+            check_count(self.iterations, "hessian.iterations")
             check(self.method != "lanczos" or self.iterations >= self.k,
                   f"hessian.iterations={self.iterations} must be >= k={self.k} with Lanczos "
                   "(k Ritz values need at least k steps; use ~10k or more)")
             check(math.isfinite(self.tol) and self.tol > 0,
                   f"hessian.tol must be > 0 (got {self.tol})")
-            check(self.trace_samples >= 0,
-                  f"hessian.trace_samples must be >= 0 (got {self.trace_samples})")
+            check_count(self.trace_samples, "hessian.trace_samples", low=0)
             check(self.max_basis_gb > 0,
                   f"hessian.max_basis_gb must be > 0 (got {self.max_basis_gb})")
 

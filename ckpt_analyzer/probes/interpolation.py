@@ -94,7 +94,7 @@ class InterpolationProbe(Probe):
         kinds: tuple[str, ...] = field(default=KINDS, metadata={"help": "within, between"})
 
         def __post_init__(self) -> None:
-            check(self.pairs >= 1, f"interpolation.pairs must be >= 1 (got {self.pairs})")
+            check_count(self.pairs, "interpolation.pairs")
             check(self.step == "auto" or (not isinstance(self.step, (str, bool))
                                           and isinstance(self.step, (int, float))
                                           and self.step > 0 and math.isfinite(self.step)),

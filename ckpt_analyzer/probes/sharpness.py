@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..config import ConfigError, check, check_choices
+from ..config import ConfigError, check, check_choices, check_count
 from ..errors import ProbeError
 from .base import Context, Metric, Outputs, Probe
 
@@ -59,6 +59,7 @@ class SharpnessConfig:
               f"sharpness.svd_path must be strictly increasing integers >= 1 (got {s})")
         check(self.jitters >= (1 if self.hessian else 0),
               f"sharpness.jitters must be >= 1 when hessian is on (got {self.jitters})")
+        check_count(self.jitters, "sharpness.jitters", low=0)
         check(math.isfinite(self.jitter_strength) and 0 <= self.jitter_strength <= 1,
               f"sharpness.jitter_strength must be in [0, 1] (got {self.jitter_strength})")
         check(math.isfinite(self.delta) and self.delta > 0,
