@@ -412,7 +412,7 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
               help="Width of one-width figures [largest].")
 @click.option("--subset", default=None, help="Subset (spectrum, double-descent, sharpness).")
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
-@click.option("--dpi", type=click.IntRange(min=10), default=150, show_default=True,
+@click.option("--dpi", type=click.IntRange(min=10, max=1200), default=150, show_default=True,
               help="Resolution of .png output.")
 @click.option("--allow-mixed", is_flag=True,
               help="Several cubes: allow different datasets or architectures.")

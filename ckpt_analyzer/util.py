@@ -143,6 +143,12 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             sys.stderr.write("interrupted: finished work is kept; re-run the same command to resume\n")
             sys.exit(130)
+        except MemoryError as exc:  # numpy's and torch's CPU allocators; CUDA OOM is a RuntimeError
+            detail = str(exc).strip().splitlines()
+            sys.stderr.write("error: out of memory" + (f" ({detail[0]})" if detail else "")
+                             + "; finished work is kept: lower the sizes or the batch and "
+                             "re-run the same command\n")
+            sys.exit(1)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             sys.stderr.write(f"error: {where}{exc.strerror or exc}\n")

@@ -260,6 +260,7 @@ ROWS = [
     Row("journal-corrupt-pages", ["run", "{run}", *M], 1, "journal is damaged", corrupt_journal_pages, kept=True),
     Row("report-while-writing", ["report", "{run}/analysis.h5"], 1, "use --no-store", hold_cube, kept=True),
     Row("report-no-store-while-writing", ["report", "{run}/analysis.h5", "--no-store"], 0, "", hold_cube, kept=True),
+    Row("plot-dpi-huge", ["plot", "{run}/analysis.h5", "--kind", "double-descent", "--dpi", "100000", "-o", "{tmp}/f.png"], 2, "Invalid value for '--dpi'", kept=True),
 ]
 
 

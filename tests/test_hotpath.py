@@ -242,6 +242,18 @@ def test_cli_maps_functional_value_and_type_errors(capsys: pytest.CaptureFixture
     with pytest.raises(ValueError, match="keeps its traceback"):
         bug()
 
+    @handle_errors
+    def too_big() -> None:
+        import numpy as np
+
+        np.empty((2**24, 2**24))  # 2 PiB: numpy refuses at once with a MemoryError
+
+    with pytest.raises(SystemExit) as exit_info:
+        too_big()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and err.count("\n") == 1
+
 
 def test_forward_batch_size_is_opt_in(setting: tuple, tmp_path: Path) -> None:
     from click.testing import CliRunner
