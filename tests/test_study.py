@@ -42,6 +42,13 @@ FINAL_HESSIAN = [100.0, 300.0, 50.0]
 # input-space tangent Hessian (largest volume, noisy points) at the last epoch: peak at width 2
 FINAL_SHARP = [2.0, 5.0, 3.0]
 SHARP_SUBSETS = ["clean", "noisy"]
+LAMBDA = [0.25, 0.75]
+
+
+def interp_value(seed: int, i: int, kind: str, metric: str, b: int = 0) -> float:
+    """Interpolation at the last epoch: tv peaks at width 2; cdn grows along the path."""
+    base = [1.0, 3.0, 2.0][i] * (1 + 0.1 * seed) * (2.0 if kind == "between" else 1.0)
+    return base if metric == "tv" else base * LAMBDA[b] / 10
 SHARP_METRICS = ("accuracy", "loss", "jacobian", "hessian")
 
 
@@ -89,6 +96,9 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
         cube.begin_probe("hessian", "1", {"points": 64}, 0, Outputs(
             coords={"subset": ["train"], "k": [0]},
             metrics={"eigenvalues": Metric(("subset", "k"))}), {})
+        cube.begin_probe("interpolation", "2", {"pairs": 3}, 0, Outputs(
+            coords={"kind": ["within", "between"], "lambda": LAMBDA},
+            metrics={"cdn": Metric(("kind", "lambda")), "tv": Metric(("kind",))}), {})
         cube.begin_probe("sharpness", "2", {"samples": 8}, 0, Outputs(
             coords={"subset": SHARP_SUBSETS, "volume": [0, 6]},
             metrics={m: Metric(("subset", "volume")) for m in SHARP_METRICS}), {})
@@ -107,7 +117,12 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
                 cube.record("metrics", e, w, {"error": np.array([train[e], noisy[e], test[e]])})
                 cube.record("spectrum", e, w, {"R": np.stack([R[e], R_test[e]])})
                 cube.record("hessian", e, w, {"eigenvalues": np.array([[top[e]]])})
-                if e == stop:  # sharpness measured at the last epoch only, as the demo does
+                if e == stop:  # interpolation and sharpness at the last epoch only
+                    kinds = ("within", "between")
+                    cube.record("interpolation", e, w, {
+                        "cdn": np.array([[interp_value(seed, i, k, "cdn", b) for b in range(2)]
+                                         for k in kinds]),
+                        "tv": np.array([interp_value(seed, i, k, "tv") for k in kinds])})
                     cube.record("sharpness", e, w, {m: np.array(
                         [[sharp_value(seed, i, sub, vol, m) for vol in (0, 6)]
                          for sub in SHARP_SUBSETS]) for m in SHARP_METRICS})
@@ -273,12 +288,12 @@ def test_report_cli_several_cubes_json_and_text(cubes: dict[str, Path]) -> None:
 def test_plot_cli_several_cubes(cubes: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     all4 = [*map(str, three(cubes)), str(cubes["n01"])]
-    for kind in ("double-descent", "spectrum", "hessian", "sharpness"):
+    for kind in ("double-descent", "spectrum", "hessian", "sharpness", "interpolation"):
         out = tmp_path / f"{kind}.png"
         res = CliRunner().invoke(main, ["plot", *all4, "--kind", kind, "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
-    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "interpolation", "-o",
+    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "normalization", "-o",
                                     str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "not yet supported for several cubes" in res.output
 
@@ -347,6 +362,26 @@ def test_sharpness_band_and_agreed_peak_over_seeds(cubes: dict[str, Path]) -> No
         assert marker.get_label().endswith("(3/3 runs)")
     with pytest.raises(UsageError, match="--subset test: not measured in every cube"):
         make_study_figure(study, "sharpness", PlotOptions(subset="test"))
+
+
+def test_interpolation_bands_over_seeds(cubes: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from ckpt_analyzer.plot import PlotOptions
+    from ckpt_analyzer.study.figures import make_study_figure
+
+    study = load_study(three(cubes), **SHORT)
+    fig = make_study_figure(study, "interpolation", PlotOptions(width=2))
+    top_within, top_between, tv_within, tv_between = fig.axes[:4]
+    for ax, kind in ((top_within, "within"), (top_between, "between")):
+        line = ax.get_lines()[0]  # cdn of width 2 against lambda, mean over seeds
+        want = [statistics.mean(interp_value(s, 1, kind, "cdn", b) for s in (0, 1, 2))
+                for b in range(2)]
+        assert np.allclose(line.get_xdata(), LAMBDA) and np.allclose(line.get_ydata(), want)
+    for ax, kind in ((tv_within, "within"), (tv_between, "between")):
+        line = ax.get_lines()[0]  # tv against width
+        want = [statistics.mean(interp_value(s, i, kind, "tv") for s in (0, 1, 2))
+                for i in range(3)]
+        assert np.allclose(line.get_xdata(), WIDTHS) and np.allclose(line.get_ydata(), want)
 
 
 class _Refs(HTMLParser):

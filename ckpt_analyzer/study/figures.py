@@ -19,6 +19,11 @@
   volume (solid) and the points themselves (volume 0, dashed), each rate's agreed peak width
   of the largest volume marked.
 
+* ``interpolation``: Fridovich-Keil et al.'s mean softmax change ``cdn`` along the paths
+  against λ for one width (default the largest) at each run's last measured epoch, and the
+  paths' total variation ``tv`` against width, one column per path kind (within, between
+  classes), mean ± std band over seeds per noise rate.
+
 Curves of different runs are put on the epochs they share (a note says when the save grids
 differ). The other plot kinds are not yet supported for several cubes.
 """
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Kinds drawn over several cubes.
-STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness")
+STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness", "interpolation")
 
 
 def _band(ax: Any, x: np.ndarray, stack: np.ndarray, color: Any, label: str,
@@ -366,6 +371,59 @@ def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
     return fig
 
 
+def draw_interpolation(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    from .. import events as an
+
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    per_cube = _load_all(groups, "interpolation", ("cdn", "tv"), "interpolation")
+    kinds = [k for k in ("within", "between")
+             if all(k in [str(x) for x in d.coords.get("kind", ())] for d in per_cube.values())]
+    if not kinds:
+        raise CkptError("the cubes' interpolation probes share no path kind")
+    lams = {tuple(np.round(np.asarray(d.coords.get("lambda", ()), dtype=float), 12))
+            for d in per_cube.values()}
+    if len(lams) != 1:
+        raise UsageError("the cubes' interpolation probes use different lambda bins")
+    lam = np.array(next(iter(lams)))
+    width = _pick_width(_common_widths(per_cube), opts.width)
+    all_widths = sorted({int(w) for d in per_cube.values() for w in d.widths.tolist()})
+    fig = new_figure(5.2 * len(kinds), 8.0)
+    axes = np.atleast_2d(fig.subplots(2, len(kinds), squeeze=False))
+    for col, kind in enumerate(kinds):
+        top, bottom = axes[0, col], axes[1, col]
+        for (noise, cubes), color in zip(groups, colors, strict=True):
+            curves = np.full((len(cubes), lam.size), np.nan)
+            tv = np.full((len(cubes), len(all_widths)), np.nan)
+            for i, c in enumerate(cubes):
+                d = per_cube[c]
+                cdn = d.get("cdn", kind=kind)  # (epoch, width, lambda)
+                j = d.column(width)
+                rows = np.flatnonzero(np.isfinite(cdn[:, j]).any(axis=1))
+                if rows.size:
+                    curves[i] = cdn[rows[-1], j]
+                t = d.get("tv", kind=kind)
+                for jj, w in enumerate(d.widths.tolist()):
+                    tv[i, all_widths.index(int(w))] = an.last_finite(t[:, jj])
+            runs = f"{len(cubes)} run{'s' if len(cubes) > 1 else ''}"
+            _band(top, lam, curves, color, f"noise {noise} ({runs})")
+            _band(bottom, np.array(all_widths, dtype=float), tv, color, f"noise {noise} ({runs})",
+                  marker="o")
+        top.set_xlabel(r"$\lambda$ along the path")
+        top.set_ylabel(r"mean $\|y_\lambda - y_0\|_2$")
+        top.set_title(f"{kind}-class paths, width {width}, last measured epoch", fontsize=10)
+        width_axis(bottom, all_widths)
+        bottom.set_ylabel("total variation along the path")
+        bottom.set_title(f"{kind}-class paths: total variation, last measured epoch",
+                         fontsize=10)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(_title(study, "softmax change along interpolation paths, mean ± std over "
+                               "seeds"), fontsize=10)
+    return fig
+
+
 def _title(study: dict[str, Any], what: str) -> str:
     runs = study["runs"]
     ds = sorted({str(r.get("dataset")) for r in runs})
@@ -374,7 +432,8 @@ def _title(study: dict[str, Any], what: str) -> str:
 
 
 DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
-        "hessian": draw_hessian, "sharpness": draw_sharpness}
+        "hessian": draw_hessian, "sharpness": draw_sharpness,
+        "interpolation": draw_interpolation}
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None
