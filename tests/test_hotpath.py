@@ -84,6 +84,9 @@ def test_add_at_against_a_loop(sorted_sums: bool, device: str) -> None:
     empty = add_at(start.clone().to(dev), index[:0].to(dev), values[:0].to(dev),
                    sorted_sums=sorted_sums)
     assert torch.equal(empty.cpu(), start)
+    with SyncCounter() as counter:  # no device-to-host read: sizes never depend on the data
+        add_at(start.clone().to(dev), index.to(dev), values.to(dev), sorted_sums=sorted_sums)
+    assert counter.count == 0
 
 
 @pytest.mark.parametrize("name", ["interpolation", "landscape"])

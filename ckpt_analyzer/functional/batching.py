@@ -78,17 +78,18 @@ def add_at(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor,
     On the CPU this is ``index_add_``, which adds in the order of ``i``. On CUDA ``index_add_``
     adds with atomics in an order that changes from run to run, so a float sum would change in
     its last bits and a probe would not repeat itself. There (or with ``sorted_sums=True``) the
-    values are stably sorted by index, each run of one index is summed in order by
-    ``torch.segment_reduce`` (one thread per run) and the sums are added to ``out`` once.
+    values are stably sorted by index and ``torch.segment_reduce`` sums each index's run in
+    order (one thread per entry of ``out``; the run lengths are integer counts, exact in any
+    order), then the sums are added to ``out``. Every size is ``len(out)`` or ``len(index)``,
+    so nothing waits for the device (no host synchronization).
     """
     if sorted_sums is None:
         sorted_sums = out.device.type != "cpu"
     if not sorted_sums:
         return out.index_add_(0, index, values)
-    if index.numel() == 0:
-        return out
     order = torch.argsort(index, stable=True)
-    keys, counts = torch.unique_consecutive(index[order], return_counts=True)
-    sums = torch.segment_reduce(values[order], "sum", lengths=counts)
-    out[keys] += sums.to(out.dtype)
+    lengths = torch.zeros(len(out), dtype=torch.long, device=out.device)
+    lengths.index_add_(0, index, torch.ones_like(index))
+    sums = torch.segment_reduce(values[order], "sum", lengths=lengths, unsafe=True, initial=0)
+    out += sums.to(out.dtype)
     return out
