@@ -29,7 +29,8 @@ ckpt-analyze run "$OUT" --workers 2 --quiet --probe sharpness --epochs 0,8,39,30
 # the study: events per run with mean ± std over seeds, agreement, the fit with its CI
 mkdir -p "$OUT/figures"
 ckpt-analyze report "$OUT" --html "$OUT/report.html" | tee "$OUT/report.txt"
-for kind in double-descent spectrum sharpness interpolation hessian; do   # bands over seeds
+for kind in double-descent spectrum sharpness interpolation normalization landscape \
+    hessian; do   # bands (or pooled points) over the seeds
   ckpt-analyze plot "$OUT" --kind "$kind" -o "$OUT/figures/study-$kind.png"
 done
 # one run's figures of every kind (seed 0)

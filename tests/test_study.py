@@ -43,6 +43,21 @@ FINAL_HESSIAN = [100.0, 300.0, 50.0]
 FINAL_SHARP = [2.0, 5.0, 3.0]
 SHARP_SUBSETS = ["clean", "noisy"]
 LAMBDA = [0.25, 0.75]
+ALPHA = [-1.0, 0.0, 1.0]
+
+
+def normalized_loss(seed: int, i: int, e: int) -> tuple[float, float]:
+    """(train, test) normalized cross-entropy: test exactly 1.5 train - 1.15 (r = 1)."""
+    train = 2.3 - 0.001 * e - 0.0003 * i - 0.0001 * seed
+    return train, 1.5 * train - 1.15
+
+
+def landscape_slice(seed: int, i: int) -> list[float]:
+    return [(1.0 + i + 0.1 * seed) * a * a + 0.2 for a in ALPHA]
+
+
+def barrier(seed: int, i: int, e: int) -> float:
+    return (1.0 + 0.1 * seed) * (i + 1) / (1.0 + e)
 
 
 def interp_value(seed: int, i: int, kind: str, metric: str, b: int = 0) -> float:
@@ -96,6 +111,12 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
         cube.begin_probe("hessian", "1", {"points": 64}, 0, Outputs(
             coords={"subset": ["train"], "k": [0]},
             metrics={"eigenvalues": Metric(("subset", "k"))}), {})
+        cube.begin_probe("normalization", "1", {"samples": 64}, 0, Outputs(
+            coords={"subset": ["train", "test"]},
+            metrics={"loss": Metric(("subset",)), "normalized_loss": Metric(("subset",))}), {})
+        cube.begin_probe("landscape", "1", {"steps": 3}, 0, Outputs(
+            coords={"subset": ["train"], "alpha": ALPHA},
+            metrics={"loss": Metric(("subset", "alpha")), "barrier": Metric(("subset",))}), {})
         cube.begin_probe("interpolation", "2", {"pairs": 3}, 0, Outputs(
             coords={"kind": ["within", "between"], "lambda": LAMBDA},
             metrics={"cdn": Metric(("kind", "lambda")), "tv": Metric(("kind",))}), {})
@@ -117,6 +138,14 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
                 cube.record("metrics", e, w, {"error": np.array([train[e], noisy[e], test[e]])})
                 cube.record("spectrum", e, w, {"R": np.stack([R[e], R_test[e]])})
                 cube.record("hessian", e, w, {"eigenvalues": np.array([[top[e]]])})
+                raw_train = 1.0 / (1.0 + e)
+                cube.record("normalization", e, w, {
+                    "loss": np.array([raw_train, 0.4 + 0.1 * rng.standard_normal()]),
+                    "normalized_loss": np.array(normalized_loss(seed, i, e))})
+                cube.record("landscape", e, w, {
+                    "loss": np.array([landscape_slice(seed, i) if e == stop
+                                      else [np.nan] * len(ALPHA)]),
+                    "barrier": np.array([barrier(seed, i, e)])})
                 if e == stop:  # interpolation and sharpness at the last epoch only
                     kinds = ("within", "between")
                     cube.record("interpolation", e, w, {
@@ -288,12 +317,13 @@ def test_report_cli_several_cubes_json_and_text(cubes: dict[str, Path]) -> None:
 def test_plot_cli_several_cubes(cubes: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     all4 = [*map(str, three(cubes)), str(cubes["n01"])]
-    for kind in ("double-descent", "spectrum", "hessian", "sharpness", "interpolation"):
+    for kind in ("double-descent", "spectrum", "hessian", "sharpness", "interpolation",
+                 "normalization", "landscape"):
         out = tmp_path / f"{kind}.png"
         res = CliRunner().invoke(main, ["plot", *all4, "--kind", kind, "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
-    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "normalization", "-o",
+    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "weights-spectrum", "-o",
                                     str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "not yet supported for several cubes" in res.output
 
@@ -382,6 +412,33 @@ def test_interpolation_bands_over_seeds(cubes: dict[str, Path]) -> None:
         want = [statistics.mean(interp_value(s, i, kind, "tv") for s in (0, 1, 2))
                 for i in range(3)]
         assert np.allclose(line.get_xdata(), WIDTHS) and np.allclose(line.get_ydata(), want)
+
+
+def test_normalization_and_landscape_over_seeds(cubes: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from ckpt_analyzer.plot import PlotOptions
+    from ckpt_analyzer.study.figures import make_study_figure
+
+    study = load_study(three(cubes), **SHORT)
+    fig = make_study_figure(study, "normalization", PlotOptions())
+    raw, normalized = fig.axes[:2]
+    points = normalized.collections[0].get_offsets()
+    assert len(points) == 3 * N * len(WIDTHS)  # every (epoch, width) of every run
+    want = sorted(normalized_loss(s, i, e) for s in (0, 1, 2) for i in range(3) for e in range(N))
+    assert np.allclose(sorted(map(tuple, np.asarray(points))), want)
+    labels = [t.get_text() for t in normalized.get_legend().get_texts()]
+    assert any("r = 1.000 ± 0.000 over 3 run(s)" in t for t in labels), labels
+    assert any("slope 1.5" in t for t in labels), labels  # the pooled line: exactly 1.5
+    assert not any("r = 1.000" in t.get_text() for t in raw.get_legend().get_texts())
+
+    fig = make_study_figure(study, "landscape", PlotOptions())
+    slice_ax, barrier_ax = fig.axes[:2]
+    line = slice_ax.get_lines()[0]  # the largest width (4): mean slice over seeds
+    want = np.mean([landscape_slice(s, 2) for s in (0, 1, 2)], axis=0)
+    assert np.allclose(line.get_xdata(), ALPHA) and np.allclose(line.get_ydata(), want)
+    curve = barrier_ax.get_lines()[0]
+    assert np.allclose(curve.get_ydata(),
+                       [np.mean([barrier(s, 2, e) for s in (0, 1, 2)]) for e in range(N)])
 
 
 class _Refs(HTMLParser):

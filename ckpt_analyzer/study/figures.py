@@ -24,8 +24,15 @@
   paths' total variation ``tv`` against width, one column per path kind (within, between
   classes), mean ± std band over seeds per noise rate.
 
+* ``normalization``: Liao et al.'s test against train cross-entropy, raw and layerwise
+  normalized, every (epoch, width) cell of every run, one colour per noise rate, each rate's
+  pooled least-squares line and its runs' Pearson r (mean ± std).
+* ``landscape``: Li et al.'s 1-D loss slice (``--subset``, default train; the β = 0 row of a
+  2-D grid) for one width at each run's last measured epoch, and the barrier height to the
+  width's last checkpoint over epochs, mean ± std band over seeds per noise rate.
+
 Curves of different runs are put on the epochs they share (a note says when the save grids
-differ). The other plot kinds are not yet supported for several cubes.
+differ). ``weights-spectrum`` is not yet supported for several cubes.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Kinds drawn over several cubes.
-STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness", "interpolation")
+STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness", "interpolation",
+               "normalization", "landscape")
 
 
 def _band(ax: Any, x: np.ndarray, stack: np.ndarray, color: Any, label: str,
@@ -424,6 +432,118 @@ def draw_interpolation(study: dict[str, Any], opts: PlotOptions) -> Figure:
     return fig
 
 
+def draw_normalization(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    from .. import events as an
+
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    per_cube = _load_all(groups, "normalization", ("loss", "normalized_loss"), "normalization")
+    for c, d in per_cube.items():
+        if d.get("loss", subset="train") is None or d.get("loss", subset="test") is None:
+            raise CkptError("the normalization probe needs the train and test subsets "
+                            "(--set normalization.subsets=train,test)", c)
+    fig = new_figure(11.0, 4.8)
+    axes = fig.subplots(1, 2)
+    for ax, metric, title in ((axes[0], "loss", "(a) raw network f"),
+                              (axes[1], "normalized_loss",
+                               r"(b) normalized $\tilde f$ (layer norms divided out)")):
+        everything = []
+        for (noise, cubes), color in zip(groups, colors, strict=True):
+            xs, ys, rs = [], [], []
+            for c in cubes:
+                d = per_cube[c]
+                tr, te = d.get(metric, subset="train"), d.get(metric, subset="test")
+                cols = [j for j, w in enumerate(d.widths.tolist())
+                        if opts.width is None or int(w) == opts.width]
+                x, y = tr[:, cols].ravel(), te[:, cols].ravel()
+                ok = np.isfinite(x) & np.isfinite(y)
+                xs.append(x[ok])
+                ys.append(y[ok])
+                rs.append(an.linear_fit(x[ok], y[ok]).r)
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            if not x.size:
+                continue
+            everything += [x, y]
+            r = summary_text([v for v in rs if np.isfinite(v)])
+            ax.scatter(x, y, s=10, color=color, alpha=0.45, zorder=3,
+                       label=f"noise {noise}: r = {r} over {len(cubes)} run(s)")
+            fit = an.linear_fit(x, y)
+            if np.isfinite(fit.slope):
+                xg = np.array([x.min(), x.max()])
+                ax.plot(xg, fit.slope * xg + fit.intercept, color=color, lw=1.5,
+                        label=f"pooled least squares: slope {fit.slope:.3g}")
+        if everything:
+            lo = float(min(v.min() for v in everything))
+            hi = float(max(v.max() for v in everything))
+            ax.plot([lo, hi], [lo, hi], ls=":", color="0.5", lw=1, label="test = train")
+        ax.set_xlabel("train cross-entropy (nats)")
+        ax.set_ylabel("test cross-entropy (nats)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(_title(study, "test vs train loss, every (epoch, width) of every run"),
+                 fontsize=10)
+    return fig
+
+
+def summary_text(values: list[float]) -> str:
+    """``mean ± std`` (sample std) of ``values``, ``mean`` alone for one, ``-`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{float(np.mean(values)):.3f} ± {float(np.std(values, ddof=1)):.3f}"
+
+
+def draw_landscape(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    notes: list[str] = []
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    subset = opts.subset or "train"
+    per_cube = _load_all(groups, "landscape", ("loss", "barrier"), "landscape", subset)
+    alphas = {tuple(np.round(np.asarray(d.coords.get("alpha", ()), dtype=float), 12))
+              for d in per_cube.values()}
+    if len(alphas) != 1:
+        raise UsageError("the cubes' landscape probes use different grids (r, steps)")
+    alpha = np.array(next(iter(alphas)))
+    width = _pick_width(_common_widths(per_cube), opts.width)
+    epochs = _common_epochs([d.epochs for d in per_cube.values()], notes)
+    fig = new_figure(12.0, 4.6)
+    a1, a2 = fig.subplots(1, 2)
+    for (noise, cubes), color in zip(groups, colors, strict=True):
+        slices = np.full((len(cubes), alpha.size), np.nan)
+        barrier = np.full((len(cubes), epochs.size), np.nan)
+        for i, c in enumerate(cubes):
+            d = per_cube[c]
+            j = d.column(width)
+            loss = d.get("loss", subset=subset)[:, j]  # (epoch, alpha[, beta])
+            if loss.ndim == 3:  # a 2-D grid: its beta = 0 row
+                loss = loss[:, :, loss.shape[2] // 2]
+            rows = np.flatnonzero(np.isfinite(loss).any(axis=1))
+            if rows.size:
+                slices[i] = loss[rows[-1]]
+            b = d.get("barrier", subset=subset)
+            if b is not None:
+                barrier[i] = _on(d.epochs, b[:, j], epochs)
+        runs = f"{len(cubes)} run{'s' if len(cubes) > 1 else ''}"
+        _band(a1, alpha, slices, color, f"noise {noise} ({runs})")
+        _band(a2, epochs.astype(float), barrier, color, f"noise {noise} ({runs})")
+    a1.set_xlabel(r"$\alpha$ along a filter-normalized direction")
+    a1.set_ylabel(f"{subset} cross-entropy (nats)")
+    a1.set_title(f"(a) width {width}, last measured epoch", fontsize=10)
+    if epochs.size:
+        symlog_axis(a2, epochs.astype(float))
+    a2.set_xlabel("epoch (symlog scale, 0 = initialization)")
+    a2.set_ylabel("barrier height to the last checkpoint (nats)")
+    a2.set_title(f"(b) width {width}: barrier over training", fontsize=10)
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(study, f"loss landscape on the {subset} subset, mean ± std over seeds")
+                 + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    return fig
+
+
 def _title(study: dict[str, Any], what: str) -> str:
     runs = study["runs"]
     ds = sorted({str(r.get("dataset")) for r in runs})
@@ -433,7 +553,8 @@ def _title(study: dict[str, Any], what: str) -> str:
 
 DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
         "hessian": draw_hessian, "sharpness": draw_sharpness,
-        "interpolation": draw_interpolation}
+        "interpolation": draw_interpolation, "normalization": draw_normalization,
+        "landscape": draw_landscape}
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None
