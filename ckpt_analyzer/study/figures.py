@@ -143,6 +143,15 @@ def _load_all(groups: list[tuple[str, list[str]]], probe: str, metrics: tuple[st
     return per_cube
 
 
+def _shared_coord(per_cube: dict[str, Any], name: str, differ: str) -> np.ndarray:
+    """The numeric coordinate ``name`` that every cube's probe shares; UsageError ``differ``."""
+    values = {tuple(np.round(np.asarray(d.coords.get(name, ()), dtype=float), 12))
+              for d in per_cube.values()}
+    if len(values) != 1:
+        raise UsageError(differ)
+    return np.array(next(iter(values)))
+
+
 def _common_widths(per_cube: dict[str, Any]) -> list[int]:
     return sorted(set.intersection(*[{int(w) for w in d.widths.tolist()}
                                      for d in per_cube.values()]))
@@ -389,11 +398,8 @@ def draw_interpolation(study: dict[str, Any], opts: PlotOptions) -> Figure:
              if all(k in [str(x) for x in d.coords.get("kind", ())] for d in per_cube.values())]
     if not kinds:
         raise CkptError("the cubes' interpolation probes share no path kind")
-    lams = {tuple(np.round(np.asarray(d.coords.get("lambda", ()), dtype=float), 12))
-            for d in per_cube.values()}
-    if len(lams) != 1:
-        raise UsageError("the cubes' interpolation probes use different lambda bins")
-    lam = np.array(next(iter(lams)))
+    lam = _shared_coord(per_cube, "lambda", "the cubes' interpolation probes use different "
+                        "lambda bins")
     width = _pick_width(_common_widths(per_cube), opts.width)
     all_widths = sorted({int(w) for d in per_cube.values() for w in d.widths.tolist()})
     fig = new_figure(5.2 * len(kinds), 8.0)
@@ -501,11 +507,8 @@ def draw_landscape(study: dict[str, Any], opts: PlotOptions) -> Figure:
     colors = line_colors(len(groups), "plasma")
     subset = opts.subset or "train"
     per_cube = _load_all(groups, "landscape", ("loss", "barrier"), "landscape", subset)
-    alphas = {tuple(np.round(np.asarray(d.coords.get("alpha", ()), dtype=float), 12))
-              for d in per_cube.values()}
-    if len(alphas) != 1:
-        raise UsageError("the cubes' landscape probes use different grids (r, steps)")
-    alpha = np.array(next(iter(alphas)))
+    alpha = _shared_coord(per_cube, "alpha", "the cubes' landscape probes use different grids "
+                          "(r, steps)")
     width = _pick_width(_common_widths(per_cube), opts.width)
     epochs = _common_epochs([d.epochs for d in per_cube.values()], notes)
     fig = new_figure(12.0, 4.6)
