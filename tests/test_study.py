@@ -52,6 +52,11 @@ def normalized_loss(seed: int, i: int, e: int) -> tuple[float, float]:
     return train, 1.5 * train - 1.15
 
 
+def weights_alpha(seed: int, i: int, e: int) -> float:
+    """alpha of layer 'a' (layer 'b' has no fit): from 8 down to about 3."""
+    return 3.0 + 5.0 / (1.0 + e) + 0.1 * seed + 0.01 * i
+
+
 def landscape_slice(seed: int, i: int) -> list[float]:
     return [(1.0 + i + 0.1 * seed) * a * a + 0.2 for a in ALPHA]
 
@@ -117,6 +122,9 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
         cube.begin_probe("landscape", "1", {"steps": 3}, 0, Outputs(
             coords={"subset": ["train"], "alpha": ALPHA},
             metrics={"loss": Metric(("subset", "alpha")), "barrier": Metric(("subset",))}), {})
+        cube.begin_probe("weights_spectrum", "1", {"bins": 4}, 0, Outputs(
+            coords={"layer": ["a", "b"]}, metrics={"alpha": Metric(("layer",)),
+                                                  "spectral_norm": Metric(("layer",))}), {})
         cube.begin_probe("interpolation", "2", {"pairs": 3}, 0, Outputs(
             coords={"kind": ["within", "between"], "lambda": LAMBDA},
             metrics={"cdn": Metric(("kind", "lambda")), "tv": Metric(("kind",))}), {})
@@ -142,6 +150,9 @@ def make_cube(path: Path, seed: int, noise: float = 0.2, arch: str = "mcnn",
                 cube.record("normalization", e, w, {
                     "loss": np.array([raw_train, 0.4 + 0.1 * rng.standard_normal()]),
                     "normalized_loss": np.array(normalized_loss(seed, i, e))})
+                cube.record("weights_spectrum", e, w, {
+                    "alpha": np.array([weights_alpha(seed, i, e), np.nan]),
+                    "spectral_norm": np.array([1.0 + e, 2.0])})
                 cube.record("landscape", e, w, {
                     "loss": np.array([landscape_slice(seed, i) if e == stop
                                       else [np.nan] * len(ALPHA)]),
@@ -317,15 +328,16 @@ def test_report_cli_several_cubes_json_and_text(cubes: dict[str, Path]) -> None:
 def test_plot_cli_several_cubes(cubes: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     all4 = [*map(str, three(cubes)), str(cubes["n01"])]
-    for kind in ("double-descent", "spectrum", "hessian", "sharpness", "interpolation",
-                 "normalization", "landscape"):
+    from ckpt_analyzer.plot import KINDS
+
+    for kind in KINDS:  # every figure kind over several cubes
         out = tmp_path / f"{kind}.png"
         res = CliRunner().invoke(main, ["plot", *all4, "--kind", kind, "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
-    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "weights-spectrum", "-o",
-                                    str(tmp_path / "x.png")])
-    assert res.exit_code == 2 and "not yet supported for several cubes" in res.output
+    res = CliRunner().invoke(main, ["plot", *all4, "--kind", "spectrum", "--epochs", "3",
+                                    "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--epochs is not yet supported for several cubes" in res.output
 
 
 def test_band_is_mean_and_std_over_seeds(cubes: dict[str, Path]) -> None:
@@ -439,6 +451,21 @@ def test_normalization_and_landscape_over_seeds(cubes: dict[str, Path]) -> None:
     curve = barrier_ax.get_lines()[0]
     assert np.allclose(curve.get_ydata(),
                        [np.mean([barrier(s, 2, e) for s in (0, 1, 2)]) for e in range(N)])
+
+
+def test_weights_spectrum_alpha_over_seeds(cubes: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from ckpt_analyzer.plot import PlotOptions
+    from ckpt_analyzer.study.figures import make_study_figure
+
+    study = load_study(three(cubes), **SHORT)
+    fig = make_study_figure(study, "weights-spectrum", PlotOptions(width=2))
+    layer_a, layer_b = fig.axes[:2]
+    line = layer_a.get_lines()[0]
+    want = [np.mean([weights_alpha(s, 1, e) for s in (0, 1, 2)]) for e in range(N)]
+    assert np.allclose(line.get_xdata(), range(N)) and np.allclose(line.get_ydata(), want)
+    assert not layer_b.get_lines()  # no fit in any run: said in words, nothing drawn
+    assert any("no power-law fit" in t.get_text() for t in layer_b.texts)
 
 
 class _Refs(HTMLParser):

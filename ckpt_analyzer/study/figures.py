@@ -31,8 +31,12 @@
   2-D grid) for one width at each run's last measured epoch, and the barrier height to the
   width's last checkpoint over epochs, mean ± std band over seeds per noise rate.
 
+* ``weights-spectrum``: the power-law exponent α of each layer (the first six) over epochs for
+  one width (default the largest), mean ± std band over seeds per noise rate, WeightWatcher's
+  2 ≤ α ≤ 6 shaded; a layer without a fit (fewer eigenvalues than ``min_evals``) says so.
+
 Curves of different runs are put on the epochs they share (a note says when the save grids
-differ). ``weights-spectrum`` is not yet supported for several cubes.
+differ). Every plot kind can be drawn over several cubes.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from .probe_figures import (
     draw_landscape,
     draw_normalization,
     draw_sharpness,
+    draw_weights_spectrum,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +78,7 @@ if TYPE_CHECKING:
 
 #: Kinds drawn over several cubes.
 STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness", "interpolation",
-               "normalization", "landscape")
+               "normalization", "landscape", "weights-spectrum")
 
 
 def draw_double_descent(study: dict[str, Any], opts: PlotOptions) -> Figure:
@@ -181,7 +186,7 @@ def draw_spectrum(study: dict[str, Any], opts: PlotOptions) -> Figure:
 DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
         "hessian": draw_hessian, "sharpness": draw_sharpness,
         "interpolation": draw_interpolation, "normalization": draw_normalization,
-        "landscape": draw_landscape}
+        "landscape": draw_landscape, "weights-spectrum": draw_weights_spectrum}
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None

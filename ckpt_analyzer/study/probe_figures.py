@@ -1,6 +1,6 @@
 """Study figures of the probes measured on a few epochs or pooled over cells: sharpness,
-interpolation, normalization, landscape, and the Hessian's top eigenvalue (the kinds are
-described in :mod:`ckpt_analyzer.study.figures`)."""
+interpolation, normalization, landscape, weight spectra and the Hessian's top eigenvalue (the
+kinds are described in :mod:`ckpt_analyzer.study.figures`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CkptError, UsageError
 from ..plot import PlotOptions
-from ..plot._common import line_colors, new_figure, symlog_axis, width_axis
+from ..plot._common import line_colors, new_figure, no_data, symlog_axis, width_axis
 from ._common import (
     _band,
     _common_epochs,
@@ -311,5 +311,52 @@ def draw_landscape(study: dict[str, Any], opts: PlotOptions) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(_title(study, f"loss landscape on the {subset} subset, mean ± std over seeds")
+                 + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    return fig
+
+
+def draw_weights_spectrum(study: dict[str, Any], opts: PlotOptions) -> Figure:
+    notes: list[str] = []
+    groups = _groups(study)
+    colors = line_colors(len(groups), "plasma")
+    per_cube = _load_all(groups, "weights_spectrum", ("alpha", "spectral_norm"),
+                         "weights-spectrum")
+    layer_sets = {tuple(str(x) for x in d.coords.get("layer", ())) for d in per_cube.values()}
+    if len(layer_sets) != 1:
+        raise UsageError("the cubes' weights_spectrum probes measured different layers")
+    layers = list(next(iter(layer_sets)))
+    width = _pick_width(_common_widths(per_cube), opts.width)
+    epochs = _common_epochs([d.epochs for d in per_cube.values()], notes)
+    shown = layers[:6]
+    if len(layers) > len(shown):
+        notes.append(f"the first {len(shown)} of {len(layers)} layers")
+    fig = new_figure(3.6 * len(shown), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(shown), squeeze=False)[0])
+    for ax, layer in zip(axes, shown, strict=True):
+        k = layers.index(layer)
+        drawn = False
+        for (noise, cubes), color in zip(groups, colors, strict=True):
+            stack = np.full((len(cubes), epochs.size), np.nan)
+            for i, c in enumerate(cubes):
+                d = per_cube[c]
+                stack[i] = _on(d.epochs, d.values["alpha"][:, d.column(width), k], epochs)
+            if np.isfinite(stack).any():
+                runs = f"{len(cubes)} run{'s' if len(cubes) > 1 else ''}"
+                _band(ax, epochs.astype(float), stack, color, f"noise {noise} ({runs})")
+                drawn = True
+        if drawn:
+            ax.axhspan(2.0, 6.0, color="0.9", zorder=0, label="2 <= alpha <= 6")
+            ax.legend(fontsize=7)
+        else:
+            no_data(ax, "no power-law fit\n(fewer eigenvalues\nthan min_evals)")
+        if epochs.size:
+            symlog_axis(ax, epochs.astype(float))
+            ax.set_xlim(float(epochs.min()), float(epochs.max()))
+        ax.set_xlabel("epoch (symlog scale)")
+        ax.set_ylabel(r"tail exponent $\alpha$")
+        ax.set_title(f"layer {layer}", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(_title(study, f"power-law exponent of the weight spectra, width {width}, "
+                               "mean ± std over seeds")
                  + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
     return fig
