@@ -337,6 +337,21 @@ def _group(noise: str, reports: Sequence[dict[str, Any]],
             "pcc": pcc_all, "fit": _fits(reports)}
 
 
+def sharpness_peak(report: dict[str, Any], metric: str, subset: str | None = None
+                   ) -> tuple[str | None, Any]:
+    """``(subset, width)`` of a run's model-wise ``metric`` peak at its largest sharpness volume
+    (from :func:`ckpt_analyzer.report.build_report`); ``subset=None`` takes ``noisy`` when
+    measured, else the first subset. ``(None, None)`` without sharpness peaks."""
+    sh = (report.get("model_wise") or {}).get("sharpness") or {}
+    vols = sh.get("volumes") or []
+    peaks = (sh.get("peaks") or {}).get(metric) or {}
+    if not vols or not peaks:
+        return None, None
+    if subset is None:
+        subset = "noisy" if "noisy" in peaks else next(iter(peaks))
+    return subset, (peaks.get(subset) or {}).get(str(vols[-1]))
+
+
 def agreement_text(label: str, agree: dict[str, Any], unit: str = "seeds") -> str:
     """``test error peak at width 2 in 4 of 5 seeds`` (or ``none in 3 of 5 seeds``)."""
     if not agree["of"]:

@@ -76,11 +76,6 @@ from .probe_figures import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: Kinds drawn over several cubes.
-STUDY_KINDS = ("double-descent", "spectrum", "hessian", "sharpness", "interpolation",
-               "normalization", "landscape", "weights-spectrum")
-
-
 def draw_double_descent(study: dict[str, Any], opts: PlotOptions) -> Figure:
     notes: list[str] = []
     groups = _groups(study)
@@ -191,7 +186,8 @@ DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None
                       ) -> Figure:
-    """The figure of ``kind`` over the study's cubes (only :data:`STUDY_KINDS`)."""
+    """The figure of ``kind`` (any of :data:`ckpt_analyzer.plot.KINDS`) over the study's
+    cubes."""
     check_kind(kind, opts)
     try:
         import matplotlib  # noqa: F401
@@ -209,9 +205,6 @@ def check_kind(kind: str, opts: PlotOptions | None = None) -> None:
         from ..errors import unknown
 
         raise unknown("plot kind", kind, tuple(KIND_TABLE))
-    if kind not in DRAW:
-        raise UsageError(f"--kind {kind} is not yet supported for several cubes (supported: "
-                         f"{', '.join(STUDY_KINDS)}); plot one cube at a time")
     if opts is not None and opts.epochs is not None:
         raise UsageError("--epochs is not yet supported for several cubes")
 

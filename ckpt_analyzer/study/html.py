@@ -20,7 +20,7 @@ from typing import Any
 
 from .._atomic import atomic_path
 from ..errors import CkptError
-from .aggregate import MODEL_FIELDS, agreement_text
+from .aggregate import MODEL_FIELDS, agreement_text, sharpness_peak
 from .text import COLUMNS, digits_of, fit_text, mean_std
 
 CSS = """
@@ -127,15 +127,10 @@ def verdict_sharpness(study: dict[str, Any]) -> tuple[str, str]:
     near = total = 0
     parts = []
     for r in study["reports"]:
-        mw = r.get("model_wise") or {}
-        sh = mw.get("sharpness") or {}
-        vols = sh.get("volumes") or []
-        peaks = (sh.get("peaks") or {}).get("hessian") or {}
-        if not vols or not peaks:
+        subset, peak = sharpness_peak(r, "hessian")
+        if subset is None:
             continue
-        subset = "noisy" if "noisy" in peaks else next(iter(peaks))
-        peak = peaks[subset].get(str(vols[-1]))
-        thr = mw.get("interpolation_threshold")
+        thr = (r.get("model_wise") or {}).get("interpolation_threshold")
         widths = [int(w) for w in r.get("widths", [])]
         total += 1
         if peak is not None and thr is not None and peak in widths and thr in widths:

@@ -23,6 +23,8 @@ from ._common import (
     _shared_coord,
     _title,
 )
+from .aggregate import agreement, sharpness_peak, summarize
+from .text import mean_std
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,19 +92,9 @@ def sharpness_peaks(study: dict[str, Any], metric: str, subset: str
                     ) -> dict[str, dict[str, Any]]:
     """Per noise rate, the agreement over runs on the model-wise peak width of ``metric`` on
     ``subset`` at the largest volume (from each run's report)."""
-    from .aggregate import agreement
-
     reports = {r["cube"]: r for r in study["reports"]}
-    out = {}
-    for g in study["groups"]:
-        values = []
-        for c in g["cubes"]:
-            sh = (reports[c].get("model_wise") or {}).get("sharpness") or {}
-            vols = sh.get("volumes") or []
-            peaks = ((sh.get("peaks") or {}).get(metric) or {}).get(subset) or {}
-            values.append(peaks.get(str(vols[-1])) if vols else None)
-        out[g["noise"]] = agreement(values)
-    return out
+    return {g["noise"]: agreement([sharpness_peak(reports[c], metric, subset)[1]
+                                   for c in g["cubes"]]) for g in study["groups"]}
 
 
 def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
@@ -238,7 +230,7 @@ def draw_normalization(study: dict[str, Any], opts: PlotOptions) -> Figure:
             if not x.size:
                 continue
             everything += [x, y]
-            r = summary_text([v for v in rs if np.isfinite(v)])
+            r = mean_std(summarize(rs))
             ax.scatter(x, y, s=10, color=color, alpha=0.45, zorder=3,
                        label=f"noise {noise}: r = {r} over {len(cubes)} run(s)")
             fit = an.linear_fit(x, y)
@@ -258,15 +250,6 @@ def draw_normalization(study: dict[str, Any], opts: PlotOptions) -> Figure:
     fig.suptitle(_title(study, "test vs train loss, every (epoch, width) of every run"),
                  fontsize=10)
     return fig
-
-
-def summary_text(values: list[float]) -> str:
-    """``mean ± std`` (sample std) of ``values``, ``mean`` alone for one, ``-`` for none."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{float(np.mean(values)):.3f} ± {float(np.std(values, ddof=1)):.3f}"
 
 
 def draw_landscape(study: dict[str, Any], opts: PlotOptions) -> Figure:
