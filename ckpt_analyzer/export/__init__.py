@@ -75,7 +75,7 @@ def export(cubes: Sequence[str | os.PathLike[str]], to: str, out_dir: str | os.P
     if to == "tensorboard":
         from . import to_tensorboard as tb
 
-        tb._writer_class()  # a missing extra fails before anything is touched
+        tb._require()  # a missing extra fails before anything is touched
         taken = tb.output_paths(cubes, labels, out, widths)
         _check_dir(out, taken, overwrite)
         for run in taken:

@@ -73,3 +73,28 @@ def plan(probe: str, metric: str, dims: tuple[str, ...], coords: dict[str, tuple
     return Plan("skip", reason=f"{probe}/{metric} ({shape}: {size} values per cell, more than "
                                f"--max-scalars {max_scalars}) is not exported as series; it is "
                                "in --to csv|parquet")
+
+
+class Plans:
+    """The plans of one export, made once per metric: :meth:`select` (for
+    :func:`~ckpt_analyzer.export.tidy.iter_blocks`) reads only what is exported, and ``notes``
+    says what is not."""
+
+    def __init__(self, max_scalars: int = MAX_SCALARS, histograms: bool = True) -> None:
+        self.max_scalars, self.histograms = max_scalars, histograms
+        self.plans: dict[tuple[str, str], Plan] = {}
+        self.notes: list[str] = []
+
+    def select(self, probe: str, metric: str, dims: tuple[str, ...],
+               coords: dict[str, tuple[Any, ...]]) -> bool:
+        if (probe, metric) not in self.plans:
+            p = plan(probe, metric, dims, coords, self.max_scalars)
+            if p.kind == "histogram" and not self.histograms:
+                p = Plan("skip", reason=f"{probe}/{metric}: histograms are not exported here")
+            self.plans[(probe, metric)] = p
+            if p.kind == "skip":
+                self.notes.append(p.reason)
+        return self.plans[(probe, metric)].kind != "skip"
+
+    def of(self, probe: str, metric: str) -> Plan:
+        return self.plans[(probe, metric)]

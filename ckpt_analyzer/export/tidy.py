@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,12 +57,17 @@ def _probe_list(path: Path, present: Sequence[str], probes: Sequence[str] | None
     return [p for p in present if p in probes]
 
 
+#: ``select(probe, metric, dims, coords)``: whether :func:`iter_blocks` reads a metric.
+Select = Callable[[str, str, tuple[str, ...], dict[str, tuple[Any, ...]]], bool]
+
+
 def iter_blocks(path: str | os.PathLike[str], probes: Sequence[str] | None = None,
-                widths: Sequence[int] | None = None,
-                max_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
+                widths: Sequence[int] | None = None, max_bytes: int = BLOCK_BYTES,
+                select: Select | None = None) -> Iterator[Block]:
     """Every measured cell of the cube, in blocks: probe by probe, width by width, metric by
     metric, epochs in order. ``probes``/``widths`` restrict what is read (an unknown probe is
-    a UsageError; a width the probe lacks is skipped)."""
+    a UsageError; a width the probe lacks is skipped), and ``select`` which metrics are (the
+    others are never read)."""
     import h5py
 
     p = Path(path)
@@ -76,20 +81,26 @@ def iter_blocks(path: str | os.PathLike[str], probes: Sequence[str] | None = Non
             epochs = np.asarray(g["epoch"][()], dtype=np.int64)
             wcoord = np.asarray(g["width"][()], dtype=np.int64)
             done = np.asarray(g["done"][()], dtype=bool)
+            chosen = [(m, tuple(dims)) for m, dims, _, _ in decl.metrics
+                      if select is None or select(name, m, tuple(dims),
+                                                  {d: coords[d] for d in dims})]
             for j, w in enumerate(wcoord.tolist()):
                 if widths is not None and w not in widths:
                     continue
                 rows = np.flatnonzero(done[:, j])
                 if not rows.size:
                     continue
-                for metric, dims, _, _ in decl.metrics:
+                for metric, dims in chosen:
                     ds = g[metric]
                     cell = max(1, math.prod(ds.shape[2:]) * ds.dtype.itemsize)
                     step = max(1, max_bytes // cell)
                     for a in range(0, rows.size, step):
                         r = rows[a:a + step]
-                        vals = ds[r.tolist(), j] if r.size > 1 else ds[int(r[0]), j][None]
-                        yield Block(name, metric, tuple(dims), {d: coords[d] for d in dims}, int(w),
+                        if r[-1] - r[0] + 1 == r.size:  # contiguous epochs: one hyperslab
+                            vals = ds[int(r[0]):int(r[-1]) + 1, j]
+                        else:
+                            vals = ds[r.tolist(), j]
+                        yield Block(name, metric, dims, {d: coords[d] for d in dims}, int(w),
                                     epochs[r], np.asarray(vals, dtype=np.float64))
 
 

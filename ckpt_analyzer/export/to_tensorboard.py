@@ -1,10 +1,11 @@
 """TensorBoard export: one run per cube and width (``DIR/<run>/w<width>``), written with
-TensorBoard's own writer (``torch.utils.tensorboard.SummaryWriter``, the ``tensorboard``
-extra); the global step is the cube's epoch (or step, when its ``time_unit`` is ``step``)."""
+TensorBoard's own event file writer (the ``tensorboard`` extra; no torch needed); the global
+step is the cube's epoch (or step, when its ``time_unit`` is ``step``)."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..cube.read import read_cube_info
 from ..errors import CkptError
-from .tags import MAX_SCALARS, Plan, plan
+from .tags import MAX_SCALARS, Plans
 from .tidy import iter_blocks
 
 EVENTS = "events.out.tfevents."
@@ -42,14 +43,46 @@ def clear(run: Path) -> None:
                 f.unlink()
 
 
-def _writer_class() -> Any:
+class _Writer:
+    """TensorBoard's event file writer (``tensorboard.summary.writer``, which
+    ``torch.utils.tensorboard`` and tensorboardX wrap), one event per step and block."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2
+        self._file = EventFileWriter(str(log_dir))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        s = self._summary
+        self._add(step, [s.Summary.Value(tag=t, simple_value=v) for t, v in values.items()])
+
+    def histograms(self, step: int, values: dict[str, np.ndarray], edges: np.ndarray) -> None:
+        s = self._summary
+        centres = (edges[1:] + edges[:-1]) / 2
+        vals = [s.Summary.Value(tag=t, histo=s.HistogramProto(
+            min=float(edges[0]), max=float(edges[-1]), num=float(c.sum()),
+            sum=float(centres @ c), sum_squares=float((centres ** 2) @ c),
+            bucket_limit=edges[1:].tolist(), bucket=c.tolist())) for t, c in values.items()]
+        self._add(step, vals)
+
+    def _add(self, step: int, values: list[Any]) -> None:
+        if values:
+            self._file.add_event(self._event(wall_time=time.time(), step=int(step),
+                                             summary=self._summary.Summary(value=values)))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _require() -> None:
     try:
         import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
     except ImportError:
         raise CkptError("--to tensorboard needs the tensorboard package: "
                         "pip install 'ckpt-analyzer[tensorboard]'") from None
-    return SummaryWriter
 
 
 def write_tensorboard(cubes: Sequence[str | os.PathLike[str]], labels: Sequence[str],
@@ -59,7 +92,7 @@ def write_tensorboard(cubes: Sequence[str | os.PathLike[str]], labels: Sequence[
     """Write every measured scalar (and histogram) of the cubes; NaN values (undefined, such
     as the alpha of a layer too small for a fit) are not written. Returns ``{"runs": [...],
     "scalars": n, "histograms": n, "notes": [...]}``."""
-    writer_cls = _writer_class()
+    _require()
     runs: list[str] = []
     notes: dict[str, None] = {}
     n_scalars = n_hist = 0
@@ -68,49 +101,26 @@ def write_tensorboard(cubes: Sequence[str | os.PathLike[str]], labels: Sequence[
                        if widths is None or w in widths]
         for w in cube_widths:
             rd = run_dir(out_dir, label, w)
-            writer = writer_cls(log_dir=str(rd))
-            plans: dict[tuple[str, str], Plan] = {}
+            writer = _Writer(rd)
+            plans = Plans(max_scalars, histograms=True)
             try:
-                for b in iter_blocks(path, probes, [w]):
-                    key = (b.probe, b.metric)
-                    if key not in plans:
-                        plans[key] = plan(b.probe, b.metric, b.dims, b.coords, max_scalars)
-                    p = plans[key]
-                    if p.kind == "skip":
-                        notes[p.reason] = None
-                        continue
-                    steps = b.epochs.tolist()
-                    if p.kind == "scalars":
-                        vals = b.values.reshape(len(steps), -1)
-                        for i, step in enumerate(steps):
-                            for tag, v in zip(p.tags, vals[i].tolist()):
-                                if v == v:  # NaN: undefined, not a point
-                                    writer.add_scalar(tag, v, global_step=step)
-                                    n_scalars += 1
-                    else:
-                        assert p.edges is not None
-                        n_hist += _histograms(writer, p, b.values, steps)
+                for b in iter_blocks(path, probes, [w], select=plans.select):
+                    p = plans.of(b.probe, b.metric)
+                    vals = b.values.reshape(len(b.epochs), len(p.tags), -1)
+                    for step, row in zip(b.epochs.tolist(), vals):
+                        if p.kind == "scalars":
+                            ok = np.isfinite(row[:, 0])  # NaN: undefined, not a point
+                            writer.scalars(step, {t: float(v) for t, v, good in
+                                                  zip(p.tags, row[:, 0], ok) if good})
+                            n_scalars += int(ok.sum())
+                        else:
+                            assert p.edges is not None
+                            ok = np.isfinite(row).all(axis=1)
+                            writer.histograms(step, {t: c for t, c, good in
+                                                     zip(p.tags, row, ok) if good}, p.edges)
+                            n_hist += int(ok.sum())
             finally:
                 writer.close()
+            notes.update(dict.fromkeys(plans.notes))
             runs.append(str(rd))
     return {"runs": runs, "scalars": n_scalars, "histograms": n_hist, "notes": list(notes)}
-
-
-def _histograms(writer: Any, p: Plan, values: np.ndarray, steps: list[int]) -> int:
-    """``values`` (epochs, *rest, bin): the weight of each bin, one histogram per ``rest``."""
-    assert p.edges is not None
-    edges = p.edges
-    centres = (edges[1:] + edges[:-1]) / 2
-    vals = values.reshape(len(steps), len(p.tags), edges.size - 1)
-    n = 0
-    for i, step in enumerate(steps):
-        for tag, counts in zip(p.tags, vals[i]):
-            if not np.all(np.isfinite(counts)):
-                continue
-            writer.add_histogram_raw(
-                tag, min=float(edges[0]), max=float(edges[-1]), num=float(counts.sum()),
-                sum=float(centres @ counts), sum_squares=float((centres ** 2) @ counts),
-                bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(),
-                global_step=step)
-            n += 1
-    return n

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cube.read import read_cube_info, read_summary
 from ..errors import CkptError, UsageError
-from .tags import MAX_SCALARS, Plan, plan
+from .tags import MAX_SCALARS, Plans
 from .tidy import iter_blocks
 
 
@@ -40,15 +40,9 @@ def rows(path: str | os.PathLike[str], width: int, probes: Sequence[str] | None,
     """``{epoch: {key: value}}`` of one width of a cube: finite scalars, and with
     ``histogram`` (``wandb.Histogram``) one histogram per ``bin`` metric value."""
     out: dict[int, dict[str, Any]] = {}
-    plans: dict[tuple[str, str], Plan] = {}
-    for b in iter_blocks(path, probes, [width]):
-        key = (b.probe, b.metric)
-        if key not in plans:
-            plans[key] = plan(b.probe, b.metric, b.dims, b.coords, max_scalars)
-        p = plans[key]
-        if p.kind == "skip" or (p.kind == "histogram" and histogram is None):
-            notes[p.reason or f"{b.probe}/{b.metric}: histograms not exported"] = None
-            continue
+    plans = Plans(max_scalars, histograms=histogram is not None)
+    for b in iter_blocks(path, probes, [width], select=plans.select):
+        p = plans.of(b.probe, b.metric)
         vals = b.values.reshape(len(b.epochs), len(p.tags), -1)
         for i, ep in enumerate(b.epochs.tolist()):
             row = out.setdefault(int(ep), {})
@@ -59,6 +53,7 @@ def rows(path: str | os.PathLike[str], width: int, probes: Sequence[str] | None,
                 elif np.all(np.isfinite(v)):
                     assert p.edges is not None
                     row[tag] = histogram(np_histogram=(v.tolist(), p.edges.tolist()))
+    notes.update(dict.fromkeys(plans.notes))
     return out
 
 

@@ -119,15 +119,14 @@ def layer_table(cube: str | os.PathLike[str], width: int | None = None,
                     continue
                 cell = (np.asarray(g[metric][epochs.index(e_sel), widths.index(w)],
                                    dtype=np.float64) if done else None)
-                order = list(dims)
+                # (layer, *rest) flattened to (layer, size): one column per value of rest
+                flat_cells = (None if cell is None else
+                              np.moveaxis(cell, list(dims).index("layer"), 0).reshape(len(lay), -1))
                 for flat in range(size):
                     idx = np.unravel_index(flat, [len(coords[d]) for d in rest]) if rest else ()
                     sel = {d: coords[d][int(i)] for d, i in zip(rest, idx)}
-                    col: dict[str, float] = {}
-                    if cell is not None:
-                        moved = np.moveaxis(cell, order.index("layer"), 0)
-                        vec = moved[(slice(None), *[int(i) for i in idx])] if rest else moved
-                        col = dict(zip(lay, vec.tolist()))
+                    col: dict[str, float] = ({} if flat_cells is None
+                                             else dict(zip(lay, flat_cells[:, flat].tolist())))
                     columns.append({"probe": name, "metric": metric, "coords": sel})
                     cells.append(col)
     owners: dict[str, set[str]] = {}
@@ -166,7 +165,7 @@ def format_layer_table(table: dict[str, Any]) -> str:
         return "  " + "  ".join(c.ljust(widths[i]) if i == 1 else c.rjust(widths[i])
                                 for i, c in enumerate(r))
 
-    probes = {}
+    probes: dict[str, list[str]] = {}
     for c in cols:
         probes.setdefault(c["probe"], []).append(c["header"])
     out = [f"{table['cube']}: per-layer values at width {table['width']}, "
