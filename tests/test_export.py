@@ -120,6 +120,7 @@ def _sorted_ref(rows: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
 
 
 def test_to_dataframe_matches_a_loop_over_done_cells(cube: Path) -> None:
+    pytest.importorskip("pandas")
     import ckpt_analyzer
 
     df = ckpt_analyzer.to_dataframe(str(cube))
@@ -140,6 +141,7 @@ def test_to_dataframe_matches_a_loop_over_done_cells(cube: Path) -> None:
 
 
 def test_to_dataframe_of_one_probe_and_chunked_reads_agree(cube: Path) -> None:
+    pytest.importorskip("pandas")
     import ckpt_analyzer
     from ckpt_analyzer.export.tidy import coordinate_kinds, frame, iter_blocks
 
@@ -157,6 +159,7 @@ def test_to_dataframe_of_one_probe_and_chunked_reads_agree(cube: Path) -> None:
 
 
 def test_step_cube_names_the_time_column_step(tmp_path: Path) -> None:
+    pytest.importorskip("pandas")
     import ckpt_analyzer
 
     path = make_cube(tmp_path / "s.h5", time_unit="step", epochs=(0, 250, 1000))
@@ -167,6 +170,7 @@ def test_step_cube_names_the_time_column_step(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_csv_and_parquet_hold_the_tidy_table(cube: Path, tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("pyarrow" if kind == "parquet" else "pandas")
     import pandas as pd
 
     import ckpt_analyzer

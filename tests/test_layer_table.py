@@ -97,6 +97,7 @@ def test_table_at_a_chosen_width_and_epoch(cube: Path) -> None:
 
 
 def test_layers_as_a_dataframe(cube: Path) -> None:
+    pytest.importorskip("pandas")
     import ckpt_analyzer
 
     df = ckpt_analyzer.to_dataframe(str(cube), layers=True, width=2, epoch=0)
