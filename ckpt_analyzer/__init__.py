@@ -1,6 +1,7 @@
 """ckpt-analyzer: what networks learned over training, checkpoint by checkpoint.
 
-Notebook API (the README's Python API): :func:`load_model`, :func:`load_subset`, :func:`open_cube`, and the
+Notebook API (the README's Python API): :func:`load_model`, :func:`load_subset`, :func:`open_cube`,
+:func:`to_dataframe` (pandas), and the
 probes' maths under :mod:`ckpt_analyzer.functional`; :class:`RunWriter` writes the checkpoint
 contract from your own training loop. Importing the package is cheap: torch and
 h5py are imported only when these are called.
@@ -11,9 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunWriter", "__version__", "load_model", "load_subset", "open_cube"]
+__all__ = ["RunWriter", "__version__", "load_model", "load_subset", "open_cube", "to_dataframe"]
 
 if TYPE_CHECKING:
+    import pandas
     import torch
     import xarray
 
@@ -48,6 +50,35 @@ def open_cube(path: str, probe: str) -> xarray.Dataset:
     from .cube import open_cube as _open
 
     return _open(path, probe)
+
+
+def to_dataframe(cube: str, probe: str | list[str] | None = None, *, layers: bool = False,
+                 width: int | None = None, epoch: int | None = None) -> pandas.DataFrame:
+    """The cube as a tidy :class:`pandas.DataFrame`: one row per value of a measured cell,
+    columns ``run, width, epoch`` (``step`` for a cube on steps) ``, probe, metric``, one per
+    coordinate (``subset``, ``k``, ``layer`` …) and ``value``; only ``probe`` (a name or a
+    list) if given.
+
+    ``layers=True``: the per-layer table of ``ckpt-analyze report --layers`` instead, indexed
+    by layer (module name), one column per ``probe/metric`` at ``width`` (default the largest)
+    and ``epoch`` (default the last measured)."""
+    if layers:
+        if probe is not None:
+            from .errors import UsageError
+
+            raise UsageError("to_dataframe: layers=True shows every per-layer probe; select "
+                             "columns of the result instead of passing probe")
+        from .report.layers import layer_dataframe
+
+        return layer_dataframe(cube, width, epoch)
+    if width is not None or epoch is not None:
+        from .errors import UsageError
+
+        raise UsageError("to_dataframe: width and epoch select the layers=True table; filter "
+                         "the tidy table's columns instead")
+    from .export.tidy import to_dataframe as _tidy
+
+    return _tidy(cube, probe)
 
 
 def __getattr__(name: str) -> Any:

@@ -358,9 +358,16 @@ def _span(vals: list[Any]) -> str:
               help="Also write one self-contained HTML report (figures embedded).")
 @click.option("--allow-mixed", is_flag=True,
               help="Aggregate cubes of different datasets or architectures.")
+@click.option("--layers", is_flag=True,
+              help="Instead: every probe's per-layer values (module names) at one width and "
+                   "epoch, as WeightWatcher's details table.")
+@click.option("--width", type=int, default=None, help="--layers: the width [largest].")
+@click.option("--epoch", type=int, default=None,
+              help="--layers: the epoch (or step) [the last measured].")
 @handle_errors
 def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: int | None,
-           subset: str | None, no_store: bool, html_out: str | None, allow_mixed: bool) -> None:
+           subset: str | None, no_store: bool, html_out: str | None, allow_mixed: bool,
+           layers: bool, width: int | None, epoch: int | None) -> None:
     """Double-descent events per width, model-wise events and correlations of a cube.
 
     Times are epochs (Zhang & Wu's patience T = 30, dT = 5), on the curves interpolated
@@ -376,7 +383,16 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
     configs of a probe, and a seed given twice; a cube still being written is used as far as
     it is finished, with a note. A folder argument stands for the analysis.h5 of every run
     folder under it (a study root from 'ckpt-train --seeds ...').
+
+    --layers prints the per-layer table of one cube instead (not stored).
     """
+    if layers:
+        _layers_report(cubes, as_json, width, epoch,
+                       {"--patience": patience, "--window": window, "--subset": subset,
+                        "--html": html_out, "--no-store": no_store or None})
+        return
+    if width is not None or epoch is not None:
+        raise UsageError(f"{'--width' if width is not None else '--epoch'}: only with --layers")
     from . import events
 
     args: dict[str, Any] = {
@@ -402,6 +418,86 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
 
         write_html(study, html_out)
         sys.stderr.write(f"wrote {html_out}\n")
+
+
+def _layers_report(cubes: tuple[str, ...], as_json: bool, width: int | None, epoch: int | None,
+                   other: dict[str, Any]) -> None:
+    from .study.runs import expand_cubes
+
+    given = [k for k, v in other.items() if v is not None]
+    if given:
+        raise UsageError(f"{given[0]}: not with --layers")
+    found = expand_cubes(cubes)
+    if len(found) != 1:
+        raise UsageError(f"--layers: takes one cube ({len(found)} given)")
+    from .report.layers import format_layer_table, layer_table
+
+    table = layer_table(found[0], width, epoch)
+    click.echo(json.dumps(table, indent=2) if as_json else format_layer_table(table))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cubes", metavar="CUBE...", nargs=-1, required=True, type=click.Path())
+@click.option("--to", "target", required=True, metavar="TARGET",
+              help="tensorboard | wandb | csv | parquet.")
+@click.argument("out_dir", metavar="DIR", type=click.Path())
+@click.option("--probe", "probes", multiple=True, help="Only this probe (repeat) [all].")
+@click.option("--widths", default=None, help="Only these widths: one, a list or a range a:b.")
+@click.option("--max-scalars", type=int, default=None,
+              help="tensorboard/wandb: a metric with more values per cell than this is left "
+                   "out (a 'bin' metric becomes histograms) [32].")
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier export.")
+@click.option("--wandb-project", default="ckpt-analyzer", show_default=True,
+              help="wandb: the project.")
+@click.option("--wandb-run", default=None, metavar="ID",
+              help="wandb: add to this existing run (resume), next to its training curves; "
+                   "one cube and one width.")
+@click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline",
+              show_default=True, help="wandb: offline writes DIR/wandb for 'wandb sync'.")
+@handle_errors
+def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str, ...],
+           widths: str | None, max_scalars: int | None, overwrite: bool, wandb_project: str,
+           wandb_run: str | None, wandb_mode: str) -> None:
+    """Export cubes to TensorBoard, W&B, CSV or Parquet under DIR.
+
+    \b
+    tensorboard: DIR/<run>/w<width>, the epoch (or step) as the global step
+    wandb:       one W&B run per cube and width, offline under DIR/wandb
+    csv|parquet: one tidy table DIR/analysis.csv|.parquet (run, width, epoch, probe,
+                 metric, coordinates..., value)
+
+    <run> is the cube's file stem (its run folder's name for analysis.h5). Only measured
+    cells are exported; NaN values are not written to TensorBoard/W&B. A folder argument
+    stands for the analysis.h5 of every run folder under it."""
+    from .export import MAX_SCALARS, check_target
+    from .export import export as run_export
+    from .study.runs import expand_cubes
+
+    check_target(target)
+    given = {"--max-scalars": (max_scalars is not None, ("tensorboard", "wandb")),
+             "--wandb-project": (wandb_project != "ckpt-analyzer", ("wandb",)),
+             "--wandb-mode": (wandb_mode != "offline", ("wandb",))}
+    for flag, (used, targets) in given.items():
+        if used and target not in targets:
+            raise UsageError(f"{flag}: not with --to {target}")
+    res = run_export(expand_cubes(cubes), target, out_dir, probes=list(probes) or None,
+                     widths=parse_ints(widths, "--widths", 1),
+                     max_scalars=MAX_SCALARS if max_scalars is None else max_scalars,
+                     overwrite=overwrite, wandb_project=wandb_project, wandb_run=wandb_run,
+                     wandb_mode=wandb_mode)
+    for note in res["notes"]:
+        sys.stderr.write(f"note: {note}\n")
+    if target == "tensorboard":
+        click.echo(f"{out_dir}: {len(res['runs'])} run(s), {res['scalars']} scalar(s), "
+                   f"{res['histograms']} histogram(s) (tensorboard --logdir {out_dir})")
+    elif target == "wandb":
+        click.echo(f"{out_dir}: {len(res['runs'])} W&B run(s) ({', '.join(res['ids'])}), "
+                   f"{res['scalars']} scalar(s)")
+        for r in res["runs"]:
+            click.echo(f"  {r}" + (f"  (upload: wandb sync {r})" if wandb_mode == "offline"
+                                   else ""))
+    else:
+        click.echo(f"{res['files'][0]}: {res['rows']} row(s)")
 
 
 @main.command(context_settings=CONTEXT, epilog="\b\nKinds:\n" + kinds_help())

@@ -15,7 +15,7 @@ RANK: dict[str, float] = {
     "integrations": 8.5,  # users' loops: the trainer's contract writing behind a small API
     "runner": 8, "train": 8,
     "study": 7.5,  # studies: several cubes through report and plot (below runner/train/cli)
-    "report": 7, "plot": 7, "executors": 7,
+    "report": 7, "plot": 7, "executors": 7, "export": 7,  # export: cubes to TensorBoard, W&B, tables
     "testing": 6,
     "probes": 5,
     "functional": 3, "events": 3,
