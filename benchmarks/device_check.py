@@ -50,7 +50,7 @@ LIGHT = {
     "normalization": {"samples": 64},
     "hessian": {"points": 24, "iterations": 6, "trace_samples": 3},
     "landscape": {"points": 24, "steps": 5, "barrier_steps": 3},
-    "weights_spectrum": {"min_evals": 8, "min_tail": 4},
+    "weights_spectrum": {"min_evals": 8},
 }
 UNCOUNTED = {"normalization"}
 

@@ -29,7 +29,7 @@ SMALL = {
     "normalization": {"samples": 300},
     "hessian": {"points": 300, "iterations": 4, "trace_samples": 2, "subsets": ("train",)},
     "landscape": {"points": 300, "steps": 3, "barrier_steps": 2},
-    "weights_spectrum": {"min_evals": 8, "min_tail": 4},
+    "weights_spectrum": {"min_evals": 8},
 }
 
 

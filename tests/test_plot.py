@@ -42,7 +42,7 @@ def real_cube(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
              "--set", "hessian.points=32", "--set", "hessian.iterations=6",
              "--set", "hessian.trace_samples=4", "--set", "landscape.points=32",
              "--set", "landscape.steps=5", "--set", "landscape.barrier_steps=3",
-             "--set", "weights_spectrum.min_evals=10", "--set", "weights_spectrum.min_tail=5"]
+             "--set", "weights_spectrum.min_evals=10"]
     with warnings.catch_warnings():  # tiny layers: alpha NaN by design (tested elsewhere)
         warnings.filterwarnings("ignore", message="weights_spectrum: width")
         res = CliRunner().invoke(main, args)

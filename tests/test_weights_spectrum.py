@@ -116,7 +116,8 @@ def test_scale_metrics_and_histogram(device: str) -> None:
 
 def test_probe_small_layers_get_nan_alpha_and_model_is_untouched(device: str) -> None:
     ctx = on_device(digits_ctx(), device)
-    probe = WeightsSpectrumProbe(WeightsSpectrumProbe.Config(min_evals=8, min_tail=4))
+    probe = WeightsSpectrumProbe(WeightsSpectrumProbe.Config(
+        conv="stacked", fit="strict", min_evals=8, min_tail=4))
     with pytest.warns(UserWarning, match="too small for a power-law fit"):
         assert probe.prepare(ctx) == {}
     outs = probe.outputs()
@@ -128,6 +129,7 @@ def test_probe_small_layers_get_nan_alpha_and_model_is_untouched(device: str) ->
     # width 2: eigenvalue counts 1, 2, 4, 8 (convs) and 10 (linear 10 × 16)
     assert res["num_evals"].tolist() == [1, 2, 4, 8, 10]
     assert np.isnan(res["alpha"][:3]).all() and np.isfinite(res["alpha"][3:]).all()
+    assert res["fit_status"].tolist() == [1, 1, 1, 0, 0]  # too_few_evals, ok
     assert np.allclose(res["histogram"].sum(axis=1), 1.0)
     w = model[11].weight.detach().cpu()  # the reference on the CPU (float64 on both sides)
     assert res["spectral_norm"][3] == pytest.approx(
@@ -141,8 +143,14 @@ def test_probe_rejects_other_layers_and_bad_config() -> None:
     with pytest.raises(Exception, match="differ"):
         probe(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), ctx)
     with pytest.raises(ConfigError, match="min_tail"):
-        build_config(WeightsSpectrumProbe.Config, {"min_evals": "5", "min_tail": "8"},
-                     "weights_spectrum")
+        build_config(WeightsSpectrumProbe.Config,
+                     {"fit": "strict", "min_evals": "5", "min_tail": "8"}, "weights_spectrum")
+    with pytest.raises(ConfigError, match="fit=strict only"):
+        build_config(WeightsSpectrumProbe.Config, {"min_tail": "8"}, "weights_spectrum")
+    with pytest.raises(ConfigError, match="conv"):
+        build_config(WeightsSpectrumProbe.Config, {"conv": "fft"}, "weights_spectrum")
+    with pytest.raises(ConfigError, match="fit"):
+        build_config(WeightsSpectrumProbe.Config, {"fit": "powerlaw"}, "weights_spectrum")
     with pytest.raises(ConfigError, match="hist_min"):
         build_config(WeightsSpectrumProbe.Config, {"hist_min": "3", "hist_max": "1"},
                      "weights_spectrum")
