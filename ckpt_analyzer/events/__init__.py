@@ -39,7 +39,7 @@ from .common import (
     AnalysisTypeError,
     AnalysisValueError,
 )
-from .correlation import LinearFit, linear_fit, pearson, short_time_pearson
+from .correlation import LinearFit, epoch_pearson, linear_fit, pearson, short_time_pearson
 from .model_wise import (
     ThresholdDistance,
     WidthPeak,
@@ -50,10 +50,13 @@ from .model_wise import (
     threshold_distance,
 )
 from .peaks import EpochSeries, combined_R, decrease_rate, decrease_rate_peak, peak_epochs, peak_with_patience
-from .per_width import events_for_width
+from .per_width import events_for_width, width_events
+from .resolution import Unresolved, save_spacing, unresolved
 
 __all__ = ["DEFAULT_PATIENCE", "DEFAULT_PCC_WINDOW", "DEFAULT_WINDOW", "EVENT_KEYS",
     "AnalysisTypeError", "AnalysisValueError", "EpochSeries", "LinearFit", "ThresholdDistance",
-    "WidthPeak", "combined_R", "decrease_rate", "decrease_rate_peak", "events_for_width",
+    "Unresolved", "WidthPeak", "combined_R", "decrease_rate", "decrease_rate_peak", "epoch_pearson",
+    "events_for_width",
     "interpolation_threshold", "last_finite", "linear_fit", "model_wise_peak", "peak_epochs",
-    "peak_width", "peak_with_patience", "pearson", "short_time_pearson", "threshold_distance"]
+    "peak_width", "peak_with_patience", "pearson", "save_spacing", "short_time_pearson",
+    "threshold_distance", "unresolved", "width_events"]
