@@ -5,6 +5,7 @@ Synthetic curves with known answers plus slow explicit-loop references.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -633,7 +634,7 @@ def test_events_for_width() -> None:
     grid, d = ref_dense(epochs, noisy)
     rate = [(d[j - 3] - d[j + 2]) / 5 for j in range(3, len(d) - 2)]
     t_dp = int(grid[3 + int(np.argmax(rate))])
-    for a, b in zip(epochs[:-1], epochs[1:], strict=True):  # its window inside one saved gap:
+    for a, b in itertools.pairwise(epochs):  # its window inside one saved gap:
         if a <= t_dp - 3 and t_dp + 2 <= b:  # the centre of that gap
             t_dp = (int(a) + int(b) + 1) // 2
             break

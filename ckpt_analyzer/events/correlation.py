@@ -54,10 +54,10 @@ def pearson(a: ArrayLike, b: ArrayLike, min_pairs: int = 3) -> Any:
 
     Correlates along axis 0 over the values as they are (no interpolation): across widths or
     runs. For curves over training time use :func:`epoch_pearson`, which weighs every epoch
-    alike whatever the save grid; trailing axes are independent series, e.g. R_k on the train and test sets, shape (T, K) ->
-    K coefficients. Pairs where either value is non-finite are dropped; the result is NaN with
-    fewer than ``min_pairs`` pairs left (two points always correlate ±1) or when a series is
-    constant. Returns a float for 1-D input.
+    alike whatever the save grid. Trailing axes are independent series, e.g. R_k on the train
+    and test sets, shape (T, K) -> K coefficients. Pairs where either value is non-finite are
+    dropped; the result is NaN with fewer than ``min_pairs`` pairs left (two points always
+    correlate ±1) or when a series is constant. Returns a float for 1-D input.
     """
     x, y = _pair(a, b)
     r = _masked_pcc(np.moveaxis(x, 0, -1), np.moveaxis(y, 0, -1), _min_pairs(min_pairs))
