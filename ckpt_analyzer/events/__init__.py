@@ -18,6 +18,14 @@ Conventions shared by every function here:
   grid. The patience search on such a piecewise-linear curve always stops on a saved epoch,
   so T_min and T_peak are saved epochs; T_ΔP,peak and the short-time PCC are per epoch.
   Memory is one float per epoch of the span (fine for epochs; ~8 MB per curve at 10⁶ steps).
+* **Correlations over time are over epochs** (:func:`epoch_pearson`, :func:`short_time_pearson`):
+  eq. (4) on the interpolated curves, every epoch weighing alike, not over the saved
+  checkpoints (which on a log grid crowd the first epochs). :func:`pearson` is eq. (4) on
+  values as they are (across widths or runs).
+* **Unresolved** (:mod:`~ckpt_analyzer.events.resolution`): an event whose saves nearby are
+  more than the patience apart cannot be placed by the grid; :func:`width_events` reports it
+  as ``None`` with an :class:`Unresolved` record (epoch found, spacing, patience). On a gap
+  holding the whole ΔP̄ window, T_ΔP,peak is the gap's centre (:func:`decrease_rate_peak`).
 * Non-finite entries (NaN: cell not computed; ±inf) are *absent*: they are skipped (the
   interpolation bridges them) and never become an event. A curve without any finite entry
   has no event (``None``).
@@ -39,7 +47,7 @@ from .common import (
     AnalysisTypeError,
     AnalysisValueError,
 )
-from .correlation import LinearFit, linear_fit, pearson, short_time_pearson
+from .correlation import LinearFit, epoch_pearson, linear_fit, pearson, short_time_pearson
 from .model_wise import (
     ThresholdDistance,
     WidthPeak,
@@ -50,10 +58,13 @@ from .model_wise import (
     threshold_distance,
 )
 from .peaks import EpochSeries, combined_R, decrease_rate, decrease_rate_peak, peak_epochs, peak_with_patience
-from .per_width import events_for_width
+from .per_width import events_for_width, width_events
+from .resolution import Unresolved, save_spacing, unresolved
 
 __all__ = ["DEFAULT_PATIENCE", "DEFAULT_PCC_WINDOW", "DEFAULT_WINDOW", "EVENT_KEYS",
     "AnalysisTypeError", "AnalysisValueError", "EpochSeries", "LinearFit", "ThresholdDistance",
-    "WidthPeak", "combined_R", "decrease_rate", "decrease_rate_peak", "events_for_width",
+    "Unresolved", "WidthPeak", "combined_R", "decrease_rate", "decrease_rate_peak", "epoch_pearson",
+    "events_for_width",
     "interpolation_threshold", "last_finite", "linear_fit", "model_wise_peak", "peak_epochs",
-    "peak_width", "peak_with_patience", "pearson", "short_time_pearson", "threshold_distance"]
+    "peak_width", "peak_with_patience", "pearson", "save_spacing", "short_time_pearson",
+    "threshold_distance", "unresolved", "width_events"]

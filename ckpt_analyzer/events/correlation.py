@@ -52,11 +52,12 @@ def _min_pairs(min_pairs: int) -> int:
 def pearson(a: ArrayLike, b: ArrayLike, min_pairs: int = 3) -> Any:
     """Zhang & Wu App. A eq. (4): Pearson correlation coefficient of two series.
 
-    Correlates along axis 0 (time) over the saved checkpoints as they are (no interpolation);
-    trailing axes are independent series, e.g. R_k on the train and test sets, shape (T, K) ->
-    K coefficients. Pairs where either value is non-finite are dropped; the result is NaN with
-    fewer than ``min_pairs`` pairs left (two points always correlate ±1) or when a series is
-    constant. Returns a float for 1-D input.
+    Correlates along axis 0 over the values as they are (no interpolation): across widths or
+    runs. For curves over training time use :func:`epoch_pearson`, which weighs every epoch
+    alike whatever the save grid. Trailing axes are independent series, e.g. R_k on the train
+    and test sets, shape (T, K) -> K coefficients. Pairs where either value is non-finite are
+    dropped; the result is NaN with fewer than ``min_pairs`` pairs left (two points always
+    correlate ±1) or when a series is constant. Returns a float for 1-D input.
     """
     x, y = _pair(a, b)
     r = _masked_pcc(np.moveaxis(x, 0, -1), np.moveaxis(y, 0, -1), _min_pairs(min_pairs))
@@ -80,6 +81,35 @@ def _dense_columns(e: NDArray[np.int64], v: NDArray[np.float64]
         out[grid - e[0], j] = d
         saved[e[np.isfinite(flat[:, j])] - e[0], j] = True
     return out.reshape(span, *v.shape[1:]), saved.reshape(span, *v.shape[1:])
+
+
+def epoch_pearson(epochs: ArrayLike, a: ArrayLike, b: ArrayLike, min_pairs: int = 3) -> Any:
+    """Zhang & Wu App. A eq. (4) over **epochs**: the PCC of two curves over training time,
+    the same on any save grid.
+
+    Both series are interpolated linearly onto every epoch from the first to the last saved
+    epoch (each on its own finite points, NaN outside its finite span, as ΔP̄ and the
+    short-time PCC are), and eq. (4) is taken over the epochs where both are defined. So
+    every epoch weighs alike: on a log save grid the saved checkpoints crowd the first epochs,
+    and eq. (4) over the checkpoints would measure mostly the start of training. On an
+    every-epoch grid this is :func:`pearson`. NaN with fewer than ``min_pairs`` *saved* epochs
+    where both are finite, or when a series is constant.
+
+    Axis 0 of ``a`` and ``b`` follows ``epochs``; trailing axes are independent series (e.g.
+    R_k on train and test, shape (T, K) -> K coefficients). Returns a float for 1-D input.
+    """
+    x, y = _pair(a, b)
+    e = _epochs(epochs, x.shape[0])
+    mp = _min_pairs(min_pairs)
+    if e.size == 0:
+        r = np.full(x.shape[1:], np.nan)
+        return float(r) if r.ndim == 0 else r
+    dx, sx = _dense_columns(e, x)
+    dy, sy = _dense_columns(e, y)
+    r = _masked_pcc(np.moveaxis(dx, 0, -1), np.moveaxis(dy, 0, -1), mp)
+    saved = (sx & sy).sum(axis=0)
+    r = np.where(saved >= mp, r, np.nan)
+    return float(r) if np.ndim(r) == 0 else r
 
 
 def short_time_pearson(

@@ -177,6 +177,14 @@ def decrease_rate_peak(
     1e-9 of the maximum (interpolation rounding) are ties and the earliest epoch wins. On a
     sparse grid the epoch need not be a saved one. ``None`` (not found) when the finite part
     of P spans fewer than 2ΔT + 2 epochs (no full window).
+
+    One exception to "earliest", a property of the save grid rather than of P: when the
+    window of that epoch lies inside one gap between two saved epochs a < b, P there is the
+    straight line through them and ΔP̄ is the same at every epoch from a + ΔT + 1 to b − ΔT;
+    the steepest drop is somewhere in (a, b), so the result is that plateau's centre
+    ⌊(a + b + 1) / 2⌋ (earliest would place it ΔT + 1 epochs after a, earlier the sparser the
+    grid). On an every-epoch grid this never applies (a gap of 1 holds no window but ΔT = 0's,
+    whose plateau is one epoch).
     """
     s = decrease_rate(epochs, perturbed_error, window)
     ok = np.isfinite(s.values)
@@ -185,4 +193,10 @@ def decrease_rate_peak(
     best = float(np.max(s.values[ok]))
     tol = _TIE_RTOL * max(abs(best), float(np.max(np.abs(s.values[ok]))))
     hit = np.flatnonzero(ok & (s.values >= best - tol))
-    return int(s.epochs[hit[0]])
+    t = int(s.epochs[hit[0]])
+    p = _curve(perturbed_error, "perturbed_error")
+    knots = _epochs(epochs, p.shape[0])[np.isfinite(p)]
+    j = int(np.searchsorted(knots, t - window - 1, side="right")) - 1
+    if 0 <= j < knots.size - 1 and knots[j + 1] >= t + window:
+        return int((knots[j] + knots[j + 1] + 1) // 2)
+    return t

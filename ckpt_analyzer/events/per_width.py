@@ -18,6 +18,7 @@ from .common import (
     _int_arg,
 )
 from .peaks import combined_R, decrease_rate_peak, peak_epochs
+from .resolution import Unresolved, unresolved
 
 
 def events_for_width(
@@ -42,7 +43,20 @@ def events_for_width(
     where every given curve that has any finite value is finite (e.g. when the spectrum was
     computed on fewer epochs than the metrics, the test error is restricted to the spectrum's
     epochs too), so T_R and T_E share one grid and one interpolation.
+
+    The events are the searches' results on any save grid; :func:`width_events` also says
+    which of them the grid is too coarse to resolve.
     """
+    e, curves, patience = _prepare(epochs, test_error, R, noisy_error, patience, window, alphas,
+                                   k_min, same_epochs)
+    return _search(e, curves, patience, window)
+
+
+def _prepare(epochs: ArrayLike, test_error: ArrayLike | None, R: ArrayLike | None,
+             noisy_error: ArrayLike | None, patience: int | None, window: int,
+             alphas: ArrayLike | None, k_min: int, same_epochs: bool,
+             ) -> tuple[NDArray[np.int64], dict[str, NDArray[np.float64]], int | None]:
+    """The checked epochs, the curves to search (``E``, ``R``, ``P``) and the patience."""
     e = np.asarray(epochs)
     if e.ndim != 1:
         raise AnalysisValueError(f"epochs must be 1-D, got shape {e.shape}")
@@ -50,7 +64,6 @@ def events_for_width(
     e = _epochs(e, n)
     patience = _check_patience(patience)
     _int_arg(window, "window (ΔT)", 0)
-    out: dict[str, Any] = dict.fromkeys(EVENT_KEYS)
 
     def curve(values: ArrayLike, name: str) -> NDArray[np.float64]:
         c = _curve(values, name)
@@ -73,6 +86,12 @@ def events_for_width(
         if len(present) > 1:
             common = np.logical_and.reduce([np.isfinite(c) for c in present])
             curves = {k: np.where(common, c, np.nan) for k, c in curves.items()}
+    return e, curves, patience
+
+
+def _search(e: NDArray[np.int64], curves: dict[str, NDArray[np.float64]], patience: int | None,
+            window: int) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(EVENT_KEYS)
     for key, name in (("E", "E"), ("R", "R")):
         if key in curves:
             found = peak_epochs(e, curves[key], patience)
@@ -81,3 +100,38 @@ def events_for_width(
     if "P" in curves:
         out["T_dP_peak"] = decrease_rate_peak(e, curves["P"], window)
     return out
+
+
+def width_events(
+    epochs: ArrayLike,
+    test_error: ArrayLike | None,
+    R: ArrayLike | None,
+    noisy_error: ArrayLike | None = None,
+    patience: int | None = DEFAULT_PATIENCE,
+    window: int = DEFAULT_WINDOW,
+    alphas: ArrayLike | None = None,
+    k_min: int = 1,
+    same_epochs: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Unresolved]]:
+    """:func:`events_for_width` (same arguments) with the save grid's resolution.
+
+    Returns ``(events, found, unresolved)``: ``found`` is :func:`events_for_width`'s result;
+    ``events`` the same with each event the grid cannot resolve set to ``None``; and
+    ``unresolved`` maps those events' keys to :class:`Unresolved`. An event is unresolved when
+    the saved epochs near it (where its curve is finite, on the searched epochs) are more than
+    ``patience`` epochs apart (:func:`~ckpt_analyzer.events.resolution.save_spacing`: the gaps
+    either side of T_min / T_peak, the gaps overlapping the ΔP̄ window of T_ΔP,peak). With
+    ``patience=None`` nothing is unresolved.
+    """
+    e, curves, patience = _prepare(epochs, test_error, R, noisy_error, patience, window, alphas,
+                                   k_min, same_epochs)
+    found = _search(e, curves, patience, window)
+    bad: dict[str, Unresolved] = {}
+    for key in EVENT_KEYS:
+        name = "P" if key == "T_dP_peak" else key[2]
+        u = unresolved(e, curves[name], found[key], patience,
+                       window if name == "P" else None) if name in curves else None
+        if u is not None:
+            bad[key] = u
+    events = {k: (None if k in bad else v) for k, v in found.items()}
+    return events, found, bad

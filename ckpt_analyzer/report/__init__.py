@@ -25,6 +25,9 @@ Patience and windows are in **epochs** (paper defaults T = 30, ΔT = 5) on any s
 curves are interpolated linearly in epoch between saved checkpoints (see
 :mod:`ckpt_analyzer.events`); an event whose patience window runs past the last epoch is
 not found (``None``), and a patience or window longer than the run adds a note saying so.
+An event whose saves nearby are more than the patience apart is **unresolved**: ``None``, with
+``per_width[i]["unresolved"][event] = {reason, epoch, spacing, patience}`` and a note. The PCCs
+are over every epoch of the interpolated curves (:func:`ckpt_analyzer.events.epoch_pearson`).
 The report records the spacing of the checkpoints it found (every epoch, uniform, log-spaced
 or irregular).
 

@@ -43,6 +43,12 @@ WIDTH_FIELDS = (*an.EVENT_KEYS, "final_epoch", "final_train_error", "final_test_
                 "pcc_R", "pcc_error", "T_H_min", "T_H_peak")
 
 
+#: How the report names an event key in its notes.
+_EVENT_LABEL = {"T_E_min": "T_E,min", "T_E_peak": "T_E,peak", "T_R_min": "T_R,min",
+                "T_R_peak": "T_R,peak", "T_dP_peak": "T_dP,peak", "T_H_min": "T_H,min",
+                "T_H_peak": "T_H,peak"}
+
+
 #: The Hessian events use the top eigenvalue (k = 0) of the ``hessian`` probe on this subset.
 HESSIAN_SUBSET = "train"
 
@@ -148,7 +154,10 @@ def build_report(cube_path: str | os.PathLike[str],
     ``E_peak_found`` / ``R_peak_found`` (False when nothing rose after the minimum or the peak
     was not found), ``final_epoch``, ``final_train_error``,
     ``final_test_error``, ``pcc_R`` (mean over k ≥ 1 of the PCC of R_k on train and test),
-    ``pcc_R_std``, ``pcc_error``), ``model_wise`` (``interpolation_threshold``,
+    ``pcc_R_std``, ``pcc_error``: :func:`ckpt_analyzer.events.epoch_pearson`, over every epoch
+    of the curves interpolated in epoch; ``unresolved``: ``{event: {reason, epoch, spacing,
+    patience}}`` for each event the save grid is too coarse to resolve, reported as ``None``
+    (:func:`ckpt_analyzer.events.width_events`)), ``model_wise`` (``interpolation_threshold``,
     ``test_error_peak_width``, ``test_error_peak``: width, value, prominence, kind and
     ``threshold_distance`` {ratio, difference, steps}; ``sharpness``; ``hessian``: the top
     Hessian eigenvalue's peak over width at each width's last checkpoint, {subset, k, metric,
@@ -219,16 +228,25 @@ def build_report(cube_path: str | os.PathLike[str],
         noisy_e = curve(metrics, err["noisy"])
         train_e = curve(metrics, err["train"])
         r_w = curve(spectrum, R)
-        ev = an.events_for_width(epochs, test_e, r_w, noisy_e, patience=patience, window=window)
+        ev, raw, bad = an.width_events(epochs, test_e, r_w, noisy_e, patience=patience,
+                                       window=window)
         h_w = curve(hess, top_eig)
         curves_seen[w] = {k for k, c in (("T_E", test_e), ("T_R", r_w), ("T_H", h_w))
                           if c is not None and np.isfinite(c).any()}
         row.update(ev)
-        row["E_peak_found"] = ev["T_E_peak"] is not None and ev["T_E_peak"] != ev["T_E_min"]
-        row["R_peak_found"] = ev["T_R_peak"] is not None and ev["T_R_peak"] != ev["T_R_min"]
         found = an.peak_epochs(epochs, h_w, patience) if h_w is not None else None
-        row["T_H_min"], row["T_H_peak"] = found or (None, None)
-        row["H_peak_found"] = row["T_H_peak"] is not None and row["T_H_peak"] != row["T_H_min"]
+        raw["T_H_min"], raw["T_H_peak"] = found or (None, None)
+        for key in ("T_H_min", "T_H_peak"):
+            u = an.unresolved(epochs, h_w, raw[key], patience) if h_w is not None else None
+            if u is not None:
+                bad[key] = u
+            row[key] = None if u is not None else raw[key]
+        for x in "ERH":  # a rise after the minimum, found and resolved
+            row[f"{x}_peak_found"] = (row[f"T_{x}_peak"] is not None
+                                      and raw[f"T_{x}_peak"] != raw[f"T_{x}_min"])
+        row["unresolved"] = {k: {"reason": u.reason(info.time_unit), "epoch": u.epoch,
+                                 "spacing": u.spacing, "patience": u.patience}
+                             for k, u in bad.items()}
         row["final_train_error"], ep_train = _last(train_e, epochs)
         row["final_test_error"], ep_test = _last(test_e, epochs)
         row["final_epoch"] = ep_test if ep_test is not None else ep_train
@@ -237,11 +255,11 @@ def build_report(cube_path: str | os.PathLike[str],
             a = curve(spectrum, R_train)
             b = curve(spectrum, R_test)
             if a is not None and b is not None and a.shape[1] > 1:
-                pcc = np.asarray(an.pearson(a[:, 1:], b[:, 1:]), dtype=np.float64)
+                pcc = np.asarray(an.epoch_pearson(epochs, a[:, 1:], b[:, 1:]), dtype=np.float64)
                 if np.any(np.isfinite(pcc)):
                     row["pcc_R"] = float(np.nanmean(pcc))
                     row["pcc_R_std"] = float(np.nanstd(pcc))
-        row["pcc_error"] = (an.pearson(train_e, test_e)
+        row["pcc_error"] = (an.epoch_pearson(epochs, train_e, test_e)
                             if train_e is not None and test_e is not None else None)
         per_width.append(row)
     span = int(epochs[-1] - epochs[0]) if epochs.size else 0
@@ -251,13 +269,17 @@ def build_report(cube_path: str | os.PathLike[str],
     elif patience is not None:
         for key, label in (("T_E", "T_E"), ("T_R", "T_R"), ("T_H", "T_H")):
             missing = [r["width"] for r in per_width if r[f"{key}_min"] is None
-                       and r[f"{key}_peak"] is None and key in curves_seen[r["width"]]]
+                       and r[f"{key}_peak"] is None and key in curves_seen[r["width"]]
+                       and f"{key}_min" not in r["unresolved"]]
             late = [r["width"] for r in per_width if r[f"{key}_min"] is not None
-                    and r[f"{key}_peak"] is None]
+                    and r[f"{key}_peak"] is None and f"{key}_peak" not in r["unresolved"]]
             if missing or late:
                 which = ", ".join(map(str, sorted(set(missing + late))))
                 notes.append(f"{label} events not found for width {which}: the patience "
                              f"window (T = {patience} epochs) runs past the last epoch")
+    for r in per_width:
+        for key, u in r["unresolved"].items():
+            notes.append(f"width {r['width']} {_EVENT_LABEL.get(key, key)}: {u['reason']}")
     if 2 * window + 1 > span and metrics is not None and err["noisy"] is not None:
         notes.append(f"window 2*dT+1 = {2 * window + 1} epochs is longer than the run (epochs "
                      f"{_span_text(epochs)}): T_dP,peak is reported as not found")
@@ -321,6 +343,11 @@ def build_report(cube_path: str | os.PathLike[str],
         "counting": f"patience and window are in {time_label(info.time_unit, True)}, on the "
                     f"curves interpolated linearly in {info.time_unit} between saved checkpoints; "
                     f"an event whose patience runs past the last {info.time_unit} is not found",
+        "resolution": f"an event is unresolved (null, with the reason in per_width[i]"
+                      f".unresolved) when the saved {info.time_unit}s near it are more than "
+                      f"the patience apart",
+        "pcc": f"Pearson r over every {info.time_unit} of the curves interpolated linearly "
+               f"in {info.time_unit} (each {info.time_unit} weighs alike on any save grid)",
         "epoch_spacing": epoch_spacing(epochs),
         "save_spec": save.get("spec"),
         "checkpoints": int(epochs.size),

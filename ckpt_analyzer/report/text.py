@@ -18,6 +18,16 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _event(r: dict[str, Any], key: str, flag: str | None = None) -> str:
+    """A per-width event cell: the epoch, ``none`` (no rise after the minimum), ``unresolved``
+    (the save grid is too coarse there; the reason is in the notes) or ``-`` (not found)."""
+    if key in r.get("unresolved", {}):
+        return "unresolved"
+    if flag is not None and r[key] is not None and not r[flag]:
+        return "none"
+    return _fmt(r[key])
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
     cols = [list(headers), *[list(r) for r in rows]]
     widths = [max(len(r[i]) for r in cols) for i in range(len(headers))]
@@ -43,29 +53,29 @@ def format_report(report: dict[str, Any]) -> str:
             f"checkpoints); R_t = sum of R_k over k >= 1 on the {p['subset']} subset"),
            "",
            f"Per width (events in {us}; '-' = not found or undefined, 'none' = no rise after "
-           "the minimum)"]
+           "the minimum, 'unresolved' = saves further apart than the patience there, see the "
+           "notes)"]
     rows = []
     # reports of cubes with the hessian probe (and of versions that know it) get a T_H column
     hess = "hessian" in report.get("probes", ()) and all("T_H_peak" in r
                                                         for r in report["per_width"])
     for r in report["per_width"]:
-        t_h = ([_fmt(r["T_H_peak"]) if r["H_peak_found"] or r["T_H_peak"] is None else "none"]
-               if hess else [])
+        t_h = [_event(r, "T_H_peak", "H_peak_found")] if hess else []
         rows.append([
             str(r["width"]), _fmt(r["final_epoch"]), _fmt(r["final_train_error"]),
-            _fmt(r["final_test_error"]), _fmt(r["T_E_min"]),
-            _fmt(r["T_E_peak"]) if r["E_peak_found"] or r["T_E_peak"] is None else "none",
-            *t_h, _fmt(r["T_R_min"]),
-            _fmt(r["T_R_peak"]) if r["R_peak_found"] or r["T_R_peak"] is None else "none",
-            _fmt(r["T_dP_peak"]), _fmt(r["pcc_R"]), _fmt(r["pcc_error"])])
+            _fmt(r["final_test_error"]), _event(r, "T_E_min"),
+            _event(r, "T_E_peak", "E_peak_found"), *t_h, _event(r, "T_R_min"),
+            _event(r, "T_R_peak", "R_peak_found"), _event(r, "T_dP_peak"), _fmt(r["pcc_R"]),
+            _fmt(r["pcc_error"])])
     out.append(_table(["width", "last ep" if u == "epoch" else "last step", "train err",
                        "test err", "T_E,min", "T_E,peak", *(["T_H,peak"] if hess else []),
                        "T_R,min", "T_R,peak", "T_dP,peak", "PCC R", "PCC err"], rows))
     if hess:
         out.append(f"  T_H,peak: {u} of the peak of the top Hessian eigenvalue (train subset), "
                    "same patience as T_E")
-    out.append("  PCC R: Pearson r of R_k on the train and test subsets over epochs, mean over "
-               "k >= 1; PCC err: of the train and test errors (Zhang & Wu Fig. 5)")
+    out.append(f"  PCC R: Pearson r of R_k on the train and test subsets over every {u} (curves "
+               f"interpolated linearly in {u}), mean over k >= 1; PCC err: of the train and test "
+               "errors (Zhang & Wu Fig. 5)")
     m = report["model_wise"]
     out += ["", "Model-wise (each width's last checkpoint; peak = interior local maximum of "
             "largest prominence, over the widths in order)",

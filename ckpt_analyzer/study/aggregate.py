@@ -11,8 +11,10 @@ reports into one JSON-able dict:
 * ``groups``: one per label-noise rate (the seeds are the replicates): per width, every event
   of the report as the list of values of each run and their ``mean``, ``std`` (sample standard
   deviation, ddof = 1; ``None`` with fewer than two values), ``min``, ``max`` and ``n`` (the
-  runs where the event was found); model-wise events per run with the most common value and how
-  many runs agree (``"test error peak at width 2 in 4 of 5 seeds"``); the PCC summaries;
+  runs where the event was found; an event of ``T_*`` also has ``unresolved``, the runs whose
+  save grid is too coarse to resolve it, and their ``reasons``); model-wise events per run with
+  the most common value and how many runs agree (``"test error peak at width 2 in 4 of 5
+  seeds"``); the PCC summaries;
 * ``fit``: T_R,peak against T_E,peak (and against T_ΔP,peak) pooled over every width of every
   run (Zhang & Wu Fig. 6): slope, intercept, Pearson r, n, the slope's standard error and its
   95 % confidence interval from the t distribution with n − 2 degrees of freedom
@@ -324,6 +326,10 @@ def _group(noise: str, reports: Sequence[dict[str, Any]],
         entry: dict[str, Any] = {"width": w}
         for key in EVENT_FIELDS:
             entry[key] = summarize([_field(rb[w], key) if w in rb else None for rb in rows_by])
+            if key.startswith("T_"):  # runs whose save grid cannot resolve it, and why
+                why = [rb[w]["unresolved"][key]["reason"] for rb in rows_by
+                       if w in rb and key in rb[w].get("unresolved", {})]
+                entry[key].update(unresolved=len(why), reasons=why)
         per_width.append(entry)
     model: dict[str, Any] = {}
     for key in MODEL_FIELDS:

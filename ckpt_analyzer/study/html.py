@@ -244,7 +244,9 @@ def render_html(study: dict[str, Any], figures: bool = True) -> str:
     parts.append(f"<p>Events: patience T = {escape(str(p.get('patience')))} epochs, window "
                  f"ΔT = {escape(str(p.get('window')))} epochs, R_t on the "
                  f"{escape(str(p.get('subset')))} subset; mean ± sample standard deviation "
-                 "(ddof = 1) over the runs of each noise rate; (k/n): found in k of n runs.</p>")
+                 "(ddof = 1) over the runs of each noise rate; (k/n): found in k of n runs; "
+                 "unresolved: the saves near the event are further apart than the patience "
+                 "(the reasons are in the notes).</p>")
     # -- event tables
     parts.append("<h2>Events</h2>")
     for g in study["groups"]:

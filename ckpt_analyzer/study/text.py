@@ -15,15 +15,18 @@ COLUMNS = (("final_test_error", "test err"), ("final_train_error", "train err"),
 
 
 def mean_std(s: dict[str, Any], digits: int = 3, of: int | None = None) -> str:
-    """``12.3 ± 1.2`` (``(n/N)`` appended when some runs lack the value); ``-`` if none."""
+    """``12.3 ± 1.2`` (``(n/N)`` appended when some runs lack the value, ``, u unresolved``
+    when the save grid of u runs cannot resolve the event); ``-`` if none, ``unresolved``
+    (with ``(u/N)``) when every run that has it is unresolved."""
+    u = int(s.get("unresolved") or 0)
     if not s["n"]:
-        return "-"
+        return "-" if not u else "unresolved" + (f" ({u}/{of})" if of is not None else "")
     d = 1 if abs(s["mean"]) >= 10 or digits == 1 else digits
     text = f"{s['mean']:.{d}f}"
     if s["std"] is not None:
         text += f" ± {s['std']:.{d}f}"
     if of is not None and s["n"] < of:
-        text += f" ({s['n']}/{of})"
+        text += f" ({s['n']}/{of}" + (f", {u} unresolved)" if u else ")")
     return text
 
 
