@@ -171,6 +171,9 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` summed over the batches of the fixed points."""
+        return self._product(v)
+
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
         vs = self.unflatten(v)
         leaves = list(self._params.values())
         total = [torch.zeros_like(p) for p in leaves]
@@ -190,7 +193,7 @@ class HessianOperator:
         if vs.ndim != 2 or vs.shape[1] != self.dim:
             raise ValueError(f"matmat needs a (b, {self.dim}) stack (got {tuple(vs.shape)})")
         if len(vs) <= 1:
-            return torch.stack([self.matvec(v) for v in vs]) if len(vs) else vs.clone()
+            return torch.stack([self._product(v) for v in vs]) if len(vs) else vs.clone()
         flat = vs.to(device=self.device, dtype=self.dtype)
         outs = [c.view(len(vs), *s) for c, s in zip(flat.split(self.sizes, dim=1), self.shapes)]
         leaves = list(self._params.values())
@@ -204,7 +207,7 @@ class HessianOperator:
                         t.add_(h)
         except RuntimeError:  # no vmap rule for an operation of this model
             self.release()
-            return torch.stack([self.matvec(v) for v in vs])
+            return torch.stack([self._product(v) for v in vs])
         self.calls += len(vs)
         return torch.cat([t.reshape(len(vs), -1) for t in total], dim=1).to(
             device=vs.device, dtype=vs.dtype)

@@ -54,7 +54,7 @@ def measure(op: HessianOperator, model: nn.Module, cfg: Any, root: int, width: i
     krylov: Krylov | None = None
     if cfg.method == "lanczos" or cfg.density_runs:
         steps = max(cfg.iterations if cfg.method == "lanczos" else 0,
-                    cfg.density_steps if cfg.density_runs else 0)
+                    cfg.slq_steps if cfg.density_runs else 0)
         basis = op.dim * min(steps, op.dim) * 8
         if basis > cfg.max_basis_gb * 2**30:
             raise ConfigError(f"hessian: the model has {op.dim} parameters: a Lanczos "
@@ -78,15 +78,15 @@ def measure(op: HessianOperator, model: nn.Module, cfg: Any, root: int, width: i
             out["trace"], out["trace_stderr"], _ = hutchinson_trace(
                 op.matvec, op.dim, cfg.trace_samples, gen("tr"), device=dev)
     if cfg.density_runs:
-        nodes = torch.full((cfg.density_runs, cfg.density_steps), float("nan"),
+        nodes = torch.full((cfg.density_runs, cfg.slq_steps), float("nan"),
                            dtype=torch.float64)
         weights = torch.zeros_like(nodes)
         g = gen("density")
         for run in range(cfg.density_runs):
-            if run == 0 and krylov is not None and cfg.density_steps == cfg.iterations:
+            if run == 0 and krylov is not None and cfg.slq_steps == cfg.iterations:
                 kr = krylov  # the eigenvalue run: a Gaussian start, as SLQ needs
             else:
-                kr = lanczos_decomposition(op.matvec, op.dim, cfg.density_steps, g, device=dev)
+                kr = lanczos_decomposition(op.matvec, op.dim, cfg.slq_steps, g, device=dev)
             theta, w = slq_nodes_weights(kr)
             nodes[run, :len(theta)], weights[run, :len(theta)] = theta, w
         grid, density, _ = broadened_density(nodes, weights, cfg.density_bins,
