@@ -22,13 +22,19 @@ Three rates, interleaved in one run so that load drift hits them alike:
   when the points' graphs exceed the budget).
 
 ``--probe`` also times one whole ``HessianProbe`` call with its defaults (the per-checkpoint
-cost).
+cost). ``--spectrum`` times the density and the per-layer curvature as ratios to the
+whole-model Lanczos (``iterations`` steps on a fresh operator, graph building included):
+the broadening of the default density (its run is the eigenvalue run), an extra SLQ run of
+PyHessian's 100 steps, and the per-layer blocks (block Lanczos of the same steps + one
+residual product + the block Hutchinson trace) against the whole-model Lanczos + Hutchinson.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +58,8 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=72,
                     help="products per fresh operator in the per-subset rate")
     ap.add_argument("--probe", action="store_true", help="also time one default probe call")
+    ap.add_argument("--spectrum", action="store_true",
+                    help="also time the density and the per-layer curvature")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -107,6 +115,76 @@ def main() -> None:
         probe(model, ctx)
         print(f"HessianProbe() defaults : {clock() - t0:.2f} s per checkpoint "
               f"({op.calls} HVPs above; probe: {probe.cost(op.dim, 1)[1]} per checkpoint)")
+    if args.spectrum:
+        spectrum_costs(model, x, y, bs, args.repeats, device, clock)
+
+
+def spectrum_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
+                   repeats: int, device: torch.device, clock: Callable[[], float]) -> None:
+    """Density and per-layer curvature against the whole-model Lanczos (see the docstring)."""
+    from ckpt_analyzer.functional.hessian import hutchinson_trace, lanczos_decomposition
+    from ckpt_analyzer.functional.hessian_spectrum import (
+        block_hutchinson,
+        block_lanczos,
+        block_residuals,
+        broadened_density,
+        layer_blocks,
+        slq_nodes_weights,
+    )
+
+    cfg = HessianProbe.Config()
+    blocks = [ix for _, ix in layer_blocks(model)]
+
+    def whole() -> None:
+        op = HessianOperator(model, x, y, bs)
+        lanczos_decomposition(op.matvec, op.dim, cfg.iterations,
+                              torch.Generator().manual_seed(0), device=device)
+
+    def whole_trace() -> None:
+        op = HessianOperator(model, x, y, bs)
+        lanczos_decomposition(op.matvec, op.dim, cfg.iterations,
+                              torch.Generator().manual_seed(0), device=device)
+        hutchinson_trace(op.matvec, op.dim, cfg.trace_samples,
+                         torch.Generator().manual_seed(1), device=device)
+
+    op0 = HessianOperator(model, x, y, bs)
+    kr = lanczos_decomposition(op0.matvec, op0.dim, cfg.iterations,
+                               torch.Generator().manual_seed(0), device=device)
+
+    def density_default() -> None:
+        nodes, weights = slq_nodes_weights(kr)
+        broadened_density(nodes[None], weights[None], cfg.density_bins, cfg.density_sigma)
+
+    def density_pyhessian() -> None:  # one more run of PyHessian's 100 steps
+        op = HessianOperator(model, x, y, bs)
+        nodes, weights = slq_nodes_weights(lanczos_decomposition(
+            op.matvec, op.dim, 100, torch.Generator().manual_seed(2), device=device))
+        broadened_density(nodes[None], weights[None], cfg.density_bins, cfg.density_sigma)
+
+    def layers() -> None:
+        op = HessianOperator(model, x, y, bs)
+        sizes = [sum(op.sizes[i] for i in ix) for ix in blocks]
+
+        def mv(vs: Any) -> Any:
+            return op.block_matvec(blocks, vs)
+
+        top, _, vecs = block_lanczos(mv, sizes, cfg.iterations,
+                                     torch.Generator().manual_seed(3), device=device)
+        block_residuals(mv, sizes, top, vecs)
+        block_hutchinson(mv, sizes, cfg.trace_samples, torch.Generator().manual_seed(4),
+                         device=device)
+
+    fns = [whole, whole_trace, density_default, density_pyhessian, layers]
+    t_w, t_wt, t_dd, t_dp, t_l = interleaved(fns, repeats, device, clock)
+    print(f"whole-model Lanczos ({cfg.iterations} steps, fresh operator): {t_w * 1e3:.1f} ms; "
+          f"+ Hutchinson ({cfg.trace_samples}): {t_wt * 1e3:.1f} ms")
+    print(f"density, default (1 run = the eigenvalue run; broadening only): "
+          f"{t_dd * 1e3:.2f} ms  ratio {t_dd / t_w:.4f}")
+    print(f"density, one more SLQ run of 100 steps (PyHessian's iter): {t_dp * 1e3:.1f} ms  "
+          f"ratio {t_dp / t_w:.2f}")
+    print(f"per-layer ({len(blocks)} blocks: Lanczos {cfg.iterations} + residual + "
+          f"Hutchinson {cfg.trace_samples}): {t_l * 1e3:.1f} ms  ratio {t_l / t_w:.2f} to the "
+          f"Lanczos, {t_l / t_wt:.2f} to Lanczos + Hutchinson")
 
 
 if __name__ == "__main__":

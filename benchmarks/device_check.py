@@ -141,18 +141,24 @@ def count_hvps(count: Counter) -> Iterator[None]:
     (and the forward pre-hook's own rows for building graphs are dropped afterwards)."""
     from ckpt_analyzer.functional.hessian import HessianOperator
 
-    real = HessianOperator.matvec
+    real, real_mm = HessianOperator.matvec, HessianOperator.matmat
     rows = [0]
 
     def matvec(self: HessianOperator, v: torch.Tensor) -> torch.Tensor:
         rows[0] += len(self.x)
         return real(self, v)
 
+    def matmat(self: HessianOperator, vs: torch.Tensor) -> torch.Tensor:
+        rows[0] += len(self.x) * len(vs)  # b products (matmat does not call matvec)
+        return real_mm(self, vs)
+
     HessianOperator.matvec = matvec  # type: ignore[method-assign]
+    HessianOperator.matmat = matmat  # type: ignore[method-assign]
     try:
         yield
     finally:
         HessianOperator.matvec = real  # type: ignore[method-assign]
+        HessianOperator.matmat = real_mm  # type: ignore[method-assign]
         if rows[0]:
             count.forward, count.grad = 0, rows[0]
 

@@ -26,7 +26,8 @@ def test_device_check_table(digits_run: Path, tmp_path: Path, monkeypatch: pytes
     assert {(r[0], r[1]) for r in diffs if r[0] != "hessian"} == {
         ("metrics", "loss"), ("metrics", "error"), ("spectrum", "A"), ("spectrum", "R")}
     assert {r[1] for r in diffs if r[0] == "hessian"} == {
-        "eigenvalues", "eigen_residual", "trace", "trace_stderr", "loss"}
+        "eigenvalues", "eigen_residual", "converged", "trace", "trace_stderr", "loss",
+        "density", "density_grid", "density_nodes", "density_weights"}
     assert all(r[5] == "yes" for r in diffs)  # deterministic on the device
     if device == "cpu":
         assert all(r[2] == "0" and r[3] == "0" and r[4] == "0" for r in diffs)
@@ -34,6 +35,7 @@ def test_device_check_table(digits_run: Path, tmp_path: Path, monkeypatch: pytes
     assert len(speed) == 6  # three probes x the run's two widths
     metrics_rows = [int(r[4]) for r in speed if r[0].strip() == "metrics"]
     assert metrics_rows and all(n > 0 for n in metrics_rows)  # the hook counted the forwards
-    # hessian in HVP rows: (iterations 6 + trace samples 3) x 2 subsets x 24 points
-    assert [int(r[5]) for r in speed if r[0].strip() == "hessian"] == [9 * 2 * 24] * 2
+    # hessian in HVP rows: (iterations 6 + trace samples 3 + one residual product per
+    # eigenvalue, k = 3; the density reuses the eigenvalue run) x 2 subsets x 24 points
+    assert [int(r[5]) for r in speed if r[0].strip() == "hessian"] == [12 * 2 * 24] * 2
     assert "flagged (relative difference > 0.001 or NaN mismatch): none" in out.read_text()

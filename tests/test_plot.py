@@ -324,8 +324,14 @@ def test_hessian_without_metrics_has_two_panels(real_cube: Path, tmp_path: Path)
     with h5py.File(cube, "a") as f:
         del f["metrics"]
     fig = make_figure(cube, "hessian")
-    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 2
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    # eigenvalue, trace and (the real cube has the default density) the density panel
+    assert len(panels) == 3 and "eigenvalue density" in panels[2].get_title()
     assert "no metrics probe" in fig.get_suptitle()
+    for line in panels[2].get_lines():  # each width's density integrates to one on its grid
+        x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata()) - 1e-7
+        assert float(y.sum() * (x[1] - x[0])) == pytest.approx(1.0, abs=1e-5)
+    assert len(panels[2].get_lines()) >= 1
 
 
 def test_landscape_slices_and_contours(peer_cube: Path) -> None:

@@ -21,7 +21,8 @@ only list of kinds (dispatch, the CLI's ``--kind`` help, the unknown-kind error)
 * ``hessian`` (hessian; metrics optional): the top Hessian eigenvalue (with each width's
   peak epoch, patience as the report) and the Hutchinson trace ± its standard error against
   epoch, one line per width (all, or ``--width``), subset ``train`` by default; the test
-  error per width in a third panel when the cube has the metrics probe (PyHessian).
+  error per width in a third panel when the cube has the metrics probe; when the cube has
+  the density, each width's SLQ eigenvalue density at its last epoch (log scale, PyHessian).
 * ``landscape`` (landscape): for one width (default the largest) the 1-D loss slices against
   α, one line per epoch; the barrier height on the path to each width's last checkpoint
   against epoch; with ``directions=2`` the 2-D loss contours at the last epoch, or at the
@@ -94,7 +95,7 @@ KIND_TABLE: dict[str, Kind] = {
                           (("subset", ""),)),
     "hessian": Kind("hessian", "hessian",
                     "Hessian top eigenvalue and trace (± stderr) over epochs per width, next to "
-                    "the test error"),
+                    "the test error; the eigenvalue density at the last epoch"),
     "landscape": Kind("landscape", "landscape",
                       "loss slices over epochs for one width, barrier height per width, 2-D "
                       "contours"),

@@ -38,7 +38,8 @@ def _value_scale(ax: Axes, values: list[np.ndarray]) -> None:
 
 
 def draw(info: CubeInfo, opts: PlotOptions) -> Figure:
-    hs = load(info, "hessian", ("eigenvalues", "trace", "trace_stderr"))
+    hs = load(info, "hessian", ("eigenvalues", "trace", "trace_stderr", "density",
+                                "density_grid"))
     subset = pick_subset(hs, opts.subset, "train")
     eig = hs.get("eigenvalues", subset=subset, k=0)
     if eig is None:
@@ -62,8 +63,11 @@ def draw(info: CubeInfo, opts: PlotOptions) -> Figure:
         metrics = load(info, "metrics", ("error",))
         if metrics.get("error", subset="test") is None:
             metrics = None
-    fig = new_figure(15.0 if metrics is not None else 10.5, 4.4)
-    axes = fig.subplots(1, 3 if metrics is not None else 2, squeeze=False)[0]
+    density = hs.get("density", subset=subset)
+    grid = hs.get("density_grid", subset=subset)
+    panels = 2 + (metrics is not None) + (density is not None and grid is not None)
+    fig = new_figure(5.0 * panels + 0.5, 4.4)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
     a1, a2 = axes[0], axes[1]
 
     # (a) top eigenvalue, with each width's peak epoch (events on the whole curve)
@@ -139,8 +143,32 @@ def draw(info: CubeInfo, opts: PlotOptions) -> Figure:
         a3.set_ylim(0, 100)
         a3.set_title("(c) test error (metrics probe)", fontsize=10)
         a3.grid(alpha=0.3)
+    if density is not None and grid is not None:
+        _density_panel(axes[-1], density[mask], grid[mask], hs.epochs[mask], cols, colors,
+                       subset)
     shown = [widths[j] for j in cols]
     legend_bar(fig, list(axes), [colors[j] for j in cols], [str(w) for w in shown], "width")
     fig.suptitle(f"{info.describe()}: parameter-space Hessian of the loss over training{note}",
                  fontsize=11)
     return fig
+
+
+def _density_panel(ax: Axes, density: np.ndarray, grid: np.ndarray, epochs: np.ndarray,
+                   cols: list[int], colors: list[object], subset: str) -> None:
+    """(d) each width's SLQ eigenvalue density at its last computed epoch (log density + 1e-7,
+    as PyHessian's ``get_esd_plot``)."""
+    drawn = 0
+    for j in cols:
+        done = np.flatnonzero(np.isfinite(density[:, j]).any(axis=1))
+        if not done.size:
+            continue
+        i = int(done[-1])
+        ax.semilogy(grid[i, j], density[i, j] + 1e-7, color=colors[j], lw=1.2,
+                    label=f"epoch {int(epochs[i])}")
+        drawn += 1
+    if not drawn:
+        no_data(ax, "density not computed\n(hessian.density_runs=0?)")
+    ax.set_xlabel(r"eigenvalue $\lambda$")
+    ax.set_ylabel("density (log scale, + 1e-7)")
+    ax.set_title(f"(d) eigenvalue density (SLQ), last epoch, {subset} subset", fontsize=10)
+    ax.grid(alpha=0.3)

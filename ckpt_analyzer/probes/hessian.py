@@ -8,25 +8,20 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..config import ConfigError, check, check_choices, check_count
+from ..errors import CkptError
+from ._hessian_measure import measure
 from .base import SUBSETS, Context, Metric, Outputs, Probe
 
 if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
-
-
-def _keyed_seed(root: int, *keys: object) -> int:
-    """A 63-bit seed from the probe's root seed and keys (width, subset, purpose)."""
-    rng = np.random.default_rng([root, *(zlib.crc32(str(k).encode()) for k in keys)])
-    return int(rng.integers(2**63 - 1))
 
 
 class HessianProbe(Probe):
@@ -84,9 +79,31 @@ class HessianProbe(Probe):
             "help": "power method: stop when the eigenvalue changes by less than this, "
                     "relatively"})
         trace_samples: int = field(default=32, metadata={
-            "help": "Rademacher vectors of Hutchinson's trace estimator (0: no trace)"})
+            "help": "Hessian-vector products of the trace estimator (0: no trace)"})
+        trace_method: Literal["hutchinson", "hutchpp"] = field(default="hutchinson", metadata={
+            "help": "hutchinson (Rademacher mean) or hutchpp (Hutch++, Meyer et al. 2021: "
+                    "a third of the products deflate the top of the spectrum; needs >= 3)"})
+        residual_tol: float = field(default=1e-3, metadata={
+            "help": "an eigenvalue is converged when ||Hv - lambda v|| <= residual_tol*|lambda|"})
+        density_runs: int = field(default=1, metadata={
+            "help": "stochastic Lanczos quadrature runs of the eigenvalue density (0: none)"})
+        density_steps: int = field(default=0, metadata={
+            "help": "Lanczos steps per density run (0: iterations; then with method=lanczos "
+                    "the first run is the eigenvalue run, no extra products)"})
+        density_bins: int = field(default=500, metadata={
+            "help": "bins of the stored density grid"})
+        density_sigma: float = field(default=1e-5, metadata={
+            "help": "Gaussian variance per unit of spectrum range (PyHessian's sigma_squared)"})
+        per_layer: bool = field(default=False, metadata={
+            "help": "also the top eigenvalue and trace of each conv/linear layer's diagonal "
+                    "Hessian block (about 2.3x the time of the whole-model Lanczos + trace)"})
         max_basis_gb: float = field(default=2.0, metadata={
             "help": "largest Lanczos basis (iterations x parameters x 8 bytes) allowed, GB"})
+
+        @property
+        def slq_steps(self) -> int:
+            """Lanczos steps per density run (``density_steps``, 0: ``iterations``)."""
+            return self.density_steps or self.iterations
 
         def __post_init__(self) -> None:
             object.__setattr__(self, "subsets", tuple(self.subsets))
@@ -102,12 +119,27 @@ class HessianProbe(Probe):
             check(math.isfinite(self.tol) and self.tol > 0,
                   f"hessian.tol must be > 0 (got {self.tol})")
             check_count(self.trace_samples, "hessian.trace_samples", low=0)
+            check(self.trace_method in ("hutchinson", "hutchpp"),
+                  f"hessian.trace_method: '{self.trace_method}' is not one of hutchinson, "
+                  "hutchpp")
+            check(self.trace_method != "hutchpp" or self.trace_samples in (0,) or
+                  self.trace_samples >= 3,
+                  f"hessian.trace_samples={self.trace_samples} must be >= 3 with "
+                  "trace_method=hutchpp (a third sketches, a third deflates, the rest samples)")
+            check(math.isfinite(self.residual_tol) and self.residual_tol > 0,
+                  f"hessian.residual_tol must be > 0 (got {self.residual_tol})")
+            check_count(self.density_runs, "hessian.density_runs", low=0)
+            check_count(self.density_steps, "hessian.density_steps", low=0)
+            check_count(self.density_bins, "hessian.density_bins")
+            check(math.isfinite(self.density_sigma) and self.density_sigma > 0,
+                  f"hessian.density_sigma must be > 0 (got {self.density_sigma})")
             check(self.max_basis_gb > 0,
                   f"hessian.max_basis_gb must be > 0 (got {self.max_basis_gb})")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._root = 0
+        self._layers: list[str] | None = None
 
     def _index(self, ctx: Context, subset: str) -> np.ndarray:
         rng = self.rng(ctx, subset)
@@ -118,30 +150,55 @@ class HessianProbe(Probe):
                           f"points={self.config.points}; using all of them", stacklevel=3)
         return np.sort(rng.choice(pool, size=count, replace=False)).astype(np.int64)
 
+    def _reuses_eigen_run(self) -> bool:
+        """Whether the first density run is the eigenvalue Lanczos run (no extra products)."""
+        cfg = self.config
+        return cfg.method == "lanczos" and cfg.slq_steps == cfg.iterations
+
     def cost(self, parameters: int, batches: int) -> tuple[int, int]:
         """``(basis bytes, Hessian-vector products per checkpoint)`` for a model with
-        ``parameters`` entries and ``batches`` batches of points per subset."""
+        ``parameters`` entries and ``batches`` batches of points per subset (the per-layer
+        block products are not counted: see :attr:`Config.per_layer`)."""
         from ..functional.hessian import lanczos_memory_bytes
 
         cfg = self.config
         basis = lanczos_memory_bytes(parameters, cfg.iterations) if cfg.method == "lanczos" \
             else cfg.k * parameters * 8
+        if cfg.density_runs:
+            basis = max(basis, lanczos_memory_bytes(parameters, cfg.slq_steps))
+        density = cfg.slq_steps * (cfg.density_runs - int(self._reuses_eigen_run())) \
+            if cfg.density_runs else 0
         per_subset = (cfg.iterations if cfg.method == "lanczos" else cfg.iterations * cfg.k) \
-            + cfg.trace_samples
+            + min(cfg.k, parameters) + cfg.trace_samples + density
         return basis, per_subset * len(cfg.subsets)
 
     def prepare(self, ctx: Context) -> dict[str, np.ndarray]:
+        from ..functional.hessian_spectrum import layer_blocks
+
         cfg = self.config
         self._root = int(self.rng(ctx).integers(2**32))
         inputs: dict[str, np.ndarray] = {}
         for subset in cfg.subsets:
             inputs[f"{subset}/index"] = self._index(ctx, subset)
         batches = -(-cfg.points // max(1, ctx.batch_size))
+        if cfg.per_layer:
+            if ctx.build_model is None or not ctx.widths:
+                raise CkptError("hessian.per_layer: needs the run's model factory and widths "
+                                "to find the layers")
+            self._layers = [n for n, _ in layer_blocks(ctx.build_model(ctx.widths[0]))]
+            if not self._layers:
+                raise CkptError("hessian.per_layer: the model has no conv or linear layer")
         if ctx.build_model is not None:
             for width in ctx.widths:
                 model = ctx.build_model(width)
                 dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 inputs[f"w{width}/parameters"] = np.array([dim], dtype=np.int64)
+                if cfg.per_layer:
+                    names = [n for n, _ in layer_blocks(model)]
+                    if names != self._layers:
+                        raise CkptError(f"hessian.per_layer: width {width} has layers "
+                                        f"{names}, width {ctx.widths[0]} {self._layers}: the "
+                                        "layer axis needs the same modules at every width")
                 basis, hvps = self.cost(dim, batches)
                 store = "Lanczos basis" if cfg.method == "lanczos" else "set of eigenvectors"
                 what = (f"hessian: width {width} has {dim} parameters; each checkpoint costs "
@@ -161,45 +218,71 @@ class HessianProbe(Probe):
 
     def outputs(self) -> Outputs:
         cfg = self.config
-        return Outputs(
-            coords={"subset": list(cfg.subsets), "k": list(range(cfg.k))},
-            metrics={
-                "eigenvalues": Metric(dims=("subset", "k"), description=(
-                    "top Hessian eigenvalues, descending (Lanczos: k largest; power: k largest "
-                    "in magnitude; PyHessian Alg. 1 / §III-C); NaN beyond the parameter count")),
-                "eigen_residual": Metric(dims=("subset", "k"), description=(
-                    "error bound of each eigenvalue: Lanczos |beta_m s_m,i|, power "
-                    "||Hv - lambda v||")),
-                "trace": Metric(dims=("subset",), description=(
-                    "Hutchinson estimate of tr(H) (PyHessian Alg. 2); NaN with "
-                    "trace_samples=0")),
-                "trace_stderr": Metric(dims=("subset",), description=(
-                    "standard error of the trace estimate, std(z'Hz)/sqrt(samples); NaN with "
-                    "fewer than 2 samples")),
-                "loss": Metric(dims=("subset",), description=(
-                    "mean cross-entropy of the fixed points (the loss whose Hessian this is)")),
-            },
-        )
+        coords: dict[str, list[Any]] = {"subset": list(cfg.subsets), "k": list(range(cfg.k))}
+        metrics = {
+            "eigenvalues": Metric(dims=("subset", "k"), description=(
+                "top Hessian eigenvalues, descending (Lanczos: k largest; power: k largest "
+                "in magnitude; PyHessian Alg. 1 / §III-C); NaN beyond the parameter count")),
+            "eigen_residual": Metric(dims=("subset", "k"), description=(
+                "residual ||Hv - lambda v|| of the returned unit vector (Ritz vector or last "
+                "power vector), measured with one more float32 product of the undeflated H: "
+                "some eigenvalue of H lies within it of lambda (not necessarily the k-th)")),
+            "converged": Metric(dims=("subset", "k"), description=(
+                "1 where eigen_residual <= residual_tol * |lambda|, else 0; NaN with no "
+                "eigenvalue")),
+            "trace": Metric(dims=("subset",), description=(
+                f"{'Hutch++' if cfg.trace_method == 'hutchpp' else 'Hutchinson'} estimate of "
+                "tr(H) (PyHessian Alg. 2; Meyer et al. 2021); NaN with trace_samples=0")),
+            "trace_stderr": Metric(dims=("subset",), description=(
+                "standard error of the trace estimate, std(z'Hz)/sqrt(samples) (Hutch++: of "
+                "its Hutchinson part); NaN with fewer than 2 samples")),
+            "loss": Metric(dims=("subset",), description=(
+                "mean cross-entropy of the fixed points (the loss whose Hessian this is)")),
+        }
+        if cfg.density_runs:
+            coords.update(density_bin=list(range(cfg.density_bins)),
+                          density_run=list(range(cfg.density_runs)),
+                          density_step=list(range(cfg.slq_steps)))
+            metrics.update(
+                density=Metric(dims=("subset", "density_bin"), description=(
+                    "eigenvalue density of H by stochastic Lanczos quadrature (Ghorbani et al. "
+                    "2019; PyHessian's density, Gaussian variance density_sigma * range), "
+                    "mass per bin / bin width, at density_grid")),
+                density_grid=Metric(dims=("subset", "density_bin"), description=(
+                    "eigenvalue at the centre of each density bin")),
+                density_nodes=Metric(dims=("subset", "density_run", "density_step"),
+                                     description="Ritz values of each SLQ run (NaN: padding)"),
+                density_weights=Metric(dims=("subset", "density_run", "density_step"),
+                                       description=("squared first components of the "
+                                                    "tridiagonal's eigenvectors (sum 1)")))
+        if cfg.per_layer:
+            assert self._layers is not None, "hessian.per_layer: outputs() needs prepare()"
+            coords["layer"] = list(self._layers)
+            lay = ("subset", "layer")
+            metrics.update(
+                layer_eigenvalue=Metric(dims=lay, description=(
+                    "top eigenvalue of the layer's diagonal Hessian block (weight and bias of "
+                    "the module), Lanczos of `iterations` steps")),
+                layer_residual=Metric(dims=lay, description=(
+                    "||H_bb v - lambda v|| of the block's Ritz vector (measured)")),
+                layer_converged=Metric(dims=lay, description=(
+                    "1 where layer_residual <= residual_tol * |lambda|, else 0")),
+                layer_trace=Metric(dims=lay, description=(
+                    "Hutchinson estimate of tr(H_bb) from trace_samples block vectors")),
+                layer_trace_stderr=Metric(dims=lay, description=(
+                    "standard error of layer_trace")))
+        return Outputs(coords=coords, metrics=metrics)
 
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
 
-        from ..functional.hessian import (
-            HessianOperator,
-            hutchinson_trace,
-            lanczos,
-            power_iteration,
-        )
+        from ..functional.hessian import HessianOperator
 
         assert self.inputs is not None
         cfg = self.config
         width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
-        s, k = len(cfg.subsets), cfg.k
-        eig = np.full((s, k), np.nan)
-        res = np.full((s, k), np.nan)
-        trace = np.full(s, np.nan)
-        stderr = np.full(s, np.nan)
-        loss = np.full(s, np.nan)
+        out = {name: np.full(self.outputs().shape(name), np.nan)
+               for name in self.outputs().metrics}
         dev = torch.device(ctx.device)
         model.eval()
         for row, subset in enumerate(cfg.subsets):
@@ -215,24 +298,8 @@ class HessianProbe(Probe):
             op = HessianOperator(model, x, y, ctx.batch_size)
             if op.dim == 0:
                 continue
-            loss[row] = op.loss()
-            if cfg.method == "lanczos":
-                basis = op.dim * min(cfg.iterations, op.dim) * 8
-                if basis > cfg.max_basis_gb * 2**30:
-                    raise ConfigError(f"hessian: the model has {op.dim} parameters: a Lanczos "
-                                      f"basis of {basis / 2**30:.3g} GB exceeds "
-                                      f"hessian.max_basis_gb={cfg.max_basis_gb}")
-                gen = torch.Generator().manual_seed(_keyed_seed(self._root, width, subset, "eig"))
-                vals, r = lanczos(op.matvec, op.dim, k, cfg.iterations, gen, device=dev)
-            else:
-                gen = torch.Generator().manual_seed(_keyed_seed(self._root, width, subset, "eig"))
-                vals, r = power_iteration(op.matvec, op.dim, k, cfg.iterations, gen,
-                                          device=dev, tol=cfg.tol)
-            eig[row], res[row] = vals.numpy(), r.numpy()
-            if cfg.trace_samples:
-                gen = torch.Generator().manual_seed(_keyed_seed(self._root, width, subset, "tr"))
-                trace[row], stderr[row], _ = hutchinson_trace(op.matvec, op.dim,
-                                                              cfg.trace_samples, gen, device=dev)
+            out["loss"][row] = op.loss()
+            for name, value in measure(op, model, cfg, self._root, width, subset, dev).items():
+                out[name][row] = value
             op.release()  # the kept graphs of this subset, before the next one's
-        return {"eigenvalues": eig, "eigen_residual": res, "trace": trace,
-                "trace_stderr": stderr, "loss": loss}
+        return out
