@@ -123,7 +123,8 @@ def reset_batch_norm(model: nn.Module, state: Tensors, x: torch.Tensor, batch_si
 
     Fresh buffers (mean 0, variance 1, count 0) are passed with ``state`` through
     :func:`~torch.func.functional_call`; the batch-norm layers are put in train mode with
-    ``momentum=None`` (PyTorch's cumulative average) and ``x`` is forwarded under
+    PyTorch's cumulative average (``momentum=None``, here spelled as momentum ``1/j`` on the
+    j-th chunk, the same factor without a host read of the count) and ``x`` is forwarded under
     :func:`torch.no_grad` in ``ceil(len(x) / batch_size)`` chunks of equal size (±1), so the
     statistics are the average over chunks of each chunk's batch mean and unbiased variance
     (one chunk: exactly those of ``x``). The layers' mode and momentum are restored afterwards
@@ -147,10 +148,12 @@ def reset_batch_norm(model: nn.Module, state: Tensors, x: torch.Tensor, batch_si
     try:
         for m, _, _ in saved:
             m.train()
-            m.momentum = None
         with torch.no_grad():
             n = len(x)
-            for part in torch.tensor_split(x, max(1, math.ceil(n / batch_size))) if n else ():
+            parts = torch.tensor_split(x, max(1, math.ceil(n / batch_size))) if n else ()
+            for j, part in enumerate(parts, start=1):
+                for m, _, _ in saved:  # momentum=None's factor, without reading the count back
+                    m.momentum = 1.0 / j
                 functional_call(model, merged, (part,))
     finally:
         for m, training, momentum in saved:
