@@ -34,7 +34,9 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     """A :class:`Context` on ``device`` and ``{width: (model, checkpoint ref)}`` to measure:
     the last checkpoint of each width of ``run_dir``, or (without one) digits with 20%
     symmetric label noise and untrained ``mcnn`` models of widths 1 and 2 (seeded). The
-    models and data are the same on every device (built on the CPU, then moved)."""
+    models and data are the same on every device (built on the CPU, then moved). The
+    context's ``initial_state`` / ``final_state`` give each width's first / last checkpoint
+    (without a run: the untrained models, their own last checkpoint at epoch 1)."""
     import torch
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
@@ -63,6 +65,9 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
 
         def initial(width: int) -> Mapping[str, torch.Tensor] | None:
             return read_state_dict(first[width].path, dev)
+
+        def final(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
+            return last[width].epoch, read_state_dict(last[width].path, dev)
     else:
         from .data import normalize
         from .data.digits import load_digits
@@ -90,9 +95,13 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
 
         def initial(width: int) -> Mapping[str, torch.Tensor] | None:
             return inits[width]
+
+        def final(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
+            return 1, {k: v.clone() for k, v in models[width][0].state_dict().items()}
     ctx = Context(data=data, device=dev, batch_size=batch_size, seed=seed,
                   run={} if run_dir is None else (read_run_json(run_dir) or {}), widths=widths,
-                  epochs=epochs, build_model=build, initial_state=initial)
+                  epochs=epochs, build_model=build, initial_state=initial,
+                  final_state=final)
     return ctx, models
 
 

@@ -128,7 +128,8 @@ def setting(digits_run: Path) -> tuple[Any, torch.nn.Module, Any]:
 
     ctx = Context(data=data, device=torch.device("cpu"), batch_size=64, seed=5,
                   widths=(1, 4), epochs=(0, 4), build_model=build,
-                  initial_state=lambda w: read_state_dict(refs[(w, 0)].path))
+                  initial_state=lambda w: read_state_dict(refs[(w, 0)].path),
+                  final_state=lambda w: (4, read_state_dict(refs[(w, 4)].path)))
     model = build(4)
     load_state_into(model, read_state_dict(refs[(4, 4)].path), refs[(4, 4)].path)
     return ctx, model, refs[(4, 4)]

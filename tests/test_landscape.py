@@ -3,7 +3,10 @@ probe's per-width directions, barrier to the last checkpoint and an untouched mo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +126,7 @@ def test_directions_per_width_are_stored_and_order_independent() -> None:
 
 def test_probe_slices_without_touching_the_model_and_nan_barrier_outside_a_run(device: str) -> None:
     ctx = on_device(digits_ctx(), device)
-    probe = LandscapeProbe(small(directions=2))
+    probe = LandscapeProbe(small(directions=2, bn="interpolate"))  # the checkpoint's BN stats
     probe.prepare(ctx)
     outs = probe.outputs()
     model = ctx.build_model(2)  # on the device
@@ -146,6 +149,7 @@ def test_probe_slices_without_touching_the_model_and_nan_barrier_outside_a_run(d
     direct = F.cross_entropy(cpu.build_model(2)(x[idx]).double(), y[idx]).item()
     assert res["loss"][3, 2, 2] == pytest.approx(direct, rel=tolerance(device, 1e-6))
     assert np.isnan(res["barrier_loss"]).all() and np.isnan(res["barrier_epoch"])
+    assert float(res["bn_reset"]) == 0.0
 
 
 def test_checkpoint_not_matching_its_widths_directions_is_an_error() -> None:
@@ -159,15 +163,28 @@ def test_checkpoint_not_matching_its_widths_directions_is_an_error() -> None:
         probe(ctx.build_model(2), ctx.with_checkpoint(ref))
 
 
-def test_barrier_runs_to_the_widths_last_checkpoint(digits_run: Path, device: str) -> None:
+def final_from(refs: dict[tuple[int, int], object], dev: torch.device) -> object:
+    """A ``ctx.final_state`` as the runner builds it: the width's largest epoch in the list."""
+    def final(width: int) -> tuple[int, dict[str, torch.Tensor]] | None:
+        epochs = [e for w, e in refs if w == width]
+        if not epochs:
+            return None
+        return max(epochs), read_state_dict(refs[(width, max(epochs))].path, dev)  # type: ignore[attr-defined]
+
+    return final
+
+
+@pytest.mark.parametrize("bn", ["reset", "interpolate"])
+def test_barrier_runs_to_the_widths_last_checkpoint(digits_run: Path, device: str, bn: str) -> None:
     from ckpt_analyzer.data.run import load_run_data
     from ckpt_analyzer.models import build_model
 
     dev = torch.device(device)
     refs = {(r.width, r.epoch): r for r in discover(digits_run)}
     data = load_run_data(digits_run, dev)
-    ctx = dataclasses.replace(on_device(digits_ctx(), device), data=data, widths=(4,))
-    probe = LandscapeProbe(small(subsets=("train", "test")))
+    ctx = dataclasses.replace(on_device(digits_ctx(), device), data=data, widths=(4,),
+                              final_state=final_from(refs, dev))
+    probe = LandscapeProbe(small(subsets=("train", "test"), bn=bn))
     probe.prepare(dataclasses.replace(ctx, build_model=lambda w: build_model("mcnn", w, 10, 1).to(dev)))
     models = {}
     for e in (0, 4):
@@ -176,8 +193,9 @@ def test_barrier_runs_to_the_widths_last_checkpoint(digits_run: Path, device: st
         models[e] = m.to(dev)
     res0 = probe(models[0], ctx.with_checkpoint(refs[(4, 0)]))  # reads the last one onto dev
     res4 = probe(models[4], ctx.with_checkpoint(refs[(4, 4)]))
-    assert float(res0["barrier_epoch"]) == 4.0
-    # t = 0 is the checkpoint itself (grid centre), t = 1 the last checkpoint
+    assert float(res0["barrier_epoch"]) == 4.0 and float(res0["bn_reset"]) == (bn == "reset")
+    # t = 0 is the checkpoint itself (grid centre), t = 1 the last checkpoint; with bn=reset both
+    # ends carry re-estimated statistics, as the centre of the slices does
     assert np.allclose(res0["barrier_loss"][:, 0], res0["loss"][:, 2], rtol=tolerance(device, 1e-6))
     assert np.allclose(res0["barrier_loss"][:, -1], res4["loss"][:, 2], rtol=tolerance(device, 1e-5))
     # from the last checkpoint to itself the path is flat: barrier 0
@@ -204,3 +222,246 @@ def test_model_is_restored_exactly_with_a_plain_module(device: str) -> None:
     probe(net, ctx)
     assert [p.data_ptr() for p in net.parameters()] == ptrs
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+# ---------------------------------------------------------------- batch-norm statistics
+# The slow, obvious reference: a deep copy per point, its statistics re-estimated by plain
+# forward passes in train mode with momentum=None (Jordan et al.'s reset_bn_stats), then the
+# loss of each subset in one forward pass.
+
+def reset_copy(model: nn.Module, x_bn: torch.Tensor, batch: int) -> nn.Module:
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        for part in torch.tensor_split(x_bn, math.ceil(len(x_bn) / batch)):
+            m(part)
+    return m.eval()
+
+
+def copy_loss(model: nn.Module, state: dict[str, torch.Tensor], reset: bool, x_bn: torch.Tensor,
+              batch: int, points: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    if reset:
+        m = reset_copy(m, x_bn, batch)
+    with torch.no_grad():
+        return [F.cross_entropy(m(x).double(), y).item() for x, y in points]
+
+
+def lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+    return {k: (1 - t) * a[k] + t * b[k] if a[k].is_floating_point() else a[k] for k in a}
+
+
+def test_reset_batch_norm_equals_a_deep_copy_in_train_mode() -> None:
+    from ckpt_analyzer.functional.landscape import batch_norm_buffers, reset_batch_norm
+    from ckpt_analyzer.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mcnn", 3, 10, 1).eval()
+    with torch.no_grad():  # statistics that differ from a fresh reset
+        for name, b in model.named_buffers():
+            if "running" in name:
+                b.uniform_(0.5, 2.0)
+    x = torch.randn(70, 1, 8, 8)
+    before = snapshot(model)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    for batch in (70, 32):  # one chunk (the statistics of x), three of 24/23/23
+        got = reset_batch_norm(model, params, x, batch)
+        want = reset_copy(model, x, batch).state_dict()
+        assert sorted(got) == sorted(batch_norm_buffers(model))
+        for k, v in got.items():
+            assert torch.allclose(v.double(), want[k].double(), rtol=1e-6, atol=1e-7), k
+    # one chunk: the mean and unbiased variance of the first layer's pre-activations
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[1], nn.BatchNorm2d)
+    z = model[0](x).detach()
+    got = reset_batch_norm(model, params, x, 70)
+    assert torch.allclose(got["1.running_mean"], z.mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(got["1.running_var"], z.var(dim=(0, 2, 3)), rtol=1e-5)
+    assert int(got["1.num_batches_tracked"]) == 1
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(not m.training and m.momentum == 0.1 for m in bns)  # restored
+    nobn = build_model("mcnn_nobn", 3, 10, 1)
+    assert reset_batch_norm(nobn, dict(nobn.named_parameters()), x, 32) == {}
+    assert batch_norm_buffers(nobn) == []
+
+
+@pytest.fixture(scope="module")
+def w4(digits_run: Path) -> tuple[object, dict[int, nn.Module], dict[tuple[int, int], object]]:
+    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.models import build_model
+
+    refs = {(r.width, r.epoch): r for r in discover(digits_run)}
+    data = load_run_data(digits_run)
+    ctx = dataclasses.replace(digits_ctx(batch_size=64), data=data, widths=(4,),
+                              build_model=lambda w: build_model("mcnn", w, 10, 1).eval(),
+                              final_state=final_from(refs, torch.device("cpu")))
+    models = {}
+    for e in (0, 2, 4):
+        m = build_model("mcnn", 4, 10, 1).eval()
+        load_state_into(m, read_state_dict(refs[(4, e)].path), refs[(4, e)].path)
+        models[e] = m
+    return ctx, models, refs
+
+
+@pytest.mark.parametrize("bn", ["reset", "interpolate"])
+def test_barrier_equals_a_deep_copy_loop(w4: tuple, bn: str) -> None:
+    """Every point of the segment and the barrier equal the deep-copy reference to float32
+    rounding, and the 1-D slice's end points too (each with its own re-estimated statistics)."""
+    ctx, models, refs = w4
+    cfg = small(subsets=("train", "test"), bn=bn, bn_samples=150, barrier_steps=5, points=60)
+    probe = LandscapeProbe(cfg)
+    probe.prepare(ctx)
+    res = probe(models[0], ctx.with_checkpoint(refs[(4, 0)]))
+    assert float(res["bn_reset"]) == (bn == "reset")
+    if bn == "reset":
+        idx = torch.as_tensor(probe.inputs["bn/index"])
+        assert len(idx) == 150 and len(set(idx.tolist())) == 150
+    else:  # nothing drawn
+        assert "bn/index" not in probe.inputs
+        idx = torch.zeros(0, dtype=torch.long)
+    x_bn = ctx.data.x_train[idx]
+    points = [(ctx.data.x_train[torch.as_tensor(probe.inputs["train/index"])],
+               ctx.data.y_train[torch.as_tensor(probe.inputs["train/index"])]),
+              (ctx.data.x_test[torch.as_tensor(probe.inputs["test/index"])],
+               ctx.data.y_test[torch.as_tensor(probe.inputs["test/index"])])]
+    a, b = models[0].state_dict(), models[4].state_dict()
+    ts = np.linspace(0, 1, 5)
+    want = np.array([copy_loss(models[0], lerp(a, b, t), bn == "reset", x_bn, ctx.forward_batch,
+                               points) for t in ts]).T  # (subset, t)
+    np.testing.assert_allclose(res["barrier_loss"], want, rtol=2e-6)
+    line = want[:, :1] * (1 - ts) + want[:, -1:] * ts
+    np.testing.assert_allclose(res["barrier"], (want - line).max(axis=1), rtol=1e-5, atol=1e-6)
+    # the slice's end point alpha = r: theta + r * delta (filter normalized), own statistics
+    names, raw = probe._draw(4, models[0])
+    params = {n: p.detach() for n, p in models[0].named_parameters()}
+    flat = torch.as_tensor(raw[0]).split([p.numel() for p in params.values()])
+    d = filter_normalize({n: c.view_as(p) for (n, p), c in zip(params.items(), flat)}, params)
+    moved = dict(a)
+    moved.update({n: params[n] + cfg.r * d[n] for n in params})
+    end = copy_loss(models[0], moved, bn == "reset", x_bn, ctx.forward_batch, points)
+    np.testing.assert_allclose(res["loss"][:, -1], end, rtol=2e-6)
+
+
+def test_reset_is_blind_to_the_scale_of_a_filter_before_batch_norm(w4: tuple) -> None:
+    """Known answer: a conv filter (and its bias) scaled by c > 0 before batch norm computes
+    the same function once the statistics are re-estimated (up to BN's eps); with the
+    checkpoint's statistics it does not."""
+    ctx, models, refs = w4
+    model = copy.deepcopy(models[2])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        convs[1].weight.mul_(3.0)
+        if convs[1].bias is not None:
+            convs[1].bias.mul_(3.0)
+    out = {}
+    for bn in ("reset", "interpolate"):
+        for name, m in (("base", models[2]), ("scaled", model)):
+            probe = LandscapeProbe(small(subsets=("train",), bn=bn, barrier=False, steps=3))
+            probe.prepare(ctx)
+            out[bn, name] = probe(m, ctx.with_checkpoint(refs[(4, 2)]))["loss"][0, 1]  # centre
+    assert out["reset", "scaled"] == pytest.approx(out["reset", "base"], rel=1e-4)
+    assert abs(out["interpolate", "scaled"] - out["interpolate", "base"]) > 1e-2
+
+
+def test_without_batch_norm_both_modes_agree_exactly() -> None:
+    from ckpt_analyzer.models import build_model
+
+    ctx = dataclasses.replace(digits_ctx(), build_model=lambda w: build_model("mcnn_nobn", w, 10, 1).eval())
+    torch.manual_seed(3)
+    a, b = build_model("mcnn_nobn", 2, 10, 1).eval(), build_model("mcnn_nobn", 2, 10, 1).eval()
+    from ckpt_analyzer.checkpoints import CheckpointRef
+
+    ctx = dataclasses.replace(ctx, final_state=lambda w: (7, b.state_dict()))
+    ref = CheckpointRef(width=2, epoch=0, path="<a>")
+    res = {}
+    for bn in ("reset", "interpolate"):
+        probe = LandscapeProbe(small(directions=2, bn=bn))
+        probe.prepare(ctx)
+        res[bn] = probe(a, ctx.with_checkpoint(ref))
+    assert float(res["reset"]["bn_reset"]) == 0.0 and float(res["reset"]["barrier_epoch"]) == 7.0
+    for k, v in res["reset"].items():
+        assert np.array_equal(v, res["interpolate"][k], equal_nan=True), k
+    assert np.isfinite(res["reset"]["barrier"]).all()
+
+
+def test_a_model_to_itself_has_barrier_zero_in_both_modes(w4: tuple) -> None:
+    ctx, models, refs = w4
+    for bn in ("reset", "interpolate"):
+        probe = LandscapeProbe(small(bn=bn, barrier_steps=4))
+        probe.prepare(ctx)
+        res = probe(models[4], ctx.with_checkpoint(refs[(4, 4)]))
+        assert np.allclose(res["barrier"], 0.0, atol=1e-9), bn
+        assert np.allclose(res["barrier_loss"], res["barrier_loss"][:, :1], rtol=1e-6), bn
+
+
+def test_final_state_failures_give_nan_barrier_with_a_warning(w4: tuple) -> None:
+    from ckpt_analyzer.errors import CheckpointError
+
+    ctx, models, refs = w4
+
+    def broken(width: int) -> None:
+        raise CheckpointError("truncated file", "/x/w4/ckpt_9.safetensors")
+
+    for final, match in ((broken, "cannot read its last checkpoint.*truncated"),
+                         (lambda w: None, "no checkpoint in the run's list")):
+        probe = LandscapeProbe(small())
+        probe.prepare(ctx)
+        with pytest.warns(UserWarning, match=match):
+            res = probe(models[0], dataclasses.replace(ctx, final_state=final).with_checkpoint(refs[(4, 0)]))
+        assert np.isnan(res["barrier"]).all() and np.isnan(res["barrier_epoch"])
+        assert np.isfinite(res["loss"]).all()
+
+
+def test_foreign_folder_gives_a_finite_barrier_in_process_and_in_a_pool(digits_run: Path,
+                                                                         tmp_path: Path) -> None:
+    """No run.json, --pattern names, ``module.`` keys: the barrier runs to the width's last
+    checkpoint of the run's own list; the pool's workers get it too (the same cube)."""
+    import time
+
+    import h5py
+    from safetensors.torch import save_file
+
+    from ckpt_analyzer.runner.core import Runner
+
+    foreign = tmp_path / "foreign"
+    (foreign / "w4").mkdir(parents=True)
+    for e in (0, 2, 4):
+        state = read_state_dict(digits_run / "w4" / f"e{e:05d}.safetensors")
+        save_file({f"module.{k}": v.contiguous() for k, v in state.items()},
+                  str(foreign / "w4" / f"ckpt_{e}.safetensors"))
+    settings = {"landscape": {"points": 16, "steps": 3, "barrier_steps": 3, "bn_samples": 64}}
+    cubes = {}
+    for name, kw in (("local", {}), ("pool", {"workers": 2, "worker_threads": 1})):
+        out = tmp_path / f"{name}.h5"
+        t0 = time.perf_counter()
+        summary = Runner(run_dir=str(foreign), probes=["landscape"], output=str(out),
+                         settings=settings, model="mcnn", dataset="digits",
+                         pattern="w{width}/ckpt_{epoch}.safetensors", batch_size=64,
+                         **kw).run()  # type: ignore[arg-type]
+        assert not summary.failed and summary.computed == 3, summary.failed
+        with h5py.File(out, "r") as f:
+            cubes[name] = {k: f[f"landscape/{k}"][()] for k in (
+                "barrier", "barrier_loss", "barrier_epoch", "loss", "bn_reset")}
+            config = json.loads(f["landscape"].attrs["config"])
+            assert config["bn"] == "reset" and config["bn_samples"] == 64
+            assert f["landscape/inputs/bn/index"].shape == (64,)
+        if name == "pool" and time.perf_counter() - t0 > 60:
+            pytest.skip("the pool took over 60 s on this machine (the local cube was checked)")
+    local = cubes["local"]
+    # subsets train, clean, noisy, test; a foreign folder has no label noise: 'noisy' is empty
+    assert np.isfinite(local["barrier"][..., [0, 1, 3]]).all() and (local["barrier_epoch"] == 4).all()
+    assert np.isnan(local["barrier"][..., 2]).all()
+    assert (local["bn_reset"] == 1).all()
+    ok = [0, 1, 3]
+    assert np.allclose(local["barrier"][-1][..., ok], 0.0, atol=1e-9)  # epoch 4 is the end itself
+    # every segment ends at epoch 4 (the slice centre there, statistics re-estimated alike)
+    end = local["loss"][2, 0, ok, 1]
+    assert np.allclose(local["barrier_loss"][:, 0, ok, -1], end, rtol=1e-6)
+    assert not np.allclose(local["barrier_loss"][0, 0, ok, 0], end, rtol=1e-3)
+    for k, v in local.items():
+        assert np.array_equal(v, cubes["pool"][k], equal_nan=True), k

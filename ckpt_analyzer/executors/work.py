@@ -54,6 +54,7 @@ class Plan:
     epochs: tuple[int, ...] = ()
     width_meta: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     initial: Mapping[int, str] = field(default_factory=dict)  # width -> epoch-0 checkpoint
+    final: Mapping[int, tuple[int, str]] = field(default_factory=dict)  # width -> last (epoch, path)
     model: str | None = None
     dataset: str | None = None
     data_root: str | None = None
@@ -106,7 +107,7 @@ class Worker:
     def __init__(self, plan: Plan, device: str | None = None, name: str = "") -> None:
         import torch
 
-        from ..checkpoints import build_model_for, read_state_dict
+        from ..checkpoints import build_model_for, read_state_dict, strip_prefix
         from ..data.run import load_run_data
         from ..probes import load_plugin
         from ..probes.base import Context
@@ -126,14 +127,22 @@ class Worker:
             meta["width"] = width
             return build_model_for(meta, plan.model).to(dev).eval()
 
+        def read(width: int, path: str) -> dict[str, torch.Tensor]:
+            return strip_prefix(read_state_dict(path, dev, plan.allow_pt),
+                                build(width).state_dict(), plan.prefix, path)
+
         def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
             path = plan.initial.get(width)
-            return None if path is None else read_state_dict(path, dev, plan.allow_pt)
+            return None if path is None else read(width, path)
+
+        def final_state(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
+            last = plan.final.get(width)
+            return None if last is None else (last[0], read(width, last[1]))
 
         ctx = Context(data=data, device=dev, batch_size=plan.batch_size,
                       forward_batch_size=plan.forward_batch_size, seed=plan.seed,
                       run=dict(plan.run), widths=tuple(plan.widths), epochs=tuple(plan.epochs),
-                      build_model=build, initial_state=initial_state)
+                      build_model=build, initial_state=initial_state, final_state=final_state)
         self._setup(ctx, prepared, build, plan.allow_pt, plan.prefix, plan.strict)
 
     @classmethod

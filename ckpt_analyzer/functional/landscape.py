@@ -16,10 +16,16 @@ Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural Net
   ``max_t [L(θ(t)) − ((1 − t) L(θ_a) + t L(θ_b))]`` (Frankle et al., "Linear mode connectivity
   and the lottery ticket hypothesis", ICML 2020, Def. 1) (:func:`interpolate_states`,
   :func:`barrier_height`).
+* Batch-norm statistics at a moved point: the running statistics of a checkpoint belong to
+  its weights, not to ``θ + α δ`` or ``θ(t)``; interpolating them along a path inflates the
+  barrier, so the linear-mode-connectivity literature re-estimates them at each point
+  (Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interpolation Repair",
+  ICLR 2023, whose ``reset_bn_stats`` resets them, sets ``momentum=None`` and forwards training
+  data in train mode). :func:`reset_batch_norm` does that on a fixed set of training inputs.
 
 Functions work on dicts ``name -> tensor`` (``model.named_parameters()`` order); the model is
 evaluated with :func:`torch.func.functional_call`, so a single module serves every grid point
-and is never modified.
+and its tensors are never written (re-estimated statistics go to fresh buffers passed in).
 """
 
 from __future__ import annotations
@@ -35,16 +41,23 @@ from torch import nn
 from .batching import add_at, chunks, evaluation
 
 __all__ = [
+    "BN_MODES",
     "barrier_height",
+    "batch_norm_buffers",
     "draw_direction",
     "filter_normalize",
     "grid_losses",
     "interpolate_states",
     "model_loss_error",
+    "reset_batch_norm",
     "slice_grid",
 ]
 
 Tensors = Mapping[str, torch.Tensor]
+
+#: how batch-norm running statistics are set at a moved point: re-estimated there, or taken
+#: from the checkpoint (slices) / interpolated between the ends (paths)
+BN_MODES = ("reset", "interpolate")
 
 
 def draw_direction(shapes: Mapping[str, Sequence[int]], rng: np.random.Generator,
@@ -86,13 +99,81 @@ def slice_grid(alphas: torch.Tensor, ndirections: int) -> torch.Tensor:
     raise ValueError(f"ndirections must be 1 or 2 (got {ndirections})")
 
 
+def _tracking_bn(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.running_mean is not None]
+
+
+def batch_norm_buffers(model: nn.Module) -> list[str]:
+    """Names of the running-statistics buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``) of the model's batch-norm layers that track them; empty for a net
+    without batch norm, where :func:`reset_batch_norm` has nothing to do."""
+    out = []
+    for name, m in _tracking_bn(model):
+        prefix = f"{name}." if name else ""
+        out += [prefix + b for b, t in m.named_buffers(recurse=False) if t is not None]
+    return out
+
+
+def reset_batch_norm(model: nn.Module, state: Tensors, x: torch.Tensor, batch_size: int
+                     ) -> dict[str, torch.Tensor]:
+    """Running statistics of ``model``'s batch-norm layers re-estimated with the tensors
+    ``state`` (parameters; the rest taken from the model) on the inputs ``x``.
+
+    Fresh buffers (mean 0, variance 1, count 0) are passed with ``state`` through
+    :func:`~torch.func.functional_call`; the batch-norm layers are put in train mode with
+    PyTorch's cumulative average (``momentum=None``, here spelled as momentum ``1/j`` on the
+    j-th chunk, the same factor without a host read of the count) and ``x`` is forwarded under
+    :func:`torch.no_grad` in ``ceil(len(x) / batch_size)`` chunks of equal size (±1), so the
+    statistics are the average over chunks of each chunk's batch mean and unbiased variance
+    (one chunk: exactly those of ``x``). The layers' mode and momentum are restored afterwards
+    and the model's own tensors are never written. Returns ``{buffer name: tensor}``
+    (:func:`batch_norm_buffers`); empty for a net without batch norm."""
+    from torch.func import functional_call
+
+    layers = _tracking_bn(model)
+    if not layers:
+        return {}
+    fresh: dict[str, torch.Tensor] = {}
+    for name, m in layers:
+        prefix = f"{name}." if name else ""
+        assert m.running_mean is not None and m.running_var is not None
+        fresh[prefix + "running_mean"] = torch.zeros_like(m.running_mean)
+        fresh[prefix + "running_var"] = torch.ones_like(m.running_var)
+        if m.num_batches_tracked is not None:
+            fresh[prefix + "num_batches_tracked"] = torch.zeros_like(m.num_batches_tracked)
+    saved = [(m, m.training, m.momentum) for _, m in layers]
+    merged = {**dict(state), **fresh}
+    try:
+        for m, _, _ in saved:
+            m.train()
+        with torch.no_grad():
+            n = len(x)
+            parts = torch.tensor_split(x, max(1, math.ceil(n / batch_size))) if n else ()
+            for j, part in enumerate(parts, start=1):
+                for m, _, _ in saved:  # momentum=None's factor, without reading the count back
+                    m.momentum = 1.0 / j
+                functional_call(model, merged, (part,))
+    finally:
+        for m, training, momentum in saved:
+            m.train(training)
+            m.momentum = momentum
+    return fresh
+
+
 def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     groups: torch.Tensor | None = None, ngroups: int = 1
+                     groups: torch.Tensor | None = None, ngroups: int = 1,
+                     bn_inputs: torch.Tensor | None = None
                      ) -> Callable[[Tensors], tuple[torch.Tensor, torch.Tensor]]:
     """``state -> (loss, error)`` of ``model`` with ``state`` (parameters and/or buffers,
     the rest taken from the model) on ``(x, y)``: mean cross-entropy and error per group of
     points (``groups[i]`` in ``0..ngroups-1``; all in group 0 by default), float64 of shape
-    ``(ngroups,)``; NaN for an empty group. Batches of ``batch_size``, inference mode."""
+    ``(ngroups,)``; NaN for an empty group. Batches of ``batch_size``, inference mode.
+
+    With ``bn_inputs``, the batch-norm running statistics at each ``state`` are first
+    re-estimated on those inputs (:func:`reset_batch_norm`), replacing any in ``state``; the
+    model itself stays in eval mode for the loss."""
     from torch.func import functional_call
 
     if groups is None:
@@ -100,6 +181,8 @@ def model_loss_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     count = torch.bincount(groups, minlength=ngroups).double()
 
     def evaluate(state: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        if bn_inputs is not None:
+            state = {**dict(state), **reset_batch_norm(model, state, bn_inputs, batch_size)}
         loss = torch.zeros(ngroups, dtype=torch.float64, device=x.device)
         wrong = torch.zeros_like(loss)
         with evaluation():

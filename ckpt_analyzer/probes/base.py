@@ -55,6 +55,13 @@ class Context:
     may change the last bits of some results on some devices (matmul and convolution
     algorithms can depend on the batch).
 
+    ``initial_state(width)`` is the state dict of the width's epoch-0 checkpoint (module
+    prefixes stripped), ``None`` without one. ``final_state(width)`` is ``(epoch, state)`` of
+    the width's last checkpoint in the run's own list of checkpoints (contract or
+    ``--pattern`` names alike; prefixes stripped), ``None`` if the width has none; an
+    unreadable file raises :class:`~ckpt_analyzer.errors.CheckpointError`. Both are ``None``
+    where the context's builder knows no checkpoints.
+
     ``checkpoint`` is set for each call (width, epoch, path, metadata of the checkpoint being
     measured); it is ``None`` during :meth:`Probe.prepare`.
     """
@@ -68,6 +75,7 @@ class Context:
     epochs: tuple[int, ...] = ()
     build_model: Callable[[int], nn.Module] | None = None
     initial_state: Callable[[int], Mapping[str, torch.Tensor] | None] | None = None
+    final_state: Callable[[int], tuple[int, Mapping[str, torch.Tensor]] | None] | None = None
     checkpoint: CheckpointRef | None = None
     forward_batch_size: int | None = None
 

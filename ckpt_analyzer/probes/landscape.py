@@ -12,7 +12,6 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: ``functional.landscape.BN_MODES``, spelled here so that importing the probe needs no torch
+BN_MODES = ("reset", "interpolate")
+
 
 class LandscapeProbe(Probe):
     """Loss and error on slices ``θ + α δ (+ β η)`` and along ``(1 − t) θ + t θ_last``.
@@ -38,7 +40,7 @@ class LandscapeProbe(Probe):
     normalized to its weights (Li et al. §4: each filter of δ scaled to the norm of the
     matching filter of θ; 1-D entries, i.e. batch-norm parameters and biases, zeroed with
     ``ignore_bn_bias``, else copied from θ), which makes slices of checkpoints with different
-    weight scales comparable. Batch-norm running statistics stay at the checkpoint's.
+    weight scales comparable.
     ``prepare`` builds each width's model (``ctx.build_model``) to draw them, and stores them
     (``store_directions``) as ``landscape/inputs/w<width>/direction`` (float32,
     ``(directions, parameters)``) with ``w<width>/names`` (parameter names, in order); a width
@@ -53,20 +55,31 @@ class LandscapeProbe(Probe):
     ``ctx.batch_size``, through :func:`torch.func.functional_call` (one model, weights never
     written).
 
+    Batch-norm statistics (``bn``): with ``reset`` (the default) the running statistics of the
+    net's batch-norm layers are re-estimated at every grid point and every point of the
+    segment, ends included (:func:`~ckpt_analyzer.functional.landscape.reset_batch_norm`: train
+    mode, ``momentum=None``, a no-grad pass over ``bn_samples`` fixed training inputs in
+    batches of ``ctx.forward_batch``), as the linear-mode-connectivity literature does; with
+    ``interpolate`` the slices keep the checkpoint's statistics (Li et al.'s code) and the
+    segment interpolates them between its ends. Nets without batch norm get the same numbers
+    either way. The metric ``bn_reset`` says per checkpoint whether statistics were
+    re-estimated (1) or not (0: ``interpolate``, or no batch norm).
+
     Barrier: with ``barrier`` on, the loss and error at ``barrier_steps`` points ``t`` in
     [0, 1] of the segment from the checkpoint (t = 0) to the width's last checkpoint (t = 1),
-    interpolating parameters and batch-norm running statistics, and the barrier height
-    ``max_t [L(t) − ((1 − t) L(0) + t L(1))]``. The last checkpoint is found once per width, at
-    the first checkpoint of that width this probe measures: the largest epoch of
-    ``<run>/w<width>/e*.safetensors`` (contract run folders, the checkpoint's grandparent
-    holding ``run.json``), loaded once and cached for that width; its epoch is the metric
-    ``barrier_epoch``. In a foreign folder (no run.json), or if it cannot be read, the barrier
-    metrics are NaN (a warning says why). On a run still training, "last" is the last on disk
-    when the width is first measured; ``barrier_epoch`` records which (``run --follow`` waits for
-    the width's ``done`` marker before measuring this probe, see
-    :meth:`~ckpt_analyzer.probes.base.Probe.needs_finished_width`).
+    interpolating parameters (and, with ``bn=interpolate``, batch-norm running statistics),
+    and the barrier height ``max_t [L(t) − ((1 − t) L(0) + t L(1))]``. The last checkpoint is
+    the runner's (``ctx.final_state``): the largest epoch of the width in the run's own list of
+    checkpoints (contract names or ``--pattern`` alike, module prefixes stripped), read once
+    per width at the first checkpoint of that width this probe measures; its epoch is the
+    metric ``barrier_epoch``. Without one (a context that gives no ``final_state``, or a file
+    that cannot be read) the barrier metrics are NaN and a warning says why. On a run still
+    training, "last" is the last on disk when the width is first measured; ``barrier_epoch``
+    records which (``run --follow`` waits for the width's ``done`` marker before measuring this
+    probe, see :meth:`~ckpt_analyzer.probes.base.Probe.needs_finished_width`).
 
-    Fixed inputs: ``<subset>/index`` (training positions, test positions for ``test``) and the
+    Fixed inputs: ``<subset>/index`` (training positions, test positions for ``test``),
+    ``bn/index`` (the training positions of the statistics, ``bn=reset`` only) and the
     directions above. An empty subset (``noisy`` without label noise) gives NaN rows.
     """
 
@@ -79,7 +92,9 @@ class LandscapeProbe(Probe):
     class Config:
         directions: int = field(default=1, metadata={
             "help": "random directions: 1 (a curve) or 2 (a surface, steps x steps points)"})
-        steps: int = field(default=21, metadata={"help": "grid points per direction"})
+        steps: int = field(default=21, metadata={
+            "help": "grid points per direction (Li et al. plot 51; 21 keeps a 2-D surface at "
+                    "441 evaluations per checkpoint, 2,601 take ~20 min on a CPU core)"})
         r: float = field(default=1.0, metadata={"help": "grid range [-r, r] of each coordinate"})
         points: int = field(default=512, metadata={"help": "points per subset"})
         subsets: tuple[str, ...] = field(default=SUBSETS, metadata={
@@ -91,6 +106,14 @@ class LandscapeProbe(Probe):
             "help": "also the loss along the segment to the width's last checkpoint"})
         barrier_steps: int = field(default=11, metadata={
             "help": "points t in [0, 1] on that segment (ends included)"})
+        bn: str = field(default="reset", metadata={
+            "help": "batch-norm running statistics at each grid/segment point: reset "
+                    "(re-estimated there on bn_samples training inputs) or interpolate (the "
+                    "checkpoint's on the slices, interpolated along the segment); no effect "
+                    "on nets without batch norm"})
+        bn_samples: int = field(default=1024, metadata={
+            "help": "training inputs the batch-norm statistics are re-estimated on (bn=reset; "
+                    "fewer if the training set is smaller)"})
         store_directions: bool = field(default=True, metadata={
             "help": "store the raw directions in the cube (false: only their names; they are "
                     "re-drawn from the seed)"})
@@ -104,6 +127,9 @@ class LandscapeProbe(Probe):
             check(self.points >= 1, f"landscape.points must be >= 1 (got {self.points})")
             check_choices(self.subsets, SUBSETS, "landscape.subsets")
             check_count(self.barrier_steps, "landscape.barrier_steps", low=2)
+            check(self.bn in BN_MODES, f"landscape.bn must be one of {', '.join(BN_MODES)} "
+                  f"(got {self.bn!r})")
+            check_count(self.bn_samples, "landscape.bn_samples", low=1)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -153,6 +179,11 @@ class LandscapeProbe(Probe):
                               f"points={cfg.points}; using all of them", stacklevel=2)
             inputs[f"{subset}/index"] = np.sort(
                 rng.choice(pool, size=count, replace=False)).astype(np.int64)
+        if cfg.bn == "reset":
+            pool = ctx.data.index("train").detach().cpu().numpy().astype(np.int64)
+            count = min(cfg.bn_samples, len(pool))
+            inputs["bn/index"] = np.sort(self.rng(ctx, "bn").choice(
+                pool, size=count, replace=False)).astype(np.int64)
         if ctx.build_model is not None:
             for width in ctx.widths:
                 names, dirs = self._draw(width, ctx.build_model(width))
@@ -173,14 +204,17 @@ class LandscapeProbe(Probe):
                 "mean cross-entropy at theta + alpha delta (+ beta eta), filter-normalized "
                 "directions (Li et al. eq. 1-2, §4)")),
             "error": Metric(dims=grid, description="classification error on the same grid"),
+            "bn_reset": Metric(description=(
+                "1: batch-norm running statistics re-estimated at every point (bn=reset); "
+                "0: the checkpoint's / interpolated (bn=interpolate, or no batch norm)")),
         }
         if cfg.barrier:
             coords["t"] = np.linspace(0.0, 1.0, cfg.barrier_steps).tolist()
             metrics.update({
                 "barrier_loss": Metric(dims=("subset", "t"), description=(
-                    "mean cross-entropy at (1 - t) theta + t theta_last (parameters and BN "
-                    "statistics); NaN where the last checkpoint is unavailable (foreign "
-                    "folder)")),
+                    "mean cross-entropy at (1 - t) theta + t theta_last (BN statistics "
+                    "re-estimated or interpolated: bn_reset); NaN where the last checkpoint is "
+                    "unavailable")),
                 "barrier_error": Metric(dims=("subset", "t"), description=(
                     "classification error along the same segment")),
                 "barrier": Metric(dims=("subset",), description=(
@@ -199,9 +233,8 @@ class LandscapeProbe(Probe):
             warnings.warn(message, stacklevel=3)
 
     def _last_state(self, ctx: Context) -> tuple[int | None, dict[str, torch.Tensor] | None]:
-        """(epoch, state) of the checkpoint's width's last checkpoint, cached per width."""
-        from ..checkpoints import CKPT_RE, parse_metadata, read_header, read_state_dict
-
+        """(epoch, state) of the checkpoint's width's last checkpoint (``ctx.final_state``),
+        cached per width; ``(None, None)`` with a warning where it is unavailable."""
         ref = ctx.checkpoint
         if ref is None:
             return None, None
@@ -209,26 +242,18 @@ class LandscapeProbe(Probe):
             return self._target[1], self._target[2]
         epoch: int | None = None
         state = None
-        run_dir = Path(ref.path).parent.parent
-        if not (run_dir / "run.json").is_file():
-            self._warn("foreign", f"landscape: {ref.path} is not in a contract run folder (no "
-                       "run.json two levels up), so the width's last checkpoint is unknown; "
-                       "barrier metrics are NaN")
+        if ctx.final_state is None:
+            self._warn("final", "landscape: the context gives no final_state (the width's last "
+                       "checkpoint); barrier metrics are NaN")
         else:
-            found = []
-            for p in (run_dir / f"w{ref.width}").glob("e*.safetensors"):
-                m = CKPT_RE.match(f"w{ref.width}/{p.name}")
-                if m is not None:
-                    found.append((int(m["epoch"]), p))
             try:
-                if not found:
-                    raise CkptError("no checkpoints", run_dir / f"w{ref.width}")
-                last, path = max(found)
-                meta = parse_metadata(read_header(path)[1], path)
-                if meta["width"] != ref.width:
-                    raise CkptError(f"metadata says width {meta['width']}", path)
-                state = read_state_dict(path, ctx.device)
-                epoch = int(meta["epoch"])
+                got = ctx.final_state(ref.width)
+                if got is None:
+                    self._warn(f"w{ref.width}", f"landscape: width {ref.width} has no "
+                               "checkpoint in the run's list; barrier metrics are NaN")
+                else:
+                    epoch = int(got[0])
+                    state = {k: v.to(ctx.device) for k, v in got[1].items()}
             except CkptError as exc:
                 self._warn(f"w{ref.width}", f"landscape: width {ref.width}: cannot read its last "
                            f"checkpoint ({exc}); barrier metrics are NaN")
@@ -255,6 +280,7 @@ class LandscapeProbe(Probe):
 
         from ..functional.landscape import (
             barrier_height,
+            batch_norm_buffers,
             filter_normalize,
             grid_losses,
             interpolate_states,
@@ -275,7 +301,12 @@ class LandscapeProbe(Probe):
         s = len(cfg.subsets)
         x, y, groups = self._points(ctx)
         model.eval()
-        evaluate = model_loss_error(model, x, y, ctx.forward_batch, groups, s)
+        bn_x = None
+        if cfg.bn == "reset" and batch_norm_buffers(model):
+            assert self.inputs is not None
+            index = torch.as_tensor(self.inputs["bn/index"], dtype=torch.long)
+            bn_x = ctx.data.x_train[index.to(ctx.data.x_train.device)].to(ctx.device)
+        evaluate = model_loss_error(model, x, y, ctx.forward_batch, groups, s, bn_inputs=bn_x)
         dirs = []
         for row in raw:
             flat = torch.as_tensor(row).to(ctx.device)
@@ -286,7 +317,8 @@ class LandscapeProbe(Probe):
         loss, err = grid_losses(evaluate, params, dirs, slice_grid(alphas, cfg.directions))
         shape = (cfg.steps,) * cfg.directions
         out = {"loss": loss.T.reshape(s, *shape).numpy(),
-               "error": err.T.reshape(s, *shape).numpy()}
+               "error": err.T.reshape(s, *shape).numpy(),
+               "bn_reset": np.array(float(bn_x is not None))}
         if cfg.barrier:
             ts = torch.linspace(0.0, 1.0, cfg.barrier_steps, dtype=torch.float64)
             bl = torch.full((s, cfg.barrier_steps), math.nan, dtype=torch.float64)

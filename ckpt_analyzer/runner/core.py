@@ -209,6 +209,10 @@ class Runner(FollowMixin):
             return build_model_for(meta, self.model).to(dev).eval()
 
         initial = {r.width: r for r in all_refs if r.epoch == 0 and r.error is None}
+        final: dict[int, CheckpointRef] = {}  # the width's last checkpoint (--follow: grows)
+        for r in all_refs:
+            if r.width not in final or r.epoch > final[r.width].epoch:
+                final[r.width] = r
 
         def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
             r = initial.get(width)
@@ -216,6 +220,15 @@ class Runner(FollowMixin):
                 return None
             return strip_prefix(read_state_dict(r.path, dev, self.allow_pt),
                                 build(width).state_dict(), self.prefix, r.path)
+
+        def final_state(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
+            r = final.get(width)
+            if r is None:
+                return None
+            if r.error:
+                raise CheckpointError(r.error.split(": ", 1)[-1], r.path)
+            return r.epoch, strip_prefix(read_state_dict(r.path, dev, self.allow_pt),
+                                         build(width).state_dict(), self.prefix, r.path)
 
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
             bs = auto_batch_size(build(widths[-1]), data.x_train, dev)
@@ -234,7 +247,7 @@ class Runner(FollowMixin):
         ctx = Context(data=data, device=dev, batch_size=bs, forward_batch_size=fbs,
                       seed=self.seed, run=run or {},
                       widths=tuple(widths), epochs=tuple(grid_epochs),
-                      build_model=build, initial_state=initial_state)
+                      build_model=build, initial_state=initial_state, final_state=final_state)
 
         self._check_sizes(probes, ctx, len(grid_epochs), len(widths))
         with Cube(output) as cube:
@@ -283,7 +296,7 @@ class Runner(FollowMixin):
             if idle is not None:
                 self._follow(cube, executor, watcher, idle, run_dir, run or {}, prepared, ctx,
                              meta_of, width_meta, initial, summary,
-                             {r.path for r in [*unplanned, *rejected]})
+                             {r.path for r in [*unplanned, *rejected]}, final)
                 summary.seconds = time.perf_counter() - t0
                 return summary
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
@@ -301,7 +314,8 @@ class Runner(FollowMixin):
                 plan = None
             else:
                 plan = self._plan(run_dir, run, prepared, ctx, width_meta,
-                                  {w: r.path for w, r in initial.items()})
+                                  {w: r.path for w, r in initial.items()},
+                                  {w: (r.epoch, r.path) for w, r in final.items()})
             self._stream(cube, executor.run(plan, todo), summary, grid_epochs, widths, len(todo))
             summary.workers = getattr(executor, "used", 1)
         summary.seconds = time.perf_counter() - t0
@@ -366,7 +380,7 @@ class Runner(FollowMixin):
 
     def _plan(self, run_dir: Path, run: Mapping[str, Any] | None, prepared: list[PreparedProbe],
               ctx: Context, width_meta: Mapping[int, Mapping[str, Any]],
-              initial: Mapping[int, str]) -> Plan:
+              initial: Mapping[int, str], final: Mapping[int, tuple[int, str]]) -> Plan:
         import pickle
 
         plugins = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
@@ -377,7 +391,7 @@ class Runner(FollowMixin):
                     forward_batch_size=ctx.forward_batch_size,
                     seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
                     width_meta={w: dict(m) for w, m in width_meta.items()},
-                    initial=dict(initial), model=self.model, dataset=self.dataset,
+                    initial=dict(initial), final=dict(final), model=self.model, dataset=self.dataset,
                     data_root=self.data_root, allow_pt=self.allow_pt, prefix=self.prefix,
                     strict=self.strict)
 

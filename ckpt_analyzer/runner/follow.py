@@ -95,7 +95,8 @@ class FollowMixin:
                 run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
                 ctx: Context, meta_of: Callable[[CheckpointRef], dict[str, Any]],
                 width_meta: dict[int, Any], initial: dict[int, CheckpointRef],
-                summary: RunSummary, reported: set[str]) -> None:
+                summary: RunSummary, reported: set[str],
+                final: dict[int, CheckpointRef] | None = None) -> None:
         """Rounds until the run is done: look at the folder (only new files are read), measure
         what is new, materialize the cube so that readers see it, sleep ``poll`` when nothing
         is new. A file with an error is left for the last round (it may still be growing, when
@@ -114,7 +115,7 @@ class FollowMixin:
             old_term = None
         try:
             self._rounds(cube, executor, watcher, idle, run_dir, run, prepared, meta_of,
-                         width_meta, initial, summary, reported)
+                         width_meta, initial, summary, reported, final)
         except _Terminated:
             raise CkptError("terminated: finished checkpoints are kept; re-run to resume",
                             summary.cube) from None
@@ -126,7 +127,7 @@ class FollowMixin:
                 run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
                 meta_of: Callable[[CheckpointRef], dict[str, Any]], width_meta: dict[int, Any],
                 initial: dict[int, CheckpointRef], summary: RunSummary,
-                reported: set[str]) -> None:
+                reported: set[str], final: dict[int, CheckpointRef] | None = None) -> None:
         from ..cube.identity import check_checkpoints
 
         attempted: set[tuple[str, str, tuple[int, int]]] = set()  # (path, probe, stamp)
@@ -171,6 +172,9 @@ class FollowMixin:
                 width_meta.setdefault(r.width, meta_of(r))
                 if r.epoch == 0:
                     initial[r.width] = r
+                if final is not None and (r.width not in final
+                                          or r.epoch >= final[r.width].epoch):
+                    final[r.width] = r  # the context's final_state reads it
             summary.warnings += check_checkpoints(cube, fresh)  # replaced: measured again
             stamps.update((r.path, _stamp(r)) for r in fresh)
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}
