@@ -118,3 +118,41 @@ def write_input(inp: h5py.Group, key: str, arr: np.ndarray) -> None:
         sc = g.create_dataset(dim, shape=(n,), dtype=">f4")
         sc.make_scale(f"{NOT_A_VARIABLE}{n:10d}")
         ds.dims[axis].attach_scale(sc)
+
+
+#: The group holding the identity of every measured checkpoint (one row each).
+IDENTITIES = "checkpoints"
+_ID_INTS = ("width", "epoch", "size", "mtime_ns", "ctime_ns")
+
+
+def write_identities(f: h5py.File, identities: dict[str, list[Any]]) -> None:
+    """Replace group ``checkpoints/``: 1-D datasets ``width``, ``epoch``, ``size``,
+    ``mtime_ns``, ``ctime_ns`` (int64), ``inode`` (uint64) and ``digest`` (string) along one
+    dimension ``checkpoint``, a row per ``"<width>/<epoch>"`` identity, sorted by width, epoch."""
+    import h5py
+
+    if IDENTITIES in f:
+        del f[IDENTITIES]
+    if not identities:
+        return
+    rows = sorted((int(k.split("/")[0]), int(k.split("/")[1]), v) for k, v in identities.items())
+    g = f.create_group(IDENTITIES, track_order=True)
+    g.attrs["description"] = ("the checkpoint each cell was measured from, as it was then; "
+                              "digest: see docs/cube.md")
+    n = len(rows)
+    dim = g.create_dataset("checkpoint", shape=(n,), dtype=">f4")
+    dim.make_scale(f"{NOT_A_VARIABLE}{n:10d}")
+    cols: dict[str, Any] = {
+        "width": [r[0] for r in rows], "epoch": [r[1] for r in rows],
+        "size": [r[2][0] for r in rows], "mtime_ns": [r[2][1] for r in rows],
+        "ctime_ns": [r[2][3] for r in rows]}
+    opts = {"compression": "gzip", "compression_opts": 4} if n > 64 else {}
+    for name in _ID_INTS:
+        ds = g.create_dataset(name, data=np.array(cols[name], dtype=np.int64), **opts)
+        ds.dims[0].attach_scale(dim)
+    ds = g.create_dataset("inode", data=np.array([r[2][4] for r in rows], dtype=np.uint64),
+                          **opts)
+    ds.dims[0].attach_scale(dim)
+    ds = g.create_dataset("digest", data=np.array([str(r[2][2]) for r in rows], dtype=object),
+                          dtype=h5py.string_dtype(), **opts)
+    ds.dims[0].attach_scale(dim)
