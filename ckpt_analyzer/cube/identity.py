@@ -197,12 +197,13 @@ def is_legacy(ident: list[Any]) -> bool:
 
 
 def same_contents(a: list[Any], b: list[Any]) -> bool | None:
-    """Whether two identities say the same contents; None when their digests cannot be compared
-    (one recorded by an earlier version, the other now)."""
-    if a[0] != b[0]:
-        return False
+    """Whether two identities say the same contents (their digests: the file's size may differ,
+    e.g. by the header's padding); None when they cannot be compared (one recorded by an
+    earlier version, the other now) and their sizes agree."""
     if is_legacy(a) != is_legacy(b):
-        return None
+        return None if a[0] == b[0] else False
+    if is_legacy(a):
+        return bool(a[0] == b[0] and a[2] == b[2])
     return bool(a[2] == b[2])
 
 

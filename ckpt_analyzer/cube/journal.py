@@ -25,8 +25,8 @@ import numpy as np
 from .._atomic import atomic_path
 from ..config import settings_diff
 from ..errors import CkptError, UsageError
-from .identity import identities_of
 from .hdf5 import IDENTITIES, update_probe, write_axes, write_identities, write_probe
+from .identity import identities_of
 from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
 from .schema import (
     AXES,
