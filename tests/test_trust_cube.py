@@ -339,6 +339,14 @@ def test_merge_says_a_shard_is_missing_and_partial_merges(shard_run: Path,
     assert "warning: shard 2 of 3 is missing" in err
     with h5py.File(out, "r") as f:
         assert int(f["metrics/done"][()].sum()) == 4 + 3
+        assert "shard" not in f.attrs  # the merge is no shard
+    # named as in a Slurm array (shards/I.h5): the cube's own attribute says which shard it is
+    named = [tmp_path / "1.h5", tmp_path / "3.h5"]
+    for src, dst in zip((a, c), named, strict=True):
+        shutil.copy(src, dst)
+    with pytest.raises(UsageError, match=r"^shard 2 of 3 is missing; or merge what the cubes "
+                                         r"hold with --partial$"):
+        merge_cubes(named, tmp_path / "named.h5")
 
 
 def test_merge_refuses_a_shard_still_being_written(shard_run: Path, tmp_path: Path) -> None:

@@ -211,12 +211,14 @@ class Cube:
 
     # -- provenance and probes
 
-    def set_root(self, attrs: Mapping[str, str]) -> None:
-        """Merge root attributes (``source``, ``run_json``, ``version`` ...); ``format`` is fixed."""
+    def set_root(self, attrs: Mapping[str, str | None]) -> None:
+        """Merge root attributes (``source``, ``run_json``, ``version`` ...; a value None removes
+        the attribute); ``format`` is fixed."""
         with self._tx() as cur:
             row = cur.execute("SELECT value FROM meta WHERE key='root'").fetchone()
             root = json.loads(row[0]) if row else {}
             root.update({str(k): v for k, v in attrs.items() if k not in ("format", "failures")})
+            root = {k: v for k, v in root.items() if v is not None}
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (json.dumps(root),))
 
     def root(self) -> dict[str, Any]:

@@ -214,29 +214,41 @@ def _unfinished(path: Path, probes: Sequence[str]) -> list[tuple[str, int, int]]
     return out
 
 
+def shard_of(path: Path) -> tuple[int, int] | None:
+    """``(I, N)`` of a cube written by ``run --shard I/N``: its root attribute ``shard`` (cubes
+    of earlier versions: a file name ``NAME.shard-I-of-N.h5``); None for other cubes."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attr = text(f.attrs.get("shard", ""))
+    i_s, _, n_s = str(attr).partition("/")
+    if i_s.isdigit() and n_s.isdigit():
+        return int(i_s), int(n_s)
+    m = SHARD_NAME.fullmatch(path.name)
+    return (int(m["i"]), int(m["n"])) if m else None
+
+
 def shard_gaps(paths: Sequence[Path], probes: Sequence[str]) -> list[str]:
-    """One line per gap in a set of shards: a ``NAME.shard-I-of-N.h5`` of the same N missing
-    (when every input is such a shard: another cube, e.g. a merged one, may hold the rest),
-    a shard still being written (its journal is locked by a run), killed mid-run (its journal
-    holds cells its cube lacks) or unfinished (checkpoints it started on without a cell or a
-    failure; shard files only)."""
+    """One line per gap in a set of shards: a shard I of N missing (when every input is a
+    shard: another cube, e.g. a merged one, may hold the rest), a shard still being written
+    (its journal is locked by a run), killed mid-run (its journal holds cells its cube lacks)
+    or unfinished (checkpoints it started on without a cell or a failure)."""
     lines = []
-    groups: dict[tuple[str, int], set[int]] = {}
-    for p in paths:
-        m = SHARD_NAME.fullmatch(p.name)
-        if m:
-            groups.setdefault((m["stem"], int(m["n"])), set()).add(int(m["i"]))
-    complete = {stem for (stem, n), have in groups.items() if have >= set(range(1, n + 1))}
-    if sum(len(v) for v in groups.values()) < len(paths):
-        groups = {}  # another cube (a merged one) may hold the missing shards' cells
-    for (stem, n), have in sorted(groups.items()):
-        missing = sorted(set(range(1, n + 1)) - have)
-        if missing and stem not in complete:
-            names = ", ".join(f"{stem}.shard-{i}-of-{n}.h5" for i in missing[:4])
+    shards = {p: shard_of(p) for p in paths}
+    groups: dict[int, set[int]] = {}
+    stems = [m["stem"] for p in paths if (m := SHARD_NAME.fullmatch(p.name))]
+    for ident in shards.values():
+        if ident is not None:
+            groups.setdefault(ident[1], set()).add(ident[0])
+    complete = any(have >= set(range(1, n + 1)) for n, have in groups.items())
+    if not complete and all(v is not None for v in shards.values()):
+        for n, have in sorted(groups.items()):
+            missing = sorted(set(range(1, n + 1)) - have)
+            names = (f" ({', '.join(f'{stems[0]}.shard-{i}-of-{n}.h5' for i in missing[:4])}"
+                     f"{' ...' * (len(missing) > 4)})") if stems else ""
             lines.append(f"shard{'s' * (len(missing) > 1)} "
                          f"{', '.join(map(str, missing[:8]))}{' ...' * (len(missing) > 8)} of "
-                         f"{n} {'are' if len(missing) > 1 else 'is'} missing ({names}"
-                         f"{' ...' * (len(missing) > 4)})")
+                         f"{n} {'are' if len(missing) > 1 else 'is'} missing{names}")
     for p in paths:
         writing, lacks = _journal_lacks(p)
         if writing:
@@ -249,7 +261,7 @@ def shard_gaps(paths: Sequence[Path], probes: Sequence[str]) -> list[str]:
                          f"probe '{probe}' epoch {e} width {w}): its run was killed mid-run; "
                          "re-run the same 'ckpt-analyze run' command to finish it")
             continue
-        if SHARD_NAME.fullmatch(p.name):
+        if shards[p] is not None:
             todo = _unfinished(p, probes)
             if todo:
                 probe, e, w = todo[0]
@@ -372,6 +384,7 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
                             cube.record(name, e, w, values)
                 if identities:
                     cube.set_extra("checkpoints", json.dumps(identities, sort_keys=True))
+                cube.set_root({"shard": None})  # the merge is no shard
                 cube.materialize(sorted(axes["epoch"]), sorted(axes["width"]), rewrite=True)
                 n_fail = len(cube.failures())
             try:
