@@ -205,6 +205,39 @@ def computed(run: Path, *extra: str) -> tuple[int, str]:
     return json.loads(r.stdout)["computed"], r.stderr
 
 
+def test_identities_round_trip_in_place_without_growing_the_file(tmp_path: Path) -> None:
+    import io
+
+    from ckpt_analyzer.cube.hdf5 import write_identities
+
+    def idents(n: int, salt: str = "") -> dict[str, list]:
+        return {f"{w}/{e}": [1000 + e, 10**18 + e, "st1:" + hashlib.sha256(
+            f"{w}{e}{salt}".encode()).hexdigest(), 10**18 + w, 2**63 + e]
+            for w in (1, 4, 16) for e in range(n)}
+
+    raw = b""
+    sizes = []
+    for step in range(1, 41):  # as materialize does: the previous file, updated, written out
+        buf = io.BytesIO(raw)
+        with h5py.File(buf, "r+" if raw else "w") as f:
+            want = idents(30 + step % 3, salt=str(step))  # grows and shrinks, digests change
+            write_identities(f, want)
+            assert read_identities(f) == want
+        raw = buf.getvalue()
+        sizes.append(len(raw))
+    assert max(sizes[10:]) <= sizes[9] + 4096, sizes  # no space left behind per rewrite
+    p = tmp_path / "c.h5"
+    p.write_bytes(raw)
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    with xr.open_dataset(p, group="checkpoints", engine="h5netcdf") as ds:
+        assert ds.sizes["checkpoint"] == 3 * (30 + 40 % 3)
+        assert int(ds["inode"].max()) == 2**63 + 30 + 40 % 3 - 1
+    with h5py.File(p, "r+") as f:
+        write_identities(f, {})
+        assert "checkpoints" not in f and read_identities(f) == {}
+
+
 def test_identities_are_in_the_hdf5_file(run_a: Path) -> None:
     with h5py.File(run_a / "analysis.h5", "r") as f:
         ids = read_identities(f)
@@ -316,7 +349,7 @@ def test_merge_refuses_shards_that_measured_other_contents(shard_run: Path,
         i = [f"{w}/{e}" for w, e in zip(g["width"][()], g["epoch"][()])].index(key)
         d = g["digest"].asstr()[()].tolist()
         d[i] = "st1:" + "0" * 64
-        g["digest"][...] = np.array(d, dtype=object)
+        g["digest"][...] = np.array(d, dtype="S80")
     w, e = key.split("/")
     with pytest.raises(UsageError) as exc:
         merge_cubes([merged, b], tmp_path / "again.h5")

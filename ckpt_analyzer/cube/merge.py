@@ -326,10 +326,6 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
         check_compatible(paths[0], p)
 
     _, probes = _read_identity(paths[0])
-    gaps = shard_gaps(paths, sorted(probes))
-    if gaps and not partial:
-        more = f" (+{len(gaps) - 1} more)" if len(gaps) > 1 else ""
-        raise UsageError(f"{gaps[0]}{more}; or merge what the cubes hold with --partial")
     identities = merge_identities(paths)
     cells: dict[str, dict[tuple[int, int], dict[str, np.ndarray]]] = {n: {} for n in probes}
     origin: dict[tuple[str, int, int], Path] = {}
@@ -348,6 +344,11 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
                     continue
                 cells[name][key] = values
                 origin[(name, *key)] = p
+    # after the conflicts (which no flag overrides): the gaps --partial accepts
+    gaps = shard_gaps(paths, sorted(probes))
+    if gaps and not partial:
+        more = f" (+{len(gaps) - 1} more)" if len(gaps) > 1 else ""
+        raise UsageError(f"{gaps[0]}{more}; or merge what the cubes hold with --partial")
     import h5py
 
     axes: dict[str, set[int]] = {"epoch": set(), "width": set()}
