@@ -268,15 +268,22 @@ def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_jso
 @main.command(context_settings=CONTEXT)
 @click.argument("cubes", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, help="The merged cube (must not exist).")
+@click.option("--partial", is_flag=True,
+              help="Merge although shards are missing, still being written or unfinished "
+                   "(each named in a warning).")
 @handle_errors
-def merge(cubes: tuple[str, ...], output: str) -> None:
+def merge(cubes: tuple[str, ...], output: str, partial: bool) -> None:
     """Join the cubes of 'run --shard I/N' (or any cubes of one run, probes and configs) into one.
 
     Refuses, naming the key, cubes of different runs, probe versions, configs, seeds, outputs or
-    fixed inputs; a cell present in two cubes must be equal in both."""
+    fixed inputs, and cubes that measured one checkpoint from different contents; a cell
+    present in two cubes must be equal in both. Refuses too (unless --partial) when a shard
+    NAME.shard-I-of-N.h5 is missing, still being written, or was killed mid-run."""
     from .cube.merge import merge_cubes
 
-    stats = merge_cubes(cubes, output)
+    stats = merge_cubes(cubes, output, partial=partial)
+    for line in stats["warnings"]:
+        sys.stderr.write(f"warning: {line} (merged without it: --partial)\n")
     click.echo(f"{output}: {stats['cells']} cell(s) of {stats['probes']} probe(s) from "
                f"{len(cubes)} cube(s), {stats['duplicates']} duplicate(s) equal, "
                f"{stats['failures']} failure(s)")
@@ -402,6 +409,10 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
     from .study.runs import expand_cubes
 
     cubes = tuple(expand_cubes(cubes))
+    if html_out is not None:  # before anything is stored: the page may not replace an input
+        from ._atomic import check_output
+
+        check_output(html_out, "html", cubes, "--html")
     if len(cubes) == 1:  # today's report, stored in the cube; --html adds the page
         from .report import build_report, format_report, write_report
 
@@ -416,7 +427,7 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
     if html_out is not None and study is not None:
         from .study.html import write_html
 
-        write_html(study, html_out)
+        write_html(study, html_out, inputs=cubes)
         sys.stderr.write(f"wrote {html_out}\n")
 
 

@@ -118,3 +118,56 @@ def write_input(inp: h5py.Group, key: str, arr: np.ndarray) -> None:
         sc = g.create_dataset(dim, shape=(n,), dtype=">f4")
         sc.make_scale(f"{NOT_A_VARIABLE}{n:10d}")
         ds.dims[axis].attach_scale(sc)
+
+
+#: The group holding the identity of every measured checkpoint (one row each).
+IDENTITIES = "checkpoints"
+_DIGEST = np.dtype("S80")  # "st1:" or "file1:" and 64 hex digits
+_ID_CHUNK = 256
+
+
+def write_identities(f: h5py.File, identities: dict[str, list[Any]]) -> None:
+    """Write group ``checkpoints/``: 1-D datasets ``width``, ``epoch``, ``size``, ``mtime_ns``,
+    ``ctime_ns`` (int64), ``inode`` (uint64) and ``digest`` (ASCII, 80 bytes) along one
+    dimension ``checkpoint``, a row per ``"<width>/<epoch>"`` identity, sorted by width, epoch.
+    In a copied cube the datasets are resized and overwritten in place (deleting and recreating
+    them would leave the old ones' space unused in the file at every materialization)."""
+    rows = sorted((int(k.split("/")[0]), int(k.split("/")[1]), v) for k, v in identities.items())
+    n = len(rows)
+    cols = {"width": np.array([r[0] for r in rows], dtype=np.int64),
+            "epoch": np.array([r[1] for r in rows], dtype=np.int64),
+            "size": np.array([r[2][0] for r in rows], dtype=np.int64),
+            "mtime_ns": np.array([r[2][1] for r in rows], dtype=np.int64),
+            "ctime_ns": np.array([r[2][3] for r in rows], dtype=np.int64),
+            "inode": np.array([r[2][4] for r in rows], dtype=np.uint64),
+            "digest": np.array([str(r[2][2]).encode() for r in rows], dtype=_DIGEST)}
+    g = f.get(IDENTITIES)
+    if g is not None and (not n or not all(
+            k in g and g[k].maxshape == (None,) and g[k].dtype == v.dtype
+            for k, v in cols.items())):
+        del f[IDENTITIES]
+        g = None
+    if not n:
+        return
+    dim_name = f"{NOT_A_VARIABLE}{n:10d}"
+    if g is None:
+        g = f.create_group(IDENTITIES, track_order=True)
+        g.attrs["description"] = ("the checkpoint each cell was measured from, as it was then; "
+                                  "digest: see docs/cube.md")
+        dim = g.create_dataset("checkpoint", shape=(n,), dtype=">f4", maxshape=(None,),
+                               chunks=(_ID_CHUNK,))
+        dim.make_scale(dim_name)
+        for name, arr in cols.items():
+            # not compressed: a chunk rewritten in place keeps its size, so no space is lost
+            ds = g.create_dataset(name, data=arr, maxshape=(None,), chunks=(_ID_CHUNK,))
+            ds.dims[0].attach_scale(dim)
+        return
+    g["checkpoint"].resize((n,))
+    g["checkpoint"].attrs["NAME"] = np.bytes_(dim_name.encode())
+    for name, arr in cols.items():
+        ds = g[name]
+        if ds.shape == arr.shape and np.array_equal(ds[()], arr):
+            continue
+        ds.resize(arr.shape)
+        ds[...] = arr
+

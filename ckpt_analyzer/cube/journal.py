@@ -25,8 +25,9 @@ import numpy as np
 from .._atomic import atomic_path
 from ..config import settings_diff
 from ..errors import CkptError, UsageError
-from .hdf5 import update_probe, write_axes, write_probe
-from .read import check_cube, is_probe, read_group, scalar, text, walk_inputs
+from .hdf5 import IDENTITIES, update_probe, write_axes, write_identities, write_probe
+from .identity import identities_of
+from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
 from .schema import (
     AXES,
     CUBE_FORMAT,
@@ -210,12 +211,14 @@ class Cube:
 
     # -- provenance and probes
 
-    def set_root(self, attrs: Mapping[str, str]) -> None:
-        """Merge root attributes (``source``, ``run_json``, ``version`` ...); ``format`` is fixed."""
+    def set_root(self, attrs: Mapping[str, str | None]) -> None:
+        """Merge root attributes (``source``, ``run_json``, ``version`` ...; a value None removes
+        the attribute); ``format`` is fixed."""
         with self._tx() as cur:
             row = cur.execute("SELECT value FROM meta WHERE key='root'").fetchone()
             root = json.loads(row[0]) if row else {}
             root.update({str(k): v for k, v in attrs.items() if k not in ("format", "failures")})
+            root = {k: v for k, v in root.items() if v is not None}
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (json.dumps(root),))
 
     def root(self) -> dict[str, Any]:
@@ -224,7 +227,9 @@ class Cube:
         return json.loads(row[0]) if row else {}
 
     def extra(self, key: str) -> str | None:
-        """A value kept in the journal only (not materialized), e.g. checkpoint identities."""
+        """A value kept in the journal. ``checkpoints`` (the checkpoint identities of
+        :mod:`.identity`) is also materialized, as the HDF5 group ``checkpoints/``, and read back
+        when the journal is rebuilt from the cube; other keys stay in the journal only."""
         with self._tx() as cur:
             return _meta(cur, f"extra:{key}")
 
@@ -267,7 +272,7 @@ class Cube:
         ``overwrite`` (which drops the probe's recorded cells).
         """
         check_name(name, "probe", name)
-        if name in AXES:
+        if name in AXES or name == IDENTITIES:
             raise UsageError(f"probe name '{name}' is reserved")
         decl = declaration(name, outputs)
         conf = jsonable(config)
@@ -437,6 +442,7 @@ class Cube:
                 "SELECT name, version, config, seed, outputs FROM probe ORDER BY name").fetchall()
             layout = _meta(cur, "layout") or "0"
             last = json.loads(_meta(cur, "materialized") or "null")
+            identities = identities_of(_meta(cur, f"extra:{IDENTITIES}"))
         since = None
         if (not rewrite and last is not None and last["layout"] == layout
                 and self.path.exists() and last["stat"] == _stat(self.path)
@@ -454,6 +460,7 @@ class Cube:
                     f.attrs[k] = v
                 f.attrs["failures"] = json.dumps(failures)
                 write_axes(f, grid)
+                write_identities(f, identities)
                 for name, version, config, seed, outputs in probes:
                     decl = Decl.from_json(outputs)
                     if since is None:
@@ -549,6 +556,10 @@ def _rebuild_journal(cur: sqlite3.Cursor, path: Path) -> None:
         for a in AXES:
             vals = f[a][()].tolist() if a in f else []
             cur.executemany("INSERT OR IGNORE INTO axis VALUES (?, ?)", [(a, v) for v in vals])
+        identities = read_identities(f)
+        if identities:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (f"extra:{IDENTITIES}", json.dumps(identities, sort_keys=True)))
         for fl in json.loads(text(f.attrs.get("failures", "[]"))):
             cur.execute("INSERT OR REPLACE INTO failure VALUES (?, ?, ?, ?, ?)",
                         (fl["path"], fl.get("probe") or "", fl["epoch"], fl["width"],

@@ -1,17 +1,26 @@
 """``ckpt-analyze merge A.h5 B.h5 ... -o ALL.h5``: shards of one analysis into one cube.
 
 The output is written by the ordinary single writer (:class:`~.journal.Cube`): the first cube
-is copied and its journal rebuilt from it (bit-exact), the other cubes' cells and failures are
-recorded, and the cube is materialized. Before anything is written every input is checked
+is copied (to a temporary of its own, ``ALL.h5.<random>.merging``, under an exclusive lock on
+``ALL.h5.lock``) and its journal rebuilt from it (bit-exact), the other cubes' cells, failures and
+checkpoint identities are recorded, the cube is materialized and then linked into place (never
+over a file that appeared meanwhile). Before anything is written every input is checked
 against the first: the same run (root attrs ``source`` and ``run_json``), the same probes with
-the same version, config, seed, declared outputs and fixed inputs. A cell present in two cubes
-must hold equal values (NaN equal to NaN). Each refusal is one line naming the file and the key.
+the same version, config, seed, declared outputs and fixed inputs, the same identity of every
+checkpoint two cubes measured (:mod:`.identity`). A cell present in two cubes must hold equal
+values (NaN equal to NaN). The shards themselves are checked (:func:`shard_gaps`): none of
+``NAME.shard-I-of-N.h5`` missing, none still being written, none killed mid-run or unfinished;
+``partial`` turns these refusals into warnings. Each refusal is one line naming the file and the
+key; a write that fails (a full disk) names the output.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from .read import check_cube, is_probe, read_group, scalar, text, walk_inputs
+from .._atomic import check_output, fsync_dir, output_lock
+from ..errors import CkptError, UsageError
+from .identity import same_contents
+from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
 from .schema import Decl, same_array, same_inputs
 
 IDENTITY = ("source", "run_json")
@@ -116,9 +127,180 @@ def check_compatible(first: Path, other: Path) -> None:
             raise UsageError(f"{why}: probe '{name}' fixed input '{differ[0]}' differs")
 
 
+SHARD_NAME = re.compile(r"(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5")
+
+
+def merge_identities(paths: Sequence[Path]) -> dict[str, list[Any]]:
+    """The union of the cubes' checkpoint identities; :class:`UsageError` naming the checkpoint
+    and both cubes when two of them measured it from different contents."""
+    import h5py
+
+    out: dict[str, list[Any]] = {}
+    where: dict[str, Path] = {}
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            idents = read_identities(f)
+        for key, ident in sorted(idents.items()):
+            old = out.get(key)
+            if old is None:
+                out[key], where[key] = ident, p
+                continue
+            same = same_contents(old, ident)
+            if same is False:
+                w, e = key.split("/")
+                raise UsageError(
+                    f"cannot merge {p} with {where[key]}: they measured checkpoint width {w} "
+                    f"epoch {e} from different contents (size {old[0]}, digest {old[2][:20]}... "
+                    f"in {where[key].name}; size {ident[0]}, digest {ident[2][:20]}... in "
+                    f"{p.name}): it was replaced between their runs; re-run the shard that "
+                    "measured the stale copy ('ckpt-analyze run' measures a replaced "
+                    "checkpoint again)")
+            if same is None and ":" in str(ident[2]):  # keep the exact digest of a newer run
+                out[key], where[key] = ident, p
+    return out
+
+
+def _journal_lacks(path: Path) -> tuple[bool, list[tuple[str, int, int]]]:
+    """(still being written, the ``(probe, epoch, width)`` cells its journal holds and its
+    cube lacks) of a cube with a journal beside it; (False, []) without one."""
+    import h5py
+
+    from .journal import Cube
+
+    if not Path(f"{path}.journal").is_file():
+        return False, []
+    try:
+        cube = Cube(path).open()
+    except CkptError as exc:  # locked by a run; or unusable here (read-only, other format)
+        return "another process is writing" in str(exc), []
+    try:
+        journal = {name: cube.done(name) for name in cube.probes()}
+    finally:
+        cube.close()
+    lacks = []
+    with h5py.File(path, "r") as f:
+        for name, cells in journal.items():
+            g = f.get(name)
+            have: set[tuple[int, int]] = set()
+            if is_probe(g):
+                epochs, widths = g["epoch"][()].tolist(), g["width"][()].tolist()
+                have = {(int(epochs[i]), int(widths[j]))
+                        for i, j in zip(*np.nonzero(g["done"][()]))}
+            lacks += [(name, e, w) for e, w in sorted(cells - have)]
+    return False, lacks
+
+
+def _unfinished(path: Path, probes: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(probe, epoch, width)`` of each checkpoint the cube holds an identity of (the runner
+    records them before measuring) that has neither a cell nor a recorded failure."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        idents = read_identities(f)
+        done = {}
+        for name in probes:
+            g = f[name]
+            epochs, widths = g["epoch"][()].tolist(), g["width"][()].tolist()
+            done[name] = {(int(epochs[i]), int(widths[j]))
+                          for i, j in zip(*np.nonzero(g["done"][()]))}
+    failed = {(fl.get("epoch"), fl.get("width"), fl.get("probe") or "") for fl in _failures(path)}
+    out = []
+    for key in sorted(idents, key=lambda k: tuple(int(v) for v in k.split("/"))):
+        w, e = (int(v) for v in key.split("/"))
+        for name in probes:
+            if ((e, w) not in done[name] and (e, w, "") not in failed
+                    and (e, w, name) not in failed and (None, None, name) not in failed):
+                out.append((name, e, w))
+    return out
+
+
+def shard_of(path: Path) -> tuple[int, int] | None:
+    """``(I, N)`` of a cube written by ``run --shard I/N``: its root attribute ``shard`` (cubes
+    of earlier versions: a file name ``NAME.shard-I-of-N.h5``); None for other cubes."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attr = text(f.attrs.get("shard", ""))
+    i_s, _, n_s = str(attr).partition("/")
+    if i_s.isdigit() and n_s.isdigit():
+        return int(i_s), int(n_s)
+    m = SHARD_NAME.fullmatch(path.name)
+    return (int(m["i"]), int(m["n"])) if m else None
+
+
+def shard_gaps(paths: Sequence[Path], probes: Sequence[str]) -> list[str]:
+    """One line per gap in a set of shards: a shard I of N missing (when every input is a
+    shard: another cube, e.g. a merged one, may hold the rest), a shard still being written
+    (its journal is locked by a run), killed mid-run (its journal holds cells its cube lacks)
+    or unfinished (checkpoints it started on without a cell or a failure)."""
+    lines = []
+    shards = {p: shard_of(p) for p in paths}
+    groups: dict[int, set[int]] = {}
+    stems = [m["stem"] for p in paths if (m := SHARD_NAME.fullmatch(p.name))]
+    for ident in shards.values():
+        if ident is not None:
+            groups.setdefault(ident[1], set()).add(ident[0])
+    complete = any(have >= set(range(1, n + 1)) for n, have in groups.items())
+    if not complete and all(v is not None for v in shards.values()):
+        for n, have in sorted(groups.items()):
+            missing = sorted(set(range(1, n + 1)) - have)
+            names = (f" ({', '.join(f'{stems[0]}.shard-{i}-of-{n}.h5' for i in missing[:4])}"
+                     f"{' ...' * (len(missing) > 4)})") if stems else ""
+            lines.append(f"shard{'s' * (len(missing) > 1)} "
+                         f"{', '.join(map(str, missing[:8]))}{' ...' * (len(missing) > 8)} of "
+                         f"{n} {'are' if len(missing) > 1 else 'is'} missing{names}")
+    for p in paths:
+        writing, lacks = _journal_lacks(p)
+        if writing:
+            lines.append(f"{p}: is still being written (a 'ckpt-analyze run' holds its journal "
+                         f"{p.name}.journal); wait for it to finish")
+            continue
+        if lacks:
+            probe, e, w = lacks[0]
+            lines.append(f"{p}: its journal holds {len(lacks)} cell(s) its cube lacks (e.g. "
+                         f"probe '{probe}' epoch {e} width {w}): its run was killed mid-run; "
+                         "re-run the same 'ckpt-analyze run' command to finish it")
+            continue
+        if shards[p] is not None:
+            todo = _unfinished(p, probes)
+            if todo:
+                probe, e, w = todo[0]
+                lines.append(f"{p}: {len(todo)} cell(s) of checkpoints it started on have no "
+                             f"value and no recorded failure (e.g. probe '{probe}' epoch {e} "
+                             f"width {w}): its run did not finish; re-run the same "
+                             "'ckpt-analyze run ... --shard' command to finish it")
+    return lines
+
+
+def _temporaries(out: Path) -> list[Path]:
+    """Leftovers of merges into ``out`` that were killed (only called holding its lock)."""
+    pat = re.compile(re.escape(out.name) + r"\.[0-9a-f]{8}\.merging(\.journal(-wal)?|\.tmp)?")
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    return [out.parent / n for n in names if pat.fullmatch(n)]
+
+
+def _write_error(out: Path, exc: BaseException) -> CkptError:
+    """One line naming the output (not an input, not a temporary) for a failed write."""
+    err = getattr(exc, "errno", None)
+    msg = str(exc)
+    if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
+            w in msg for w in ("full", "too large", "No space left", "quota")):
+        why = "the disk is full or a file-size limit was reached"
+    elif isinstance(exc, OSError):
+        why = str(exc.strerror or exc).splitlines()[0]
+    else:
+        why = msg.split(": ", 1)[-1].split(";")[0]
+    return CkptError(f"cannot write the merged cube ({why}); nothing was written and the inputs "
+                     "are unchanged", out)
+
+
 def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
-                output: str | os.PathLike[str]) -> dict[str, int]:
-    """Merge cubes into ``output`` (which must not exist); return counts of the work done."""
+                output: str | os.PathLike[str], partial: bool = False) -> dict[str, Any]:
+    """Merge cubes into ``output`` (which must not exist); return counts of the work done and
+    ``warnings`` (the shard gaps :func:`shard_gaps` names, when ``partial`` accepts them)."""
     from .journal import Cube
 
     paths = [Path(p) for p in inputs]
@@ -132,15 +314,19 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
             if os.path.samefile(p, q):
                 raise UsageError(f"{p}: given twice (it is {q}); merging a cube with itself "
                                  "adds nothing")
-    if out.exists() or Path(f"{out}.journal").exists():
-        for p in paths:
-            if out.exists() and os.path.samefile(p, out):
-                raise UsageError(f"-o {out}: is one of the inputs; write the merge to a new file")
-        raise UsageError(f"-o {out}: exists (or its journal does); choose a new file")
+
+    def new_output() -> None:
+        check_output(out, None, paths)
+        if Path(f"{out}.journal").exists():
+            raise UsageError(f"-o {out}: its journal {out.name}.journal exists; choose a new "
+                             "file")
+
+    new_output()
     for p in paths[1:]:
         check_compatible(paths[0], p)
 
     _, probes = _read_identity(paths[0])
+    identities = merge_identities(paths)
     cells: dict[str, dict[tuple[int, int], dict[str, np.ndarray]]] = {n: {} for n in probes}
     origin: dict[tuple[str, int, int], Path] = {}
     duplicates = 0
@@ -158,6 +344,11 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
                     continue
                 cells[name][key] = values
                 origin[(name, *key)] = p
+    # after the conflicts (which no flag overrides): the gaps --partial accepts
+    gaps = shard_gaps(paths, sorted(probes))
+    if gaps and not partial:
+        more = f" (+{len(gaps) - 1} more)" if len(gaps) > 1 else ""
+        raise UsageError(f"{gaps[0]}{more}; or merge what the cubes hold with --partial")
     import h5py
 
     axes: dict[str, set[int]] = {"epoch": set(), "width": set()}
@@ -167,31 +358,54 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
                 if a in f:
                     vals.update(int(v) for v in f[a][()])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".merging")
-    for leftover in (tmp, Path(f"{tmp}.journal"), Path(f"{tmp}.journal-wal")):
-        leftover.unlink(missing_ok=True)
-    shutil.copyfile(paths[0], tmp)
-    n_fail = 0
     try:
-        with Cube(tmp, fsync=False) as cube:  # the journal is rebuilt from the copy, bit-exact
-            seen_fail = {(f["path"], f.get("probe") or "") for f in cube.failures()}
-            for p in paths[1:]:
-                for fl in _failures(p):
-                    if (fl["path"], fl.get("probe") or "") not in seen_fail:
-                        cube.record_failure(fl.get("epoch"), fl.get("width"), fl["path"],
-                                            fl["error"], fl.get("probe"))
-            done = {n: cube.done(n) for n in probes}
-            for name, by_cell in cells.items():
-                for (e, w), values in by_cell.items():
-                    if (e, w) not in done[name]:
-                        cube.record(name, e, w, values)
-            cube.materialize(sorted(axes["epoch"]), sorted(axes["width"]), rewrite=True)
-            n_fail = len(cube.failures())
-        os.replace(tmp, out)
-    finally:
-        for leftover in (tmp, Path(f"{tmp}.journal"), Path(f"{tmp}.journal-wal")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
+    n_fail = 0
+    with output_lock(out, "merge"):
+        new_output()  # checked again holding the lock: another merge may just have ended
+        for leftover in _temporaries(out):
             leftover.unlink(missing_ok=True)
+        tmp = out.with_name(f"{out.name}.{secrets.token_hex(4)}.merging")
+        temps = (tmp, Path(f"{tmp}.journal"), Path(f"{tmp}.journal-wal"), Path(f"{tmp}.tmp"))
+        try:
+            shutil.copyfile(paths[0], tmp)
+            with Cube(tmp, fsync=False) as cube:  # the journal is rebuilt from the copy
+                seen_fail = {(f["path"], f.get("probe") or "") for f in cube.failures()}
+                for p in paths[1:]:
+                    for fl in _failures(p):
+                        if (fl["path"], fl.get("probe") or "") not in seen_fail:
+                            cube.record_failure(fl.get("epoch"), fl.get("width"), fl["path"],
+                                                fl["error"], fl.get("probe"))
+                done = {n: cube.done(n) for n in probes}
+                for name, by_cell in cells.items():
+                    for (e, w), values in by_cell.items():
+                        if (e, w) not in done[name]:
+                            cube.record(name, e, w, values)
+                if identities:
+                    cube.set_extra("checkpoints", json.dumps(identities, sort_keys=True))
+                cube.set_root({"shard": None})  # the merge is no shard
+                cube.materialize(sorted(axes["epoch"]), sorted(axes["width"]), rewrite=True)
+                n_fail = len(cube.failures())
+            try:
+                os.link(tmp, out)  # never over a file that appeared meanwhile
+            except FileExistsError:
+                raise UsageError(f"-o {out}: appeared while merging; choose a new file") \
+                    from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                     errno.EXDEV, errno.EMLINK):
+                    raise
+                os.replace(tmp, out)  # a file system without hard links
+            fsync_dir(out.parent)
+        except UsageError:
+            raise
+        except (OSError, CkptError) as exc:
+            raise _write_error(out, exc) from None
+        finally:
+            for leftover in temps:
+                leftover.unlink(missing_ok=True)
     return {"cells": sum(len(c) for c in cells.values()), "probes": len(probes),
-            "duplicates": duplicates, "failures": n_fail}
-
+            "duplicates": duplicates, "failures": n_fail, "warnings": gaps,
+            "checkpoints": len(identities)}

@@ -14,7 +14,7 @@ import numpy as np
 from ..config import flatten
 from ..errors import CkptError, UsageError, did_you_mean
 from ..schema import time_unit
-from .hdf5 import NOT_A_VARIABLE
+from .hdf5 import IDENTITIES, NOT_A_VARIABLE
 from .schema import CUBE_FORMAT, RESERVED, Decl
 
 if TYPE_CHECKING:
@@ -99,6 +99,29 @@ def walk_inputs(g: h5py.Group, prefix: str = "", read: bool = True
                 yield f"{prefix}{name}", np.asarray(obj.asstr()[()])
             else:
                 yield f"{prefix}{name}", np.asarray(obj[()])
+
+
+def read_identities(f: h5py.File) -> dict[str, list[Any]]:
+    """``{"<width>/<epoch>": [size, mtime_ns, digest, ctime_ns, inode]}`` from a cube's
+    ``checkpoints/`` group (:func:`~.hdf5.write_identities`); empty for cubes without one."""
+    import h5py
+
+    g = f.get(IDENTITIES)
+    if not isinstance(g, h5py.Group) or is_probe(g) or "digest" not in g:
+        return {}
+    cols = {k: g[k][()].tolist() for k in ("width", "epoch", "size", "mtime_ns", "ctime_ns",
+                                            "inode") if k in g}
+    digests = g["digest"].asstr()[()].tolist()
+    n = len(digests)
+    if any(len(v) != n for v in cols.values()) or not {"width", "epoch", "size"} <= set(cols):
+        raise CkptError(f"its '{IDENTITIES}' group is malformed (columns of unequal length or "
+                        "missing)", f.filename)
+    zeros = [0] * n
+    return {f"{int(w)}/{int(e)}": [int(s), int(m), str(d), int(c), int(i)]
+            for w, e, s, m, d, c, i in zip(cols["width"], cols["epoch"], cols["size"],
+                                           cols.get("mtime_ns", zeros), digests,
+                                           cols.get("ctime_ns", zeros), cols.get("inode", zeros),
+                                           strict=True)}
 
 
 def probe_names(path: str | os.PathLike[str]) -> list[str]:

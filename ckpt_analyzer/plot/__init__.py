@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from ..errors import CkptError, UsageError, unknown
 from ._options import FORMATS, PlotOptions
 
@@ -154,6 +154,7 @@ def plot(cube_path: str | os.PathLike[str], kind: str, output: str | os.PathLike
     if fmt not in FORMATS:
         raise UsageError(f"-o {out}: unsupported format '{out.suffix or '(none)'}' "
                          f"(use .png, .pdf or .svg)")
+    check_output(out, fmt, [cube_path])  # never over the cube, nor a file of another kind
     opts = options or PlotOptions()
     fig = make_figure(cube_path, kind, opts)
     try:

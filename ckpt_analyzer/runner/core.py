@@ -262,7 +262,9 @@ class Runner(FollowMixin):
                            "source": str(run_dir.resolve()),
                            "time_unit": pattern_time_unit(self.pattern) if self.pattern
                            else str((run or {}).get("time_unit", "epoch")),
-                           "run_json": (run_dir / "run.json").read_text() if run else ""})
+                           "run_json": (run_dir / "run.json").read_text() if run else "",
+                           "shard": None if self.shard is None  # merge checks the set
+                           else f"{self.shard[0]}/{self.shard[1]}"})
             prepared = []
             for p in probes:
                 try:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from ..cube.read import load_probe, read_cube_info
 from ..errors import CkptError, UsageError
 from ..plot import FORMATS, PlotOptions
@@ -209,12 +209,21 @@ def check_kind(kind: str, opts: PlotOptions | None = None) -> None:
         raise UsageError("--epochs is not yet supported for several cubes")
 
 
-def save_figure(fig: Figure, output: str | os.PathLike[str], dpi: int = 150) -> Path:
+def _figure_output(output: str | os.PathLike[str],
+                   inputs: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, str]:
+    """``(path, format)`` of a figure's ``-o``; refuses an unknown format, one of ``inputs``
+    and an existing file of another kind."""
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UsageError(f"-o {out}: unsupported format '{out.suffix or '(none)'}' "
                          "(use .png, .pdf or .svg)")
+    return check_output(out, fmt, inputs), fmt
+
+
+def save_figure(fig: Figure, output: str | os.PathLike[str], dpi: int = 150,
+                inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    out, fmt = _figure_output(output, inputs)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out, tmp=out.with_name(f".{out.name}.tmp")) as tmp:
@@ -232,10 +241,11 @@ def plot_study(cubes: Sequence[str | os.PathLike[str]], kind: str,
 
     o = opts or PlotOptions()
     check_kind(kind, o)
+    _figure_output(output, cubes)  # before the work: never over a cube
     for c in cubes:
         read_cube_info(c)
     study = load_study(cubes, allow_mixed=allow_mixed)
-    return save_figure(make_study_figure(study, kind, o), output, o.dpi)
+    return save_figure(make_study_figure(study, kind, o), output, o.dpi, cubes)
 
 
 def draw_fit(study: dict[str, Any]) -> Figure:

@@ -14,11 +14,12 @@ import base64
 import io
 import json
 import os
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from ..errors import CkptError
 from .aggregate import MODEL_FIELDS, agreement_text, sharpness_peak
 from .text import COLUMNS, digits_of, fit_text, mean_std
@@ -292,9 +293,11 @@ def render_html(study: dict[str, Any], figures: bool = True) -> str:
     return "\n".join(parts)
 
 
-def write_html(study: dict[str, Any], output: str | os.PathLike[str]) -> Path:
-    """Write :func:`render_html` to ``output`` atomically."""
-    out = Path(output)
+def write_html(study: dict[str, Any], output: str | os.PathLike[str],
+               inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """Write :func:`render_html` to ``output`` atomically; refuses (UsageError) an ``output``
+    that is one of ``inputs`` or an existing file that is not an HTML page."""
+    out = check_output(output, "html", inputs, "--html")
     page = render_html(study)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
