@@ -6,7 +6,6 @@ file of another kind) and the lock of an output being written (:func:`output_loc
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import secrets
@@ -50,12 +49,15 @@ def atomic_path(target: str | os.PathLike[str], tmp: str | os.PathLike[str] | No
         fsync_file(t)
         os.replace(t, dst)
     except OSError as exc:
-        t.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            from .errors import CkptError
+        try:
+            t.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: there is no temporary to remove
+            pass
+        from .errors import write_error
 
-            raise CkptError(f"cannot write ({exc.strerror}); the previous file, if any, is "
-                            "unchanged", dst) from None
+        err = write_error(exc, dst, tail="the previous file, if any, is unchanged")
+        if err is not None:  # full, read-only, not permitted, I/O error: one line naming dst
+            raise err from None
         raise
     except BaseException:
         t.unlink(missing_ok=True)

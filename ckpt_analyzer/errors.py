@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Iterable
 from os import PathLike
 
@@ -50,3 +52,62 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UsageError:
 
 class ProbeError(CkptError):
     """A probe that broke its contract or failed on a checkpoint (names the probe)."""
+
+
+class DiskError(CkptError):
+    """The disk refused a read or write (read-only, permission denied, full, I/O error). It
+    stops the run with its one line; it is never recorded as a checkpoint's or probe's failure."""
+
+
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISK_ERRNOS = READ_ONLY_ERRNOS | FULL_ERRNOS | {errno.EIO}
+
+
+def disk_cause(err: int | None) -> str | None:
+    """The words for a disk errno (``read-only or permission denied``, ``disk full``, ...),
+    None for any other errno."""
+    if err in READ_ONLY_ERRNOS:
+        return "read-only or permission denied"
+    if err == errno.EFBIG:
+        return "file-size limit reached"
+    if err in FULL_ERRNOS:
+        return "disk full"
+    if err == errno.EIO:
+        return "disk I/O error"
+    return None
+
+
+def folder_cause(path: str | PathLike[str]) -> str | None:
+    """Why nothing can be written in the folder of ``path`` (read-only file system, no write
+    permission, no free space), or None when it looks writable. For errors that carry no errno
+    (SQLite's "disk I/O error", "unable to open database file")."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only or permission denied"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "read-only or permission denied"
+    if st.f_bavail == 0 or (st.f_favail == 0 and st.f_files > 0):
+        return "disk full"
+    return None
+
+
+def write_error(exc: OSError, path: str | PathLike[str], what: str = "", tail: str = ""
+                ) -> DiskError | None:
+    """One line for a failed write of ``path``, ``PATH: cannot write [WHAT] (strerror): CAUSE;
+    TAIL`` with CAUSE from :func:`disk_cause`; None when ``exc`` is no disk error."""
+    cause = disk_cause(exc.errno)
+    if cause is None:
+        return None
+    return disk_error(exc.strerror or str(exc), cause, path, what, tail)
+
+
+def disk_error(why: str, cause: str, path: str | PathLike[str] | None, what: str = "",
+               tail: str = "") -> DiskError:
+    """``PATH: cannot write [WHAT] (WHY): CAUSE[; TAIL]``."""
+    return DiskError(f"cannot write{' ' + what if what else ''} ({why}): {cause}"
+                     + (f"; {tail}" if tail else ""), path)

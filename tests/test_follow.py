@@ -198,3 +198,98 @@ def test_watcher_reads_only_new_or_changed_files(digits_run: Path, tmp_path: Pat
     refs2, n = w.poll()
     assert n == 1 and reads[-1] == str(path) and refs2 == refs
     assert refs2 == ck.discover(run)
+
+
+def _replace_run(run: Path) -> None:
+    """Overwrite run.json and labels.safetensors with another run's (other seed, other
+    labels), as a folder wiped and refilled by another training would."""
+    from ckpt_analyzer._atomic import atomic_write_json
+
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["seed"] = int(manifest["seed"]) + 1
+    labels = ck.read_labels(run)
+    noisy = labels["noisy_mask"]
+    train = labels["train_labels"].clone()
+    train[noisy] = (train[noisy] + 1) % int(manifest["dataset"]["num_classes"])
+    ck.save_labels(run, train, labels["clean_labels"], noisy)
+    atomic_write_json(run / "run.json", manifest)
+
+
+def test_follow_stops_when_the_run_is_replaced(digits_run: Path, tmp_path: Path) -> None:
+    """A followed folder refilled by another run (other run.json and labels) stops the follower
+    with one line naming run.json; nothing of the new run is measured into the cube."""
+    import signal
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("analysis.h5*"))
+    (run / ck.DONE_FILE).unlink()
+    (run / "w4" / ck.DONE_FILE).unlink()
+    later = tmp_path / "later"
+    later.mkdir()
+    for e in (3, 4):  # the new run's checkpoints, written after its run.json
+        ck.checkpoint_path(run, 4, e).rename(later / f"e{e:05d}.safetensors")
+    cube = tmp_path / "c.h5"
+    follower = subprocess.Popen([*ANALYZE, "run", str(run), "-o", str(cube), "--follow",
+                                 "--poll", "0.2", "--idle-timeout", "120", "--probe", "metrics",
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        wait_for(lambda: done_cells(cube, "metrics") == 5 + 3, "the first run measured",
+                 follower)
+        follower.send_signal(signal.SIGSTOP)  # all of the new run lands between two looks
+        try:
+            _replace_run(run)
+            for e in (3, 4):
+                shutil.copy(later / f"e{e:05d}.safetensors", ck.checkpoint_path(run, 4, e))
+            ck.mark_done(run, 4)
+            ck.mark_done(run)
+        finally:
+            follower.send_signal(signal.SIGCONT)
+        out, err = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 1, (out, err)
+    assert err.strip().splitlines() == [
+        f"error: {run / 'run.json'}: the run changed while it was followed (run.json and "
+        "labels differ from the run this cube measured); start a new analysis"]
+    with h5py.File(cube, "r") as f:
+        done = f["metrics/done"][()]  # [epoch, width]
+        epochs, widths = list(f["epoch"][()]), list(f["width"][()])
+    assert widths == [1, 4] and done.sum() == 8
+    assert not done[epochs.index(3), 1] and not done[epochs.index(4), 1]
+    r = analyze("run", str(run), "-o", str(cube), "--probe", "metrics", "--quiet", check=False)
+    assert r.returncode == 2 and "computed from another run" in r.stderr  # not mixed in later
+
+
+def test_a_run_replaced_during_a_round_drops_that_rounds_cells(digits_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """The check after a round: the cells that round measured may come from the new weights;
+    they are dropped (and the cube rewritten) before the line."""
+    from ckpt_analyzer.cube import Cube
+    from ckpt_analyzer.cube.identity import run_identity
+    from ckpt_analyzer.errors import CkptError
+    from ckpt_analyzer.runner.follow import _same_run
+    from ckpt_analyzer.schema import Metric, Outputs
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("analysis.h5*"))
+    ident = run_identity(run)
+    refs = {r.epoch: r for r in ck.discover(run) if r.width == 1}
+    with Cube(tmp_path / "c.h5") as cube:
+        cube.begin_probe("p", "1", {}, 0, Outputs(metrics={"v": Metric(())}), {})
+        for e in (0, 1):
+            cube.record("p", e, 1, {"v": np.float64(e)})
+        _same_run(cube, run, ident, {0, 1}, {1}, [refs[1]])  # unchanged: nothing happens
+        assert cube.done("p") == {(0, 1), (1, 1)}
+        labels = ck.read_labels(run)
+        ck.save_labels(run, labels["train_labels"].roll(1), labels["train_labels"].roll(1),
+                       labels["noisy_mask"] | True)
+        with pytest.raises(CkptError) as info:
+            _same_run(cube, run, ident, {0, 1}, {1}, [refs[1]])
+        assert str(info.value) == (f"{run / 'run.json'}: the run changed while it was followed "
+                                   "(labels differ from the run this cube measured); start a "
+                                   "new analysis")
+        assert cube.done("p") == {(0, 1)}  # the round's cell is gone, the earlier one kept
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["p/done"][()].sum() == 1

@@ -10,8 +10,11 @@ from .files import (
     PICKLE_EXTS,
     REQUIRED_META,
     RUN_FORMAT,
+    SafetensorsState,
     checkpoint_path,
     load_state_into,
+    model_keys,
+    open_state,
     parse_metadata,
     read_header,
     read_state_dict,
@@ -33,9 +36,10 @@ from .run_folder import (
 )
 
 __all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "PICKLE_EXTS",
-    "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "Watcher", "build_model_for",
+    "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "SafetensorsState", "Watcher", "build_model_for",
     "check_labels", "check_manifest", "checkpoint_path", "dataset_manifest", "discover",
-    "is_done", "load_model", "load_state_into", "load_subset", "mark_done", "parse_metadata",
+    "is_done", "load_model", "load_state_into", "load_subset", "mark_done", "model_keys",
+    "open_state", "parse_metadata",
     "pattern_regex", "pattern_time_unit", "prefetch", "read_header", "read_labels",
     "read_run_json", "read_state_dict", "save_labels", "save_tensors", "screen_widths",
     "strip_prefix"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,14 @@ from ..errors import CheckpointError, CkptError, UsageError
 
 if TYPE_CHECKING:
     pass
-from .files import CKPT_FORMAT, PICKLE_EXTS, checkpoint_path, parse_metadata, read_header
+from .files import (
+    CKPT_FORMAT,
+    PICKLE_EXTS,
+    checkpoint_path,
+    not_regular,
+    parse_metadata,
+    read_header,
+)
 
 CKPT_RE = re.compile(r"^w(?P<width>\d+)/e(?P<epoch>\d+)\.safetensors$")
 
@@ -108,24 +116,36 @@ class Watcher:
         pickles = read = 0
         present = set()
         for p in sorted(root.rglob("*")):
-            if p.name.endswith(".tmp") or not p.is_file():
+            if p.name.endswith(".tmp"):
                 continue
             if p.suffix not in self.exts:
-                pickles += p.suffix in PICKLE_EXTS
+                pickles += p.suffix in PICKLE_EXTS and p.is_file()
                 continue
             m = self.rx.match(p.relative_to(root).as_posix())
             if m is None:
                 continue
-            try:
+            try:  # the file type, from stat alone: nothing that is not a regular file is opened
                 st = p.stat()
-            except OSError:  # gone since it was listed
-                continue
+                special = not_regular(st.st_mode)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    special = "symlink loop (too many levels of symbolic links)"
+                elif p.is_symlink():
+                    special = "broken symlink (its target does not exist)"
+                else:
+                    continue  # gone since it was listed
+                try:
+                    st = p.lstat()
+                except OSError:
+                    continue
             key, stamp = str(p), (st.st_size, st.st_mtime_ns)
             present.add(key)
             seen = self._seen.get(key)
             if seen is None or seen[0] != stamp:
                 own: list[str] = []
-                seen = self._seen[key] = (stamp, self._read(p, m, own), own)
+                ref = (self._read(p, m, own) if special is None
+                       else self._unreadable(p, m, special))
+                seen = self._seen[key] = (stamp, ref, own)
                 read += 1
             files.append(seen[1])
             notes.extend(seen[2])
@@ -136,6 +156,14 @@ class Watcher:
             notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
                          "them with torch.load(weights_only=True))")
         return refs, read
+
+    def _unreadable(self, p: Path, m: re.Match[str], why: str) -> CheckpointRef:
+        """The ref of a path named like a checkpoint that is no regular file (a FIFO, a device
+        such as ``/dev/zero``, a folder, a symlink loop): its width and epoch from the name, the
+        cause as its error, so it is recorded as a failure; it is never opened."""
+        width, epoch = _match_fields(m, self.width) if self.pattern else (int(m["width"]),
+                                                                        int(m["epoch"]))
+        return CheckpointRef(width, epoch, str(p), {}, f"{p}: {why}")
 
     def _read(self, p: Path, m: re.Match[str], notes: list[str]) -> CheckpointRef:
         """One file's ref: width and epoch from its name, checked against its metadata."""

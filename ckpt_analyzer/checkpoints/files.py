@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from .._atomic import atomic_write_bytes
 from ..errors import CheckpointError
@@ -51,12 +54,51 @@ def checkpoint_path(run_dir: str | Path, width: int, epoch: int) -> Path:
     return Path(run_dir) / f"w{width}" / f"e{epoch:05d}.safetensors"
 
 
-def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Validate a safetensors file's framing; return (tensor header, metadata)."""
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISSOCK, "socket"))
+
+
+def not_regular(mode: int) -> str | None:
+    """``'not a regular file (FIFO)'`` and the like for a file mode that is not a regular
+    file's, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
+def open_regular(path: str | Path) -> tuple[BinaryIO, int]:
+    """Open a file to read, refusing (CheckpointError) anything but a regular file without
+    blocking or reading it: a FIFO is opened non-blocking and never read, ``/dev/zero`` is not
+    read, a symlink loop is named. Returns (the open file, its size)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+        why = not_regular(os.stat(path).st_mode)
+        if why is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            st = os.fstat(fd)  # the file opened, in case it was replaced since the stat
+            why = not_regular(st.st_mode)
+            if why is None:
+                return os.fdopen(fd, "rb"), st.st_size
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointError("symlink loop (too many levels of symbolic links)",
+                                  path) from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise CheckpointError(f"broken symlink (to {os.readlink(path)})", path) from None
+        raise CheckpointError(f"cannot read ({exc.strerror})", path) from None
+    raise CheckpointError(why, path)
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate a safetensors file's framing; return (tensor header, metadata). Anything but a
+    regular file is refused unread (:func:`open_regular`)."""
+    path = Path(path)
+    fh, size = open_regular(path)
+    try:
+        with fh:
             raw = fh.read(8)
             if len(raw) < 8:
                 raise CheckpointError("not a safetensors file (shorter than its 8-byte header)", path)
@@ -105,7 +147,14 @@ def parse_metadata(meta: Mapping[str, str], path: str | Path) -> dict[str, Any]:
             out[k] = float(meta[k])
     except ValueError as exc:
         raise CheckpointError(f"bad metadata value ({exc})", path) from None
+    for k, low in META_MIN.items():
+        if out[k] < low:
+            raise CheckpointError(f"bad metadata value: {k} {out[k]} (must be >= {low})", path)
     return out
+
+
+META_MIN = {"width": 1, "epoch": 0, "step": -1, "num_classes": 1, "in_channels": 1}
+"""The least value of each integer metadata field (``step`` -1: not recorded)."""
 
 
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt")
@@ -152,6 +201,27 @@ def _sample(keys: Iterable[str], n: int = 4) -> str:
     return ", ".join(f"'{k}'" for k in keys[:n]) + more
 
 
+def _prefix_of(keys: list[str], want: list[str], prefix: str | None, path: str | Path) -> str:
+    """The module prefix to remove from ``keys`` so that they are the model's (``want``), ''
+    for none; see :func:`strip_prefix`. Looks at key names only."""
+    if prefix:
+        p = prefix if prefix.endswith(".") else prefix + "."
+        if not any(k.startswith(p) for k in keys):
+            raise CheckpointError(f"prefix '{p}' matches no key: the model expects "
+                                  f"{_sample(want)}; the file has {_sample(keys)}", path)
+        return p
+    have = set(keys)
+    if not want or all(k in have for k in want):
+        return ""
+    first = want[0]
+    found = sorted({k[:len(k) - len(first)] for k in keys if k.endswith("." + first)})
+    fits = [p for p in found if all(p + k in have for k in want)]
+    if len(fits) > 1:
+        raise CheckpointError(f"several module prefixes fit the model ({', '.join(map(repr, fits))}): "
+                              "choose one with --prefix", path)
+    return fits[0] if fits else ""
+
+
 def strip_prefix(state: Mapping[str, T], expected: Iterable[str], prefix: str | None = None,
                  path: str | Path = "") -> dict[str, T]:
     """``state`` with a module prefix removed so that its keys are the model's (``expected``).
@@ -160,45 +230,104 @@ def strip_prefix(state: Mapping[str, T], expected: Iterable[str], prefix: str | 
     dropped; a prefix that matches no key is an error naming the expected and found keys.
     Without it, a state that already holds every expected key is returned as is; otherwise the
     prefix under which every expected key appears (Lightning's ``model.``, DDP's ``module.``,
-    ``torch.compile``'s ``_orig_mod.``) is found and removed; two such prefixes are an error."""
-    want = list(expected)
-    if prefix:
-        p = prefix if prefix.endswith(".") else prefix + "."
-        sub = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
-        if not sub:
-            raise CheckpointError(f"prefix '{p}' matches no key: the model expects "
-                                  f"{_sample(want)}; the file has {_sample(state)}", path)
-        return sub
-    if not want or all(k in state for k in want):
-        return dict(state)
-    first = want[0]
-    found = sorted({k[:len(k) - len(first)] for k in state if k.endswith("." + first)})
-    fits = [p for p in found if all(p + k in state for k in want)]
-    if len(fits) > 1:
-        raise CheckpointError(f"several module prefixes fit the model ({', '.join(map(repr, fits))}): "
-                              "choose one with --prefix", path)
-    if fits:
-        p = fits[0]
-        return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
-    return dict(state)
+    ``torch.compile``'s ``_orig_mod.``) is found and removed; two such prefixes are an error.
+    Only the kept entries are looked up (a lazy :class:`SafetensorsState` reads no other)."""
+    p = _prefix_of(list(state), list(expected), prefix, path)
+    return {k[len(p):]: state[k] for k in state if k.startswith(p)}
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path,
                     prefix: str | None = None) -> None:
     """Copy ``state`` into ``model`` after checking that every key and shape fits (a module
-    prefix is removed first, see :func:`strip_prefix`)."""
+    prefix is removed first, see :func:`strip_prefix`). Keys and shapes are checked from the
+    names (and, for a :class:`SafetensorsState`, the header) before any tensor is read, and only
+    the model's tensors are read: an unused tensor under another prefix costs nothing."""
     own = model.state_dict()
-    state = strip_prefix(state, own, prefix, path)
+    keys = list(state)
+    p = _prefix_of(keys, list(own), prefix, path)
+    names = {k[len(p):]: k for k in keys if k.startswith(p)}  # the model's key -> the file's
     for key, value in own.items():
-        if key not in state:
+        if key not in names:
             raise CheckpointError(f"does not fit the model: missing tensor '{key}' "
                                   f"(model wants {tuple(value.shape)}; the file has "
-                                  f"{_sample(state)})", path)
-        if tuple(state[key].shape) != tuple(value.shape):
+                                  f"{_sample(names)})", path)
+        shape = (state.shape(names[key]) if isinstance(state, SafetensorsState)
+                 else tuple(state[names[key]].shape))
+        if shape != tuple(value.shape):
             raise CheckpointError(
-                f"does not fit the model: '{key}' has shape {tuple(state[key].shape)}, "
+                f"does not fit the model: '{key}' has shape {shape}, "
                 f"model wants {tuple(value.shape)}", path)
-    extra = [k for k in state if k not in own]
+    extra = [k for k in names if k not in own]
     if extra:
         raise CheckpointError(f"does not fit the model: unexpected tensor '{extra[0]}'", path)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: state[names[k]] for k in own}, strict=True)
+
+
+class SafetensorsState(Mapping[str, "torch.Tensor"]):
+    """The tensors of one safetensors file, each read when it is first looked up (shapes come
+    from the header), so a tensor the model does not use is never read. The file is validated
+    (:func:`read_header`) and opened once: every tensor comes from the version of the file
+    that was opened, even if it is replaced meanwhile."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        header, _ = read_header(self.path)
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device=str(device))
+            names = list(self._file.keys())
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensors ({exc})".splitlines()[0],
+                                  self.path) from None
+        self._shapes = {k: tuple(int(d) for d in header[k].get("shape", ())) for k in names}
+        self._read: dict[str, torch.Tensor] = {}
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        t = self._read.get(key)
+        if t is None:
+            if key not in self._shapes:
+                raise KeyError(key)
+            try:
+                t = self._file.get_tensor(key)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read tensor '{key}' ({exc})".splitlines()[0],
+                                      self.path) from None
+            self._read[key] = t
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def preload(self, keys: Iterable[str]) -> None:
+        """Read these tensors now (e.g. in a prefetch thread)."""
+        for k in keys:
+            self[k]
+
+
+def open_state(path: str | Path, device: str | torch.device = "cpu", allow_pt: bool = False
+               ) -> Mapping[str, torch.Tensor]:
+    """The tensors of one checkpoint, read lazily for safetensors (:class:`SafetensorsState`);
+    a pickle-based file is read whole (:func:`read_state_dict`)."""
+    if Path(path).suffix in PICKLE_EXTS:
+        return read_state_dict(path, device, allow_pt)
+    return SafetensorsState(path, device)
+
+
+def model_keys(state: Mapping[str, Any], want: Iterable[str], prefix: str | None = None
+               ) -> list[str]:
+    """The keys of ``state`` that hold the model's tensors ``want`` (after its module prefix,
+    :func:`strip_prefix`); [] when they cannot be told."""
+    keys = list(state)
+    try:
+        p = _prefix_of(keys, list(want), prefix, "")
+    except CheckpointError:
+        return []
+    have = set(keys)
+    return [p + k for k in want if p + k in have]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 from .discovery import CheckpointRef, _match_fields, pattern_regex
-from .files import CKPT_FORMAT, load_state_into, parse_metadata, read_header, read_state_dict
+from .files import CKPT_FORMAT, load_state_into, open_state, parse_metadata, read_header
 
 
 def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], Mapping[str, Any]],
@@ -89,7 +89,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
         if missing:
             raise CheckpointError(f"cannot build a model: unknown {', '.join(missing)}", path)
     net = build_model_for(meta, model)
-    load_state_into(net, read_state_dict(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
+    load_state_into(net, open_state(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
     return net.to(torch.device(device)).eval()
 
 

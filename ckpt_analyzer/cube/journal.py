@@ -24,7 +24,9 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..config import settings_diff
-from ..errors import CkptError, UsageError
+from ..errors import CkptError, UsageError, write_error
+from .faults import ELSEWHERE as _ELSEWHERE
+from .faults import journal_error as _journal_error
 from .hdf5 import IDENTITIES, update_probe, write_axes, write_identities, write_probe
 from .identity import identities_of
 from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
@@ -122,7 +124,10 @@ class Cube:
             db = sqlite3.connect(self.journal_path, isolation_level=None,
                                  check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise CkptError(f"cannot create the cube's journal here ({exc})", self.journal_path) \
+            if isinstance(exc, sqlite3.Error):
+                raise _journal_error(exc, self.journal_path) from None
+            raise write_error(exc, self.journal_path, "the cube's journal", _ELSEWHERE) or \
+                CkptError(f"cannot create the cube's journal here ({exc})", self.journal_path) \
                 from None
         try:
             db.execute("PRAGMA busy_timeout=0")
@@ -505,20 +510,6 @@ class Cube:
         for e, w, blob in rows:
             yield e, w, {m: np.frombuffer(blob, dt, count, off).reshape(shape)
                          for m, dt, count, shape, off in layout}
-
-
-def _journal_error(exc: sqlite3.Error, path: Path) -> CkptError:
-    """One line for an SQLite failure: a full disk or file-size limit, a damaged file, other."""
-    msg = str(exc)
-    if "full" in msg or "I/O error" in msg or "too large" in msg:
-        return CkptError(f"cannot write the cube's journal ({msg}: the disk is full or a file-size "
-                         "limit was reached); cells recorded before are kept, re-run when there "
-                         "is room", path)
-    if "malformed" in msg or "not a database" in msg or "corrupt" in msg:
-        return CkptError(f"the cube's journal is damaged ({msg}); move it aside and re-run: it "
-                         "is rebuilt from the cube file (cells not yet in the cube are measured "
-                         "again)", path)
-    return CkptError(f"cannot use the cube's journal ({msg})", path)
 
 
 def _table_names() -> list[str]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, CkptError
+from ..errors import CheckpointError, CkptError, DiskError, disk_cause
 from ..probes.base import Context, Probe
 from ..schema import Outputs
 from ..util import first_line
@@ -42,8 +42,11 @@ def measure(model: nn.Module, ref: CheckpointRef, probes: Sequence[PreparedProbe
     of that probe alone; the model is restored before the next probe, so no probe sees another's
     changes. With ``failures`` (a dict) each failed probe's one-line error is put there and the
     other probes go on; without it, or with ``strict``, the first failure raises
-    :class:`CheckpointError`. A checkpoint with NaN/Inf weights raises CheckpointError before
-    any probe runs: it is reported, never stored as a measurement.
+    :class:`CheckpointError`. A disk fault (an ``OSError`` ENOSPC, EDQUOT, EFBIG, EROFS, EACCES,
+    EPERM or EIO, or a :class:`~ckpt_analyzer.errors.DiskError`) is no probe's failure: it
+    raises :class:`~ckpt_analyzer.errors.DiskError` and the run stops. A checkpoint with NaN/Inf
+    weights raises CheckpointError before any probe runs: it is reported, never stored as a
+    measurement.
 
     ``timings`` (optional) accumulates each probe's compute seconds."""
     cctx = ctx.with_checkpoint(ref)
@@ -61,8 +64,15 @@ def measure(model: nn.Module, ref: CheckpointRef, probes: Sequence[PreparedProbe
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             error = None
+        except DiskError:
+            raise  # the disk, not this probe: the run stops with its line
         except CkptError as exc:
             error = str(exc) if str(exc).startswith(f"probe '{name}'") else f"probe '{name}': {exc}"
+        except OSError as exc:
+            disk = _disk_error(exc, name)
+            if disk is not None:
+                raise disk from None
+            error = f"probe '{name}' failed: {one_line(exc)}"
         except (Exception, SystemExit) as exc:
             error = f"probe '{name}' failed: {one_line(exc)}"
         if timings is not None:
@@ -81,6 +91,17 @@ def measure(model: nn.Module, ref: CheckpointRef, probes: Sequence[PreparedProbe
             raise CheckpointError(error, ref.path)
         failures[name] = error
     return out
+
+
+def _disk_error(exc: OSError, probe: str) -> DiskError | None:
+    """A disk fault (full, read-only, I/O error) while a probe ran: it stops the run with one
+    line instead of being recorded as this probe's failure (None for any other OSError)."""
+    cause = disk_cause(exc.errno)
+    if cause is None:
+        return None
+    at = f" at {exc.filename}" if exc.filename else ""
+    return DiskError(f"probe '{probe}': {cause}{at} ({exc.strerror or exc}); the run stops, "
+                     "finished checkpoints are kept: re-run to resume")
 
 
 def one_line(exc: BaseException) -> str:

@@ -107,7 +107,7 @@ class Worker:
     def __init__(self, plan: Plan, device: str | None = None, name: str = "") -> None:
         import torch
 
-        from ..checkpoints import build_model_for, read_state_dict, strip_prefix
+        from ..checkpoints import build_model_for, open_state, strip_prefix
         from ..data.run import load_run_data
         from ..probes import load_plugin
         from ..probes.base import Context
@@ -128,7 +128,7 @@ class Worker:
             return build_model_for(meta, plan.model).to(dev).eval()
 
         def read(width: int, path: str) -> dict[str, torch.Tensor]:
-            return strip_prefix(read_state_dict(path, dev, plan.allow_pt),
+            return strip_prefix(open_state(path, dev, plan.allow_pt),
                                 build(width).state_dict(), plan.prefix, path)
 
         def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
@@ -163,16 +163,25 @@ class Worker:
         self.build = build
         self.allow_pt = allow_pt
         self.models: OrderedDict[int, nn.Module] = OrderedDict()
+        #: width -> the model's state keys (what :meth:`load` reads ahead)
+        self.keys: dict[int, list[str]] = {}
 
     # -- the two halves of one task (the local executor prefetches the first in a thread)
 
-    def load(self, task: Task) -> dict[str, torch.Tensor]:
-        from ..checkpoints import read_state_dict
+    def load(self, task: Task) -> Mapping[str, torch.Tensor]:
+        """The checkpoint's tensors: a safetensors file is opened lazily and, once a model of
+        its width was built, only the model's tensors are read here (an unused tensor in the
+        file is never read)."""
+        from ..checkpoints import SafetensorsState, model_keys, open_state
 
         ref = task.ref
         if ref.error:
             raise CheckpointError(ref.error.split(": ", 1)[-1], ref.path)
-        return read_state_dict(ref.path, "cpu", self.allow_pt)
+        state = open_state(ref.path, "cpu", self.allow_pt)
+        want = self.keys.get(ref.width)
+        if want is not None and isinstance(state, SafetensorsState):
+            state.preload(model_keys(state, want, self.prefix))
+        return state
 
     def compute(self, task: Task, state: Mapping[str, torch.Tensor] | BaseException) -> Outcome:
         """Measure one loaded checkpoint. A bad checkpoint (:class:`CheckpointError`) becomes
@@ -191,6 +200,7 @@ class Worker:
                     self.models.popitem(last=False)
                 model = self.models[ref.width] = self.build(ref.width)
             self.models.move_to_end(ref.width)
+            self.keys.setdefault(ref.width, list(model.state_dict()))
             load_state_into(model, state, ref.path, self.prefix)
             model.to(self.ctx.device)
             plist = [p for p in self.prepared if p.probe.name in task.probes]

@@ -25,14 +25,14 @@ from ..checkpoints import (
     CheckpointRef,
     Watcher,
     build_model_for,
+    open_state,
     pattern_time_unit,
     read_run_json,
-    read_state_dict,
     screen_widths,
     strip_prefix,
 )
 from ..config import config_to_dict
-from ..cube.identity import check_checkpoints, check_run
+from ..cube.identity import check_checkpoints, check_run, run_identity
 from ..data.run import RunData, load_run_data
 from ..errors import CheckpointError, CkptError, UsageError
 from ..executors.local import LocalExecutor
@@ -140,6 +140,9 @@ class Runner(FollowMixin):
                 time.sleep(self.poll)
         if not run_dir.is_dir():
             raise CkptError("no such run folder", run_dir)
+        # --follow: the run as it is now (before its manifest and labels are read), compared
+        # every round so that a folder refilled by another run is not measured against these
+        ident = run_identity(run_dir) if idle is not None else None
         run = read_run_json(run_dir)
         if idle is not None and not _planned(run):
             raise UsageError(f"{run_dir}: --follow needs the planned widths in run.json (written "
@@ -218,7 +221,7 @@ class Runner(FollowMixin):
             r = initial.get(width)
             if r is None:
                 return None
-            return strip_prefix(read_state_dict(r.path, dev, self.allow_pt),
+            return strip_prefix(open_state(r.path, dev, self.allow_pt),
                                 build(width).state_dict(), self.prefix, r.path)
 
         def final_state(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
@@ -227,7 +230,7 @@ class Runner(FollowMixin):
                 return None
             if r.error:
                 raise CheckpointError(r.error.split(": ", 1)[-1], r.path)
-            return r.epoch, strip_prefix(read_state_dict(r.path, dev, self.allow_pt),
+            return r.epoch, strip_prefix(open_state(r.path, dev, self.allow_pt),
                                          build(width).state_dict(), self.prefix, r.path)
 
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
@@ -298,7 +301,7 @@ class Runner(FollowMixin):
             if idle is not None:
                 self._follow(cube, executor, watcher, idle, run_dir, run or {}, prepared, ctx,
                              meta_of, width_meta, initial, summary,
-                             {r.path for r in [*unplanned, *rejected]}, final)
+                             {r.path for r in [*unplanned, *rejected]}, ident or {}, final)
                 summary.seconds = time.perf_counter() - t0
                 return summary
             done = {p.probe.name: cube.done(p.probe.name) for p in prepared}

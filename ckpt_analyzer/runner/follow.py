@@ -95,13 +95,16 @@ class FollowMixin:
                 run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
                 ctx: Context, meta_of: Callable[[CheckpointRef], dict[str, Any]],
                 width_meta: dict[int, Any], initial: dict[int, CheckpointRef],
-                summary: RunSummary, reported: set[str],
+                summary: RunSummary, reported: set[str], ident: Mapping[str, Any],
                 final: dict[int, CheckpointRef] | None = None) -> None:
         """Rounds until the run is done: look at the folder (only new files are read), measure
         what is new, materialize the cube so that readers see it, sleep ``poll`` when nothing
         is new. A file with an error is left for the last round (it may still be growing, when
         something other than the trainer writes it); a probe that
-        :meth:`~Probe.needs_finished_width` waits for its width's ``done`` marker."""
+        :meth:`~Probe.needs_finished_width` waits for its width's ``done`` marker. Every round
+        first compares the run's identity (run.json and labels digests) with ``ident``, the one
+        it had when the analysis began: a folder wiped and refilled by another run stops the
+        follower with one line (CkptError), before anything of the new run is measured."""
         executor.worker = Worker.in_process(ctx, prepared, ctx.build_model, self.allow_pt,
                                             self.prefix, self.strict)
         old_term = signal.getsignal(signal.SIGTERM)
@@ -115,7 +118,7 @@ class FollowMixin:
             old_term = None
         try:
             self._rounds(cube, executor, watcher, idle, run_dir, run, prepared, meta_of,
-                         width_meta, initial, summary, reported, final)
+                         width_meta, initial, summary, reported, ident, final)
         except _Terminated:
             raise CkptError("terminated: finished checkpoints are kept; re-run to resume",
                             summary.cube) from None
@@ -127,7 +130,8 @@ class FollowMixin:
                 run_dir: Path, run: Mapping[str, Any], prepared: list[PreparedProbe],
                 meta_of: Callable[[CheckpointRef], dict[str, Any]], width_meta: dict[int, Any],
                 initial: dict[int, CheckpointRef], summary: RunSummary,
-                reported: set[str], final: dict[int, CheckpointRef] | None = None) -> None:
+                reported: set[str], ident: Mapping[str, Any],
+                final: dict[int, CheckpointRef] | None = None) -> None:
         from ..cube.identity import check_checkpoints
 
         attempted: set[tuple[str, str, tuple[int, int]]] = set()  # (path, probe, stamp)
@@ -141,6 +145,7 @@ class FollowMixin:
             finished = self._finished(run_dir, run)  # before the look: it then sees every file
             notes: list[str] = []
             found, _ = watcher.poll(notes)
+            _same_run(cube, run_dir, ident, epochs, widths)  # after the look, before measuring
             for n in notes:
                 if n not in known_notes:
                     known_notes.add(n)
@@ -202,6 +207,8 @@ class FollowMixin:
                     self.progress("grow", len(todo))
                 self._stream(cube, executor.run(None, todo), summary, sorted(epochs),
                              sorted(widths), len(todo), start=first, counted=counted)
+                # the run may have been replaced while this round measured: drop its cells
+                _same_run(cube, run_dir, ident, epochs, widths, [t.ref for t in todo])
             elif first or len(summary.failed) > failed_before:
                 cube.materialize(sorted(epochs), sorted(widths))
             first = False
@@ -219,6 +226,31 @@ class FollowMixin:
             else:
                 time.sleep(self.poll)
 
+
+
+def _same_run(cube: Any, run_dir: Path, ident: Mapping[str, Any], epochs: set[int],
+              widths: set[int], measured: Sequence[CheckpointRef] = ()) -> None:
+    """CkptError naming run.json when the run folder's identity (:func:`run_identity`: the
+    digests of run.json and labels.safetensors) is no longer ``ident``. The cells of
+    ``measured`` (this round's checkpoints, possibly read from the new run) are dropped first
+    and the cube materialized, so it holds only what was measured from the run it names."""
+    from ..cube.identity import run_identity
+
+    now = run_identity(run_dir)
+    changed = [name for key, name in (("run_json", "run.json"), ("labels", "labels"))
+               if now.get(key) != ident.get(key)]
+    if not changed:
+        return
+    for r in measured:
+        cube.forget(r.epoch, r.width)
+    cube.materialize(sorted(epochs), sorted(widths))
+    gone = [name for key, name in (("run_json", "run.json"), ("labels", "labels"))
+            if now.get(key) is None and ident.get(key) is not None]
+    what = (f"{' and '.join(gone)} {'are' if len(gone) > 1 else 'is'} gone" if gone
+            else f"{' and '.join(changed)} differ{'s' if changed == ['run.json'] else ''} from "
+            "the run this cube measured")
+    raise CkptError(f"the run changed while it was followed ({what}); start a new analysis",
+                    run_dir / "run.json")
 
 
 def _planned(run: Mapping[str, Any] | None) -> bool:

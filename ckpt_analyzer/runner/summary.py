@@ -27,5 +27,6 @@ class RunSummary:
         return dict(self.__dict__)
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised by the runner's handler: a BaseException (as KeyboardInterrupt), so the
+    per-probe isolation, which catches ``Exception``, never records it as a probe's failure."""
