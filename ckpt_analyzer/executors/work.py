@@ -55,6 +55,7 @@ class Plan:
     width_meta: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     initial: Mapping[int, str] = field(default_factory=dict)  # width -> epoch-0 checkpoint
     model: str | None = None
+    trust_code: bool = False  # --trust-code: the parent checked every arch; workers check again
     dataset: str | None = None
     data_root: str | None = None
     allow_pt: bool = False
@@ -124,7 +125,8 @@ class Worker:
         def build(width: int) -> nn.Module:
             meta = dict(plan.width_meta.get(width) or plan.width_meta[plan.widths[0]])
             meta["width"] = width
-            return build_model_for(meta, plan.model).to(dev).eval()
+            return build_model_for(meta, plan.model, trust_code=plan.trust_code,
+                                   source=plan.run_dir).to(dev).eval()
 
         def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
             path = plan.initial.get(width)
