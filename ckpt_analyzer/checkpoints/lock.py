@@ -4,8 +4,9 @@ exclusively.
 
 The lock is ``flock(LOCK_EX | LOCK_NB)`` on a small file inside the run folder that names its
 holder (pid, host, start time, command) as JSON, for the refusal's message. The kernel drops the
-lock when its holder dies (``kill -9`` included), so a killed writer never blocks the re-run; the
-file itself stays (removing a lock file races with the next writer) and means nothing on its own.
+lock when its holder dies (``kill -9`` included), so a killed writer never blocks the re-run: its
+file stays and means nothing on its own. A writer that ends normally removes the file while
+still holding it; a writer that locked a file removed meanwhile (other inode) takes the new one.
 Resuming a finished or killed run takes the lock afresh: only a *live* second writer is refused.
 """
 
@@ -82,27 +83,26 @@ class RunLock:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise CkptError("exists and is a file, not a run folder", self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        except OSError as exc:
-            why = "is a link, not a lock file" if exc.errno == errno.ELOOP else \
-                f"cannot be opened ({exc.strerror})"
-            raise CkptError(f"{why}; the run folder cannot be locked for writing",
-                            self.path) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = self._read(fd)
-            os.close(fd)
-            raise CkptError(f"is being written by another {info.get('writer', 'writer')} "
-                            f"({_holder(info)}); wait until it ends, or write to another "
-                            "folder", self.run_dir) from None
-        except OSError:  # a file system without flock (some network mounts): no lock to take
-            os.close(fd)
-            return self
+        for _ in range(100):  # the holder may remove the file between our open and our flock
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = self._read(fd)
+                os.close(fd)
+                raise CkptError(f"is being written by another {info.get('writer', 'writer')} "
+                                f"({_holder(info)}); wait until it ends, or write to another "
+                                "folder", self.run_dir) from None
+            except OSError:  # a file system without flock (some network mounts): no lock
+                os.close(fd)
+                return self
+            if self._is_current(fd):
+                break
+            os.close(fd)  # locked a file its holder had just removed: take the new one
+        else:  # pragma: no cover - a folder whose lock file keeps being replaced
+            raise CkptError("keeps being replaced; the run folder cannot be locked", self.path)
         body = {"writer": self.writer, "pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.time(), "command": " ".join(sys.argv),
-                "token": secrets.token_hex(4)}
+                "started": time.time(), "command": " ".join(sys.argv)}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(body).encode(), 0)
@@ -110,6 +110,24 @@ class RunLock:
             pass  # the lock holds; only the refusal's message would lack the holder
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            why = "is a link, not a lock file" if exc.errno == errno.ELOOP else \
+                f"cannot be opened ({exc.strerror})"
+            raise CkptError(f"{why}; the run folder cannot be locked for writing",
+                            self.path) from None
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at :attr:`path` (not one removed meanwhile)."""
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        mine = os.fstat(fd)
+        return (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev)
 
     @staticmethod
     def _read(fd: int) -> dict[str, Any]:
@@ -120,9 +138,17 @@ class RunLock:
         return info if isinstance(info, dict) else {}
 
     def release(self) -> None:
-        """Let the next writer in (the lock file stays)."""
+        """Let the next writer in; the lock file is removed (a killed holder's stays, and
+        means nothing: the kernel has dropped its lock)."""
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
+            if self._is_current(fd):
+                self.path.unlink()  # while still locked; a writer that opened it retries
+        except OSError:
+            pass
+        finally:
             os.close(fd)  # closing the only descriptor drops the flock
 
     def __enter__(self) -> RunLock:

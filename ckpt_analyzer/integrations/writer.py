@@ -166,6 +166,20 @@ def _process_rank() -> int:
     return 0
 
 
+def _registered_name(factory: Callable[..., Any]) -> str | None:
+    """The registered architecture name whose factory is ``factory`` (None if none is)."""
+    from ..errors import CkptError
+    from ..models import MODELS
+
+    for name in MODELS.names():
+        try:
+            if MODELS.get(name) is factory:
+                return name
+        except CkptError:  # pragma: no cover - names() lists only loadable ones
+            continue
+    return None
+
+
 _CKPT_NAME = re.compile(r"^e(\d+)\.safetensors$")
 
 
@@ -305,6 +319,9 @@ class RunWriter:
             factory: Factory = lambda w, c, i: build_model(model, w, c, i)
         elif callable(model):
             (spec, importable), factory = factory_spec(model), model
+            named = _registered_name(model)
+            if named is not None:  # a registered architecture's own factory: its name
+                spec, importable = named, True
         else:
             raise UsageError(f"model: expected a factory callable or a name, got {type(model).__name__}")
         if not importable:

@@ -54,6 +54,8 @@ def is_registered(arch: str) -> bool:
     ``timm:NAME``). Imports nothing."""
     from .external import is_external
 
+    if not arch.isprintable():  # no registered or library name holds a newline or a control
+        return False
     if is_external(arch):
         return True
     if ":" in arch:
