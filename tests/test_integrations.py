@@ -153,7 +153,10 @@ def test_writer_bad_input_and_resume(tmp_path: Path) -> None:
 
 
 def test_writer_factory_recording(tmp_path: Path) -> None:
-    w = RunWriter(tmp_path / "a", model=mlp_factory, epochs=1, label_noise=0.1)
+    with pytest.warns(UserWarning, match=r"is code, not a registered architecture; the analyzer "
+                      r"runs it only when asked: ckpt-analyze run .*/a --model "
+                      rf"{__name__}:mlp_factory \(or --trust-code\)"):
+        w = RunWriter(tmp_path / "a", model=mlp_factory, epochs=1, label_noise=0.1)
     assert w.arch == f"{__name__}:mlp_factory"
     assert int(w.noisy_mask.sum()) == round(0.1 * len(w.y_train))
     with pytest.warns(UserWarning, match="cannot be imported by the analyzer"):

@@ -135,15 +135,16 @@ def _int_arg(what: str, value: Any, low: int) -> int:
     return out
 
 
-def _int_list(what: str, values: Any, low: int) -> list[int]:
-    """A list argument of ints (``widths=``, ``save=``), each checked by :func:`_int_arg`."""
+def _int_list(what: str, values: Any, low: int, unique: bool = True) -> list[int]:
+    """A list argument of ints (``widths=``, ``save=``), each checked by :func:`_int_arg`;
+    ``unique``: a value given twice is refused."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise UsageError(f"{what}: must be a list of integers (got {type(values).__name__} "
                          f"{values!r})"[:200])
     out = [_int_arg(f"{what}[{i}]", v, low) for i, v in enumerate(values)]
     if not out:
         raise UsageError(f"{what}: must not be empty")
-    dup = next((v for v in out if out.count(v) > 1), None)
+    dup = next((v for v in out if out.count(v) > 1), None) if unique else None
     if dup is not None:
         raise UsageError(f"{what}: {dup} is given twice")
     return out
@@ -346,7 +347,7 @@ class RunWriter:
             raise UsageError("save: a save schedule needs epochs")
         if isinstance(save, str):
             return save_epochs(save, epochs)
-        out = sorted(_int_list("save", save, 0))
+        out = sorted(set(_int_list("save", save, 0, unique=False)))
         bad = [e for e in out if e > epochs]
         if bad:
             raise UsageError(f"save: epoch {bad[0]} is outside 0..{epochs}")
