@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 def load_model(path: str, device: str = "cpu", model: str | None = None,
                pattern: str | None = None, num_classes: int | None = None,
                in_channels: int | None = None, width: int | None = None,
-               prefix: str | None = None) -> torch.nn.Module:
+               prefix: str | None = None, trust_code: bool = False) -> torch.nn.Module:
     """The checkpoint's model with its weights, in eval mode, on ``device``.
+
+    The metadata's ``arch`` is built only when it is a registered name (or ``torchvision:`` /
+    ``timm:``); one naming code (``file.py:factory``, ``module:factory``) is refused unless you
+    pass that spec as ``model=`` or ``trust_code=True``.
 
     Foreign checkpoints (no ckpt-analyzer metadata) need ``model='module:factory'`` and
     ``pattern`` (to read the width from the path) or ``width``, ``num_classes`` and
@@ -35,7 +39,7 @@ def load_model(path: str, device: str = "cpu", model: str | None = None,
     from .checkpoints import load_model as _load
 
     return _load(path, device=device, model=model, pattern=pattern, num_classes=num_classes,
-                 in_channels=in_channels, width=width, prefix=prefix)
+                 in_channels=in_channels, width=width, prefix=prefix, trust_code=trust_code)
 
 
 def load_subset(run_dir: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:

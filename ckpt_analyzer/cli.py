@@ -110,6 +110,9 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--model", default=None, metavar="MODULE:FACTORY",
               help="Model of foreign checkpoints: a name, module:factory, file.py:factory, "
                    "torchvision:NAME or timm:NAME.")
+@click.option("--trust-code", is_flag=True,
+              help="Build an arch that the checkpoints name as code (module:factory, "
+                   "file.py:factory): imports and runs it. Only for folders you trust.")
 @click.option("--dataset", default=None, help="Dataset of foreign checkpoints [digits].")
 @click.option("--data-root", default=None, help="Folder of the dataset.")
 @click.option("--pattern", default=None,
@@ -147,8 +150,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         forward_batch_size: str,
         widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
-        model: str | None, dataset: str | None, data_root: str | None, pattern: str | None,
-        allow_pt: bool, prefix: str | None, single_width: int, replace_builtin: bool,
+        model: str | None, trust_code: bool, dataset: str | None, data_root: str | None,
+        pattern: str | None, allow_pt: bool, prefix: str | None, single_width: int,
+        replace_builtin: bool,
         workers: int | None,
         executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
         follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool) -> None:
@@ -208,7 +212,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                     probes=probes, output=None, settings=settings, device=device, tf32=tf32,
                     batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
                     epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
-                    strict=strict, model=model, dataset=dataset, data_root=data_root,
+                    strict=strict, model=model, trust_code=trust_code, dataset=dataset,
+                    data_root=data_root,
                     pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
                     executor=kind, workers=None if kind == "local" else workers,
                     devices=dev_list, ray_address=ray_address, shard=shard_of,
@@ -226,8 +231,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         device=device, tf32=tf32, batch_size=bs, forward_batch_size=fbs,
         widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
-        model=model, dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt,
-        prefix=prefix, width=single_width, executor=kind,
+        model=model, trust_code=trust_code, dataset=dataset, data_root=data_root,
+        pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width, executor=kind,
         workers=None if kind == "local" else workers, devices=dev_list, ray_address=ray_address,
         shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout),
         as_json, quiet)

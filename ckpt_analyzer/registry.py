@@ -124,9 +124,13 @@ class Registry(Generic[T]):
             )
         raise unknown(self.kind, name, list(self._items) + list(self._broken))
 
+    def known(self) -> set[str]:
+        """Every name of this kind (entry points and runtime registrations), importing nothing."""
+        return {ep.name for ep in entry_points(group=self.group)} | set(self._items)
+
     def check_name(self, name: str) -> None:
         """Raise the did-you-mean error for an unknown name without importing any plugin."""
-        known = {ep.name for ep in entry_points(group=self.group)} | set(self._items)
+        known = self.known()
         if name not in known:
             raise unknown(self.kind, name, known)
 

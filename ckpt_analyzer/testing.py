@@ -30,13 +30,15 @@ __all__ = ["check_probe", "contract_context"]
 
 
 def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_size: int = 97,
-                     device: str | Any = "cpu") -> tuple[Context, dict[int, tuple[Any, Any]]]:
+                     device: str | Any = "cpu", *, trust_code: bool = False
+                     ) -> tuple[Context, dict[int, tuple[Any, Any]]]:
     """A :class:`Context` on ``device`` and ``{width: (model, checkpoint ref)}`` to measure:
     the last checkpoint of each width of ``run_dir``, or (without one) digits with 20%
     symmetric label noise and untrained ``mcnn`` models of widths 1 and 2 (seeded). The
     models and data are the same on every device (built on the CPU, then moved). The
     context's ``initial_state`` / ``final_state`` give each width's first / last checkpoint
-    (without a run: the untrained models, their own last checkpoint at epoch 1)."""
+    (without a run: the untrained models, their own last checkpoint at epoch 1). A run.json
+    ``arch`` naming code (``file.py:factory``) is refused unless ``trust_code``."""
     import torch
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
@@ -50,7 +52,7 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         widths = tuple(sorted({r.width for r in refs}))
         last = {w: max((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
         first = {w: min((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
-        arch = _arch(run_dir)
+        arch = _arch(run_dir, trust_code)
 
         def build(width: int) -> torch.nn.Module:
             return build_model(arch, width, data.num_classes,
@@ -105,15 +107,17 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     return ctx, models
 
 
-def _arch(run_dir: str | Path) -> str:
+def _arch(run_dir: str | Path, trust_code: bool = False) -> str:
     from .checkpoints import read_run_json
+    from .models import file_arch
 
     run = read_run_json(run_dir) or {}
-    return str(run.get("arch", "mcnn"))
+    return file_arch(run.get("arch", "mcnn"), Path(run_dir) / "run.json", trust_code)
 
 
 def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path | None = None,
-                *, every_metric_finite: bool | None = None, device: str | Any = "cpu") -> None:
+                *, every_metric_finite: bool | None = None, device: str | Any = "cpu",
+                trust_code: bool = False) -> None:
     """Assert that ``cls`` meets the probe contract (docs/probes.md); ``config`` defaults to
     ``cls.Config()``. Checked: the class (name, version, description, frozen ``Config`` whose
     fields have defaults and help), registration rules, declared outputs (float metrics on
@@ -121,7 +125,8 @@ def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path |
     and results), other seeds drawing other inputs, the model left untouched (weights, buffers,
     no ``.grad``), pickling after ``prepare`` (as executors do) with the same results, and
     finite values: in every metric with ``run_dir`` (trained models), somewhere without.
-    Everything runs on ``device`` (e.g. ``"cuda"``: the same checks, GPU kernels)."""
+    Everything runs on ``device`` (e.g. ``"cuda"``: the same checks, GPU kernels).
+    ``trust_code``: build a run.json ``arch`` that names code (see :func:`contract_context`)."""
     import torch
 
     name = getattr(cls, "name", "?")
@@ -140,7 +145,7 @@ def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path |
         if not f.metadata.get("help"):
             raise fail(f"Config.{f.name} has no help (field(metadata={{'help': ...}}))")
     cfg = config if config is not None else cls.Config()
-    ctx, models = contract_context(run_dir, device=device)
+    ctx, models = contract_context(run_dir, device=device, trust_code=trust_code)
 
     def once(c: Context) -> tuple[Probe[Any], dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
         probe = cls(cfg)

@@ -1,7 +1,7 @@
 """Your own PyTorch training loop writing the checkpoint contract (run by the test suite).
 
     python examples/own_loop.py runs/own        # trains widths 2 and 8 on digits, 20% noise
-    ckpt-analyze run runs/own --probe metrics --probe spectrum   # no --model needed
+    ckpt-analyze run runs/own --probe metrics --probe spectrum --trust-code  # runs make_model
 """
 
 import sys

@@ -60,7 +60,7 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_own_loop_example_writes_the_contract(own_run: Path) -> None:
     run = read_run_json(own_run)
     assert run is not None and run["widths"] == [2, 8] and run["epochs"] == 5
-    assert run["arch"].endswith("examples/own_loop.py:make_model")  # importable: no --model
+    assert run["arch"].endswith("examples/own_loop.py:make_model")  # importable: --trust-code
     assert run["label_noise"]["fraction"] == 0.2 and run["optimizer"]["name"] == "sgd"
     assert run["save"]["epochs"] == [0, 1, 2, 3, 4, 5] and run["time_unit"] == "epoch"
     refs = discover(own_run)
@@ -71,8 +71,12 @@ def test_own_loop_example_writes_the_contract(own_run: Path) -> None:
     assert not list(own_run.rglob("*.tmp"))
 
 
-def test_own_loop_analyzed_without_model(own_run: Path) -> None:
-    analyze("run", str(own_run), "--probe", "metrics", "--quiet")
+def test_own_loop_analyzed_with_trust_code(own_run: Path) -> None:
+    # the recorded factory is a file: built only when the reader says so (issue 20)
+    r = analyze("run", str(own_run), "--probe", "metrics", "--quiet", check=False)
+    assert r.returncode == 2 and "is code named by the file" in r.stderr
+    assert "--trust-code" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    analyze("run", str(own_run), "--probe", "metrics", "--quiet", "--trust-code")
     attrs, epochs, widths, err = cube_metrics(own_run / "analysis.h5")
     assert attrs["time_unit"] == "epoch" and list(widths) == [2, 8] and list(epochs) == list(range(6))
     with h5py.File(own_run / "analysis.h5", "r") as f:
@@ -93,7 +97,7 @@ def test_unplanned_width_on_disk_is_skipped_and_named(own_run: Path, tmp_path: P
     stray.parent.mkdir()
     meta = dict(read_header(run / "w8" / "e00000.safetensors")[1], width="16")
     save_tensors(stray, read_state_dict(run / "w8" / "e00000.safetensors"), meta)
-    r = analyze("run", str(run), "--probe", "metrics", "--quiet", check=False)
+    r = analyze("run", str(run), "--probe", "metrics", "--quiet", "--trust-code", check=False)
     assert r.returncode == 1
     assert "width 16 was never planned by the trainer (run.json widths: 2, 8)" in r.stdout
     assert "w16/e00000.safetensors" in r.stdout
@@ -126,19 +130,33 @@ def test_writer_bad_input_and_resume(tmp_path: Path) -> None:
     assert meta["arch"] == "mcnn" and meta["step"] == "-1" and meta["note"] == "init"
     assert set(read_state_dict(path)) == set(net.state_dict())  # prefix 'net.' stripped
     assert float(meta["test_error"]) > 0.5  # computed on the test split, untrained
-    # re-opening with the same settings continues; other settings are refused
-    RunWriter(out, model="mcnn", widths=[1, 2], epochs=2, save=[0, 2], seed=1)
-    with pytest.raises(CkptError, match="other settings"):
-        RunWriter(out, model="mcnn", widths=[1, 2, 4], epochs=2, save=[0, 2], seed=1)
+    with pytest.raises(CkptError, match=r"w1: finish\(width=1\): planned checkpoint\(s\) of "
+                       r"epoch 2 missing; width 1 not marked done"):
+        w.finish(1)
+    assert not is_done(out, 1)
+    w.save(net, width=1, epoch=2)
     w.finish(1)
     with pytest.raises(UsageError, match="already marked finished"):
         w.save(net, width=1, epoch=2)
-    w.close()
+    with pytest.warns(UserWarning, match=r"not marked done, planned checkpoints missing: width 2: "
+                      r"epoch 0, 2"):
+        w.close()
     assert not is_done(out)  # width 2 has not finished
+    # re-opening with the same settings continues (the first writer is closed); other settings
+    # are refused
+    again = RunWriter(out, model="mcnn", widths=[1, 2], epochs=2, save=[0, 2], seed=1)
+    with pytest.warns(UserWarning, match="width 2: epoch 0, 2"):
+        again.close()  # still incomplete: said again, not marked
+    assert not is_done(out)
+    with pytest.raises(CkptError, match="other settings"):
+        RunWriter(out, model="mcnn", widths=[1, 2, 4], epochs=2, save=[0, 2], seed=1)
 
 
 def test_writer_factory_recording(tmp_path: Path) -> None:
-    w = RunWriter(tmp_path / "a", model=mlp_factory, epochs=1, label_noise=0.1)
+    with pytest.warns(UserWarning, match=r"is code, not a registered architecture; the analyzer "
+                      r"runs it only when asked: ckpt-analyze run .*/a --model "
+                      rf"{__name__}:mlp_factory \(or --trust-code\)"):
+        w = RunWriter(tmp_path / "a", model=mlp_factory, epochs=1, label_noise=0.1)
     assert w.arch == f"{__name__}:mlp_factory"
     assert int(w.noisy_mask.sum()) == round(0.1 * len(w.y_train))
     with pytest.warns(UserWarning, match="cannot be imported by the analyzer"):

@@ -21,6 +21,7 @@ from .files import (
     save_tensors,
     strip_prefix,
 )
+from .lock import LOCK_FILE, RunLock, create_run_json, only_start_files, remove_stale_start_files
 from .models import build_model_for, load_model, load_subset, screen_widths
 from .prefetch import prefetch
 from .run_folder import (
@@ -35,11 +36,11 @@ from .run_folder import (
     save_labels,
 )
 
-__all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "PICKLE_EXTS",
-    "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "SafetensorsState", "Watcher", "build_model_for",
-    "check_labels", "check_manifest", "checkpoint_path", "dataset_manifest", "discover",
-    "is_done", "load_model", "load_state_into", "load_subset", "mark_done", "model_keys",
-    "open_state", "parse_metadata",
+__all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "LOCK_FILE",
+    "PICKLE_EXTS", "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "RunLock", "SafetensorsState",
+    "Watcher", "build_model_for", "check_labels", "check_manifest", "checkpoint_path",
+    "create_run_json", "dataset_manifest", "discover", "is_done", "load_model", "load_state_into",
+    "load_subset", "mark_done", "model_keys", "only_start_files", "open_state", "parse_metadata",
     "pattern_regex", "pattern_time_unit", "prefetch", "read_header", "read_labels",
-    "read_run_json", "read_state_dict", "save_labels", "save_tensors", "screen_widths",
+    "read_run_json", "read_state_dict", "remove_stale_start_files", "save_labels", "save_tensors", "screen_widths",
     "strip_prefix"]

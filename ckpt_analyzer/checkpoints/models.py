@@ -20,7 +20,8 @@ def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], 
                   model: str | None = None) -> tuple[list[CheckpointRef], list[CheckpointRef]]:
     """Split ``refs`` into those whose model can be built and those whose (metadata) width would
     build an absurdly large model (``error`` set, with the estimated size), checked on torch's
-    meta device without allocating."""
+    meta device without allocating. ``meta_of`` must have checked each ``arch`` that a file
+    names (:func:`~ckpt_analyzer.models.file_arch`): the size check builds the model."""
     from ..models import check_model_size
 
     verdict: dict[tuple[Any, ...], str | None] = {}
@@ -45,19 +46,28 @@ def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], 
     return keep, rejected
 
 
-def build_model_for(meta: Mapping[str, Any], model: str | None = None) -> nn.Module:
-    """A fresh model for a checkpoint's metadata (``model`` overrides ``arch``)."""
-    from ..models import build_model
+def build_model_for(meta: Mapping[str, Any], model: str | None = None, *,
+                    trust_code: bool = False, source: str | Path = "checkpoint metadata"
+                    ) -> nn.Module:
+    """A fresh model for a checkpoint's metadata. ``model`` (the person's ``--model``)
+    overrides ``arch``; without it the metadata's ``arch`` (read from ``source``) must be a
+    registered name, or ``trust_code`` set (:func:`~ckpt_analyzer.models.file_arch`)."""
+    from ..models import build_model, file_arch
 
-    return build_model(model or meta["arch"], int(meta["width"]), int(meta["num_classes"]),
+    arch = model or file_arch(meta.get("arch"), source, trust_code)
+    return build_model(arch, int(meta["width"]), int(meta["num_classes"]),
                        int(meta["in_channels"]))
 
 
 def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
                pattern: str | None = None, num_classes: int | None = None,
                in_channels: int | None = None, width: int | None = None,
-               prefix: str | None = None) -> nn.Module:
-    """One checkpoint's model, weights loaded, eval mode (the README's Python API)."""
+               prefix: str | None = None, trust_code: bool = False) -> nn.Module:
+    """One checkpoint's model, weights loaded, eval mode (the README's Python API).
+
+    The metadata's ``arch`` is built only when it is a registered name; a ``module:factory``
+    or ``file.py:factory`` spec that the file names is refused (UsageError) unless you pass
+    ``model=`` yourself or ``trust_code=True``."""
     import torch
 
     path = Path(path)
@@ -88,7 +98,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
         missing = [k for k in ("width", "num_classes", "in_channels") if k not in meta]
         if missing:
             raise CheckpointError(f"cannot build a model: unknown {', '.join(missing)}", path)
-    net = build_model_for(meta, model)
+    net = build_model_for(meta, model, trust_code=trust_code, source=path)
     load_state_into(net, open_state(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
     return net.to(torch.device(device)).eval()
 

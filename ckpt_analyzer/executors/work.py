@@ -56,6 +56,7 @@ class Plan:
     initial: Mapping[int, str] = field(default_factory=dict)  # width -> epoch-0 checkpoint
     final: Mapping[int, tuple[int, str]] = field(default_factory=dict)  # width -> last (epoch, path)
     model: str | None = None
+    trust_code: bool = False  # --trust-code: the parent checked every arch; workers check again
     dataset: str | None = None
     data_root: str | None = None
     allow_pt: bool = False
@@ -125,7 +126,8 @@ class Worker:
         def build(width: int) -> nn.Module:
             meta = dict(plan.width_meta.get(width) or plan.width_meta[plan.widths[0]])
             meta["width"] = width
-            return build_model_for(meta, plan.model).to(dev).eval()
+            return build_model_for(meta, plan.model, trust_code=plan.trust_code,
+                                   source=plan.run_dir).to(dev).eval()
 
         def read(width: int, path: str) -> dict[str, torch.Tensor]:
             return strip_prefix(open_state(path, dev, plan.allow_pt),

@@ -17,8 +17,13 @@ file atomically, so ``ckpt-analyze run`` reads the folder like a run of the buil
     writer.close()                                 # marks <run>/done
 
 The model's factory (a callable ``factory(width, num_classes, in_channels)``, a registered name
-or a ``module:factory`` spec) is recorded as the checkpoints' ``arch``, so ``ckpt-analyze run``
-needs no ``--model`` when the factory is importable.
+or a ``module:factory`` spec) is recorded as the checkpoints' ``arch``. ``ckpt-analyze run``
+builds a registered name by itself; any other factory is code that a reader runs only when they
+ask (``--model SPEC`` or ``--trust-code``), and the writer warns with that command line.
+
+One writer per folder: the writer holds ``<run>/.writer.lock`` from its creation until
+:meth:`RunWriter.close` (a second live writer is refused naming the holder); in a distributed
+job only rank 0 (``RANK``/``LOCAL_RANK``/``SLURM_PROCID`` unset or 0) creates and locks it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import operator
+import os
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,15 +41,18 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .._atomic import atomic_write_json
 from ..checkpoints import (
     CKPT_FORMAT,
     RUN_FORMAT,
+    RunLock,
     checkpoint_path,
+    create_run_json,
     dataset_manifest,
     is_done,
     mark_done,
+    only_start_files,
     read_run_json,
+    remove_stale_start_files,
     save_labels,
     save_tensors,
     strip_prefix,
@@ -109,6 +120,70 @@ def factory_spec(factory: Callable[..., Any]) -> tuple[str, bool]:
     return spec, obj is factory
 
 
+def _int_arg(what: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``; a one-line UsageError naming ``what`` for floats (never
+    truncated), bools, strings and values below ``low``."""
+    if isinstance(value, bool):
+        raise UsageError(f"{what}: must be an integer >= {low} (got the bool {value!r})")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{what}: must be an integer >= {low} (got {type(value).__name__} "
+                         f"{value!r})"[:200]) from None
+    if out < low:
+        raise UsageError(f"{what}: must be an integer >= {low} (got {out})")
+    return out
+
+
+def _int_list(what: str, values: Any, low: int, unique: bool = True) -> list[int]:
+    """A list argument of ints (``widths=``, ``save=``), each checked by :func:`_int_arg`;
+    ``unique``: a value given twice is refused."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{what}: must be a list of integers (got {type(values).__name__} "
+                         f"{values!r})"[:200])
+    out = [_int_arg(f"{what}[{i}]", v, low) for i, v in enumerate(values)]
+    if not out:
+        raise UsageError(f"{what}: must not be empty")
+    dup = next((v for v in out if out.count(v) > 1), None) if unique else None
+    if dup is not None:
+        raise UsageError(f"{what}: {dup} is given twice")
+    return out
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+    shown = ", ".join(map(str, epochs[:8]))
+    return shown + (f" (+{len(epochs) - 8} more)" if len(epochs) > 8 else "")
+
+
+def _process_rank() -> int:
+    """This process's rank in a distributed job (0 outside one), read as Lightning does."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _registered_name(factory: Callable[..., Any]) -> str | None:
+    """The registered architecture name whose factory is ``factory`` (None if none is)."""
+    from ..errors import CkptError
+    from ..models import MODELS
+
+    for name in MODELS.names():
+        try:
+            if MODELS.get(name) is factory:
+                return name
+        except CkptError:  # pragma: no cover - names() lists only loadable ones
+            continue
+    return None
+
+
+_CKPT_NAME = re.compile(r"^e(\d+)\.safetensors$")
+
+
 def _meta_value(value: Any) -> str:
     """A metric as safetensors metadata text (floats as ``repr``, like ckpt-train)."""
     import json
@@ -167,14 +242,20 @@ class RunWriter:
         from ..data.noise import label_noise as make_noise
 
         self.out = Path(out)
-        self.arch, self._factory = self._resolve_model(model)
-        self.widths = None if widths is None else [int(w) for w in widths]
-        if self.widths is not None and (not self.widths or any(w < 1 for w in self.widths)):
-            raise UsageError(f"widths: must be positive integers (got {widths!r})")
-        if epochs is not None and int(epochs) < 0:
-            raise UsageError(f"epochs: must be >= 0 (got {epochs})")
-        self.epochs = None if epochs is None else int(epochs)
+        self._lock: RunLock | None = None
+        self._closed = False
+        self.widths = None if widths is None else _int_list("widths", widths, 1)
+        self.epochs = None if epochs is None else _int_arg("epochs", epochs, 0)
         self.save_epochs = self._plan_saves(save, self.epochs)
+        split_seed = _int_arg("split_seed", split_seed, 0)
+        seed = _int_arg("seed", seed, 0)
+        if batch_size is not None:
+            batch_size = _int_arg("batch_size", batch_size, 1)
+        if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)):
+            raise UsageError(f"label_noise: must be a number in [0, 1) (got {label_noise!r})")
+        if noise_classes is not None:
+            noise_classes = _int_list("noise_classes", noise_classes, 0)
+        self.arch, self._factory = self._resolve_model(model, self.out)
         self.evaluate = evaluate
 
         data = load_dataset(dataset, data_root, split_seed)
@@ -229,20 +310,32 @@ class RunWriter:
 
     # ------------------------------------------------------------ set-up
     @staticmethod
-    def _resolve_model(model: str | Factory) -> tuple[str, Factory]:
-        from ..models import build_model
+    def _resolve_model(model: str | Factory, out: Path) -> tuple[str, Factory]:
+        import shlex
+
+        from ..models import build_model, is_registered
 
         if isinstance(model, str):
-            return model, lambda w, c, i: build_model(model, w, c, i)
-        if not callable(model):
+            spec, importable = model, True
+            factory: Factory = lambda w, c, i: build_model(model, w, c, i)
+        elif callable(model):
+            (spec, importable), factory = factory_spec(model), model
+            named = _registered_name(model)
+            if named is not None:  # a registered architecture's own factory: its name
+                spec, importable = named, True
+        else:
             raise UsageError(f"model: expected a factory callable or a name, got {type(model).__name__}")
-        spec, importable = factory_spec(model)
         if not importable:
             warnings.warn(f"RunWriter: the model factory {spec} cannot be imported by the analyzer "
                           "(define it in a module, or guard the script's work with "
-                          "'if __name__ == \"__main__\":'); 'ckpt-analyze run' will need --model",
+                          "'if __name__ == \"__main__\":'); 'ckpt-analyze run' will need "
+                          "--model MODULE:FACTORY", stacklevel=3)
+        elif not is_registered(spec):
+            warnings.warn(f"RunWriter: the model factory {spec} is code, not a registered "
+                          "architecture; the analyzer runs it only when asked: ckpt-analyze run "
+                          f"{shlex.quote(str(out))} --model {shlex.quote(spec)} (or --trust-code)",
                           stacklevel=3)
-        return spec, model
+        return spec, factory
 
     @staticmethod
     def _plan_saves(save: str | Sequence[int] | None, epochs: int | None) -> list[int] | None:
@@ -254,27 +347,56 @@ class RunWriter:
             raise UsageError("save: a save schedule needs epochs")
         if isinstance(save, str):
             return save_epochs(save, epochs)
-        out = sorted({int(e) for e in save})
-        bad = [e for e in out if e < 0 or e > epochs]
+        out = sorted(set(_int_list("save", save, 0, unique=False)))
+        bad = [e for e in out if e > epochs]
         if bad:
             raise UsageError(f"save: epoch {bad[0]} is outside 0..{epochs}")
         return out
 
     def _open(self) -> None:
-        old = read_run_json(self.out) if self.out.is_dir() else None
-        if old is not None:
-            diff = settings_diff(old, self.manifest, ignore=("version",))
-            if diff:
-                raise CkptError("holds a run with other settings: " + "; ".join(diff)
-                                + " (use another folder)", self.out / "run.json")
-            return
+        """Check (to continue) or create the run folder, holding its writer lock. A folder
+        holding only what a writer killed while creating it left is reused."""
         if self.out.exists() and not self.out.is_dir():
             raise CkptError("exists and is a file, not a run folder", self.out)
-        if self.out.is_dir() and any(self.out.iterdir()):
+        if _process_rank() != 0:  # another rank of a distributed job: rank 0 owns the folder
+            old = read_run_json(self.out) if self.out.is_dir() else None
+            if old is not None:
+                self._check_same(old)
+            return
+        if (self.out.is_dir() and not (self.out / "run.json").exists()
+                and not only_start_files(self.out)):  # before the lock file is added to it
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_labels(self.out, self.y_train, self.data.y_train, self.noisy_mask)
-        atomic_write_json(self.out / "run.json", self.manifest)  # last: the run exists now
+        self._lock = RunLock(self.out, "RunWriter").acquire()
+        try:
+            old = read_run_json(self.out)
+            if old is not None:
+                self._check_same(old)
+                return
+            if not only_start_files(self.out):
+                raise CkptError("is not empty and holds no run.json (use a new or empty "
+                                "folder)", self.out)
+            remove_stale_start_files(self.out)  # left by a writer killed while starting
+            save_labels(self.out, self.y_train, self.data.y_train, self.noisy_mask)
+            create_run_json(self.out, self.manifest)  # last, exclusively: the run exists now
+        except BaseException:
+            self._release()
+            raise
+
+    def _check_same(self, old: Mapping[str, Any]) -> None:
+        diff = settings_diff(old, self.manifest, ignore=("version",))
+        if diff:
+            raise CkptError("holds a run with other settings: " + "; ".join(diff)
+                            + " (use another folder)", self.out / "run.json")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise UsageError(f"{what}: this RunWriter of {self.out} is closed (open a new one "
+                             "to continue the run)")
 
     # ------------------------------------------------------------ facts for the loop
     @property
@@ -351,9 +473,11 @@ class RunWriter:
         ``model``: the trained network (or a LightningModule / wrapper holding it, or a
         state_dict); epoch 0 is the initialization. ``step``: optimizer steps so far (-1 when
         not given). ``metrics``: numbers stored in the metadata next to the computed ones."""
-        width, epoch = int(width), int(epoch)
-        if width < 1 or epoch < 0:
-            raise UsageError(f"save: width must be >= 1 and epoch >= 0 (got {width}, {epoch})")
+        self._check_open("save")
+        width = _int_arg("save(width=)", width, 1)
+        epoch = _int_arg("save(epoch=)", epoch, 0)
+        if step is not None:
+            step = _int_arg("save(step=)", step, 0)
         self._check_plan(width, epoch)
         path = checkpoint_path(self.out, width, epoch)
         state = self._fit(model, width, path)
@@ -376,25 +500,64 @@ class RunWriter:
             saved.append(epoch)
         return path
 
+    def missing(self, width: int) -> list[int]:
+        """Planned save epochs of ``width`` without a checkpoint on disk ([] without a plan)."""
+        if self.save_epochs is None:
+            return []
+        folder = self.out / f"w{width}"
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        on_disk = {int(m.group(1)) for m in map(_CKPT_NAME.match, names) if m}
+        return [e for e in self.save_epochs if e not in on_disk]
+
     def finish(self, width: int) -> None:
-        """Mark ``width`` finished: writes ``w<width>/done`` (after its last checkpoint)."""
-        width = int(width)
+        """Mark ``width`` finished: writes ``w<width>/done`` (after its last checkpoint).
+
+        With a planned save schedule, every planned epoch must be on disk: otherwise a
+        one-line CkptError names the width and the missing epochs, and no marker is written
+        (a marker is a claim that the width is complete; ``--follow`` trusts it)."""
+        self._check_open("finish")
+        width = _int_arg("finish(width)", width, 1)
         if self.widths is not None and width not in self.widths:
             raise UsageError(f"width {width} was not planned (run.json widths: "
                              f"{', '.join(map(str, self.widths))})")
-        on_disk = sorted(int(p.stem[1:]) for p in (self.out / f"w{width}").glob("e*.safetensors"))
+        missing = self.missing(width)
+        if missing:
+            raise CkptError(f"finish(width={width}): planned checkpoint(s) of epoch "
+                            f"{_epochs_text(missing)} missing; width {width} not marked done",
+                            self.out / f"w{width}")
+        folder = self.out / f"w{width}"
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        on_disk = sorted(int(m.group(1)) for m in map(_CKPT_NAME.match, names) if m)
         mark_done(self.out, width, epochs=on_disk)
 
     def close(self) -> None:
         """Mark the run finished (``<run>/done``) once every planned width is; without planned
-        widths, the widths saved so far are marked and the run with them."""
-        widths = self.widths if self.widths is not None else sorted(self._saved)
-        if self.widths is None:
+        widths, the widths saved so far are marked and the run with them. A run with planned
+        checkpoints missing is not marked done: a warning names the widths and epochs. Releases
+        the folder's writer lock; the writer cannot save after this."""
+        if self._closed:
+            return
+        try:
+            if _process_rank() != 0:
+                return  # rank 0 marks the run
+            widths = self.widths if self.widths is not None else sorted(self._saved)
+            gaps = []
             for w in widths:
-                if not is_done(self.out, w):
+                missing = self.missing(w)
+                if missing:
+                    gaps.append(f"width {w}: epoch {_epochs_text(missing)}")
+                elif self.widths is None and not is_done(self.out, w):
                     self.finish(w)
-        if all(is_done(self.out, w) for w in widths):
-            mark_done(self.out, widths=list(widths))
+                elif not is_done(self.out, w):
+                    gaps.append(f"width {w}: not marked finished (finish({w}))")
+            if gaps:
+                warnings.warn(f"RunWriter: {self.out} not marked done, planned checkpoints "
+                              f"missing: {'; '.join(gaps)}", stacklevel=2)
+            else:
+                mark_done(self.out, widths=list(widths))
+        finally:
+            self._closed = True
+            self._release()
 
     def __enter__(self) -> RunWriter:
         return self
@@ -403,3 +566,6 @@ class RunWriter:
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
+        else:  # the loop failed: nothing is marked, the next writer may continue the run
+            self._closed = True
+            self._release()

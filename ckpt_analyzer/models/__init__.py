@@ -12,6 +12,10 @@ or pass it without registering as ``--model my_package.models:my_cnn`` (a module
 ``--model path/to/file.py:my_cnn`` (a file). Built-ins: ``mcnn``, ``mcnn_nobn``,
 ``preact_resnet18``, ``mlp``; other libraries' architectures by name: ``torchvision:resnet18``,
 ``timm:NAME`` (when timm is installed), untrained, without a width (see :mod:`.external`).
+
+Trust: an ``arch`` read from a file (checkpoint metadata, run.json) is built only when it is a
+registered name or a library name (:func:`file_arch`); a ``module:factory`` or ``file.py:factory``
+spec runs only when the person asks on the command line (``--model SPEC``, ``--trust-code``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from ..util import first_line, import_user_file
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["MODELS", "build_model", "check_factory_args", "count_parameters", "load_factory"]
+__all__ = ["MODELS", "build_model", "check_factory_args", "count_parameters", "file_arch",
+           "is_registered", "load_factory"]
 
 Factory = Callable[[int, int, int], "nn.Module"]
 
@@ -41,6 +46,52 @@ def check_factory_args(width: int, num_classes: int, in_channels: int) -> None:
                         ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{name} must be a positive integer, got {value!r}")
+
+
+def is_registered(arch: str) -> bool:
+    """Whether building ``arch`` runs only installed code: a registered architecture name (an
+    entry point, or a ``--plugin`` the person passed) or a library name (``torchvision:NAME``,
+    ``timm:NAME``). Imports nothing."""
+    from .external import is_external
+
+    if not arch.isprintable():  # no registered or library name holds a newline or a control
+        return False
+    if is_external(arch):
+        return True
+    if ":" in arch:
+        return False
+    return arch in MODELS.known()
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a one-line message (long or unprintable strings as a short repr)."""
+    if len(text) > 200:
+        return repr(text[:200]) + "..."
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
+
+
+def file_arch(arch: object, source: str | Path, trust_code: bool = False) -> str:
+    """The architecture a file names (``source``: that file), checked before anything is built.
+
+    A registered name or library name is returned as is. A ``module:factory`` or
+    ``file.py:factory`` spec would import and run code that the file chose: it is refused with a
+    one-line UsageError naming the file and the spec, unless ``trust_code`` (``--trust-code``).
+    The caller skips this check when the person passed ``--model``: then the file's arch is
+    not used. Never imports anything.
+    """
+    if not isinstance(arch, str):
+        raise UsageError(f"{source}: arch must be an architecture name (got "
+                         f"{type(arch).__name__} {_shown(str(arch))}); pass --model NAME")
+    if trust_code or is_registered(arch):
+        return arch
+    if ":" not in arch:
+        from ..errors import did_you_mean
+
+        raise UsageError(f"{source}: arch {_shown(arch)} is not a registered architecture"
+                         f"{did_you_mean(arch, MODELS.known())}; pass --model NAME")
+    hint = f"--model {_shown(arch)} to run it, or " if arch.isprintable() else ""
+    raise UsageError(f"{source}: arch {_shown(arch)} is code named by the file, not a registered "
+                     f"architecture; pass {hint}--trust-code")
 
 
 def load_factory(spec: str) -> Factory:

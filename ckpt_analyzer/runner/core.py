@@ -38,6 +38,7 @@ from ..errors import CheckpointError, CkptError, UsageError
 from ..executors.local import LocalExecutor
 from ..executors.measure import PreparedProbe, one_line
 from ..executors.work import Outcome, Plan, Task, Worker
+from ..models import file_arch
 from ..probes import make_probes
 from ..probes.base import Context, Probe
 from .follow import FollowMixin, _Idle, _planned, _unplanned
@@ -101,6 +102,8 @@ class Runner(FollowMixin):
     overwrite: bool = False
     strict: bool = False
     model: str | None = None
+    #: build an ``arch`` that checkpoint metadata names as code (``file.py:f``, ``module:f``)
+    trust_code: bool = False
     dataset: str | None = None
     data_root: str | None = None
     pattern: str | None = None
@@ -202,6 +205,7 @@ class Runner(FollowMixin):
 
         widths = grid_widths
         width_meta = {r.width: meta_of(r) for r in all_refs if r.error is None}
+        width_src = {r.width: r.path for r in all_refs if r.error is None}
         for w in widths if idle is None else ():  # --follow: widths to come build from others
             width_meta.setdefault(w, meta_of(next(r for r in all_refs if r.width == w)))
 
@@ -209,7 +213,8 @@ class Runner(FollowMixin):
             meta = dict(width_meta.get(width) or width_meta.get(widths[0])
                         or next(iter(width_meta.values())))
             meta["width"] = width
-            return build_model_for(meta, self.model).to(dev).eval()
+            return build_model_for(meta, self.model, trust_code=self.trust_code,
+                                   source=width_src.get(width, run_dir)).to(dev).eval()
 
         initial = {r.width: r for r in all_refs if r.epoch == 0 and r.error is None}
         final: dict[int, CheckpointRef] = {}  # the width's last checkpoint (--follow: grows)
@@ -331,10 +336,15 @@ class Runner(FollowMixin):
         in_channels = int(data.x_train.shape[1])
 
         def meta_of(ref: CheckpointRef) -> dict[str, Any]:
+            """The checkpoint's metadata; an ``arch`` it names as code is refused here, before
+            anything is built (screen_widths builds on the meta device), unless --model or
+            --trust-code."""
             meta = dict(ref.metadata)
             if "arch" not in meta or run is None:
                 meta.update(arch=self.model, width=ref.width, epoch=ref.epoch,
                             num_classes=data.num_classes, in_channels=in_channels)
+            elif self.model is None:
+                file_arch(meta["arch"], ref.path, self.trust_code)
             return meta
 
         return meta_of
@@ -396,7 +406,8 @@ class Runner(FollowMixin):
                     forward_batch_size=ctx.forward_batch_size,
                     seed=self.seed, run=dict(run or {}), widths=ctx.widths, epochs=ctx.epochs,
                     width_meta={w: dict(m) for w, m in width_meta.items()},
-                    initial=dict(initial), final=dict(final), model=self.model, dataset=self.dataset,
+                    initial=dict(initial), final=dict(final), model=self.model,
+                    trust_code=self.trust_code, dataset=self.dataset,
                     data_root=self.data_root, allow_pt=self.allow_pt, prefix=self.prefix,
                     strict=self.strict)
 

@@ -217,11 +217,14 @@ def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, a
             return train_widths(cfg, out, str(dev), workers, kind, ray_address, done=finished)
     else:
         run_all = trainer.run
-    if prog is not None:
-        with prog:
+    try:  # the folder's writer lock is held from prepare() until training ends
+        if prog is not None:
+            with prog:
+                results = run_all()
+        else:
             results = run_all()
-    else:
-        results = run_all()
+    finally:
+        trainer.close()
     if as_json:
         if echo_json:
             click.echo(to_json(results))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,13 +18,17 @@ from .._atomic import atomic_write_json
 from ..checkpoints import (
     CKPT_FORMAT,
     RUN_FORMAT,
+    RunLock,
     checkpoint_path,
+    create_run_json,
     dataset_manifest,
     is_done,
     mark_done,
+    only_start_files,
     read_header,
     read_run_json,
     read_state_dict,
+    remove_stale_start_files,
     save_labels,
     save_tensors,
 )
@@ -186,8 +189,20 @@ class Trainer:
         self.device = device
         self.progress = progress
         self.warnings: list[str] = []
+        self._lock: RunLock | None = None
 
-    def prepare(self) -> dict[str, Any]:
+    def close(self) -> None:
+        """Let the next writer of the folder in (:meth:`run` does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def prepare(self, lock: bool = True) -> dict[str, Any]:
+        """Check the settings, load the data and create (or check, to resume) the run folder.
+
+        ``lock``: hold the folder's writer lock (``<run>/.writer.lock``) until :meth:`run`
+        ends or :meth:`close`; a second live writer is refused naming the holder. The
+        parallel trainer's workers pass False: their parent holds it."""
         from ..data import load_dataset
         from ..data.noise import label_noise
         from ..models import build_model, check_model_size
@@ -216,6 +231,20 @@ class Trainer:
         self.smoother = self._make_smoother()
         manifest = make_manifest(cfg, data, self.smoother.manifest if self.smoother else None)
 
+        if (self.out.is_dir() and not (self.out / "run.json").exists()
+                and not only_start_files(self.out)):  # before the lock file is added to it
+            raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
+        if lock and self._lock is None:
+            self._lock = RunLock(self.out, "ckpt-train").acquire()
+        try:
+            return self._create(manifest, labels, mask)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self, manifest: dict[str, Any], labels: Any, mask: Any) -> dict[str, Any]:
+        """The folder's run.json and labels, under the lock: checked to resume, or created."""
+        data = self.data
         old = read_run_json(self.out) if self.out.is_dir() else None
         if old is not None:
             diff = manifest_diff(old, manifest)
@@ -227,23 +256,18 @@ class Trainer:
                                      "its settings; starting afresh with the new ones ("
                                      + "; ".join(diff) + ")")
                 old = None
-        elif self.out.is_dir() and not self._only_own_start():
+        elif self.out.is_dir() and not only_start_files(self.out):
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if old is None:
-            for stale in self.out.glob("*.tmp"):  # left by a run killed while starting
-                stale.unlink()
+            remove_stale_start_files(self.out)  # left by a run killed while starting
             save_labels(self.out, labels, data.y_train, mask)
-            atomic_write_json(self.out / "run.json", manifest)
+            if (self.out / "run.json").exists():  # a manifest without checkpoints: replaced
+                atomic_write_json(self.out / "run.json", manifest)
+            else:
+                create_run_json(self.out, manifest)  # exclusive: one run per folder
         self.manifest = manifest
         return manifest
-
-    #: What a run killed while creating its folder can leave before run.json (written last).
-    _START_FILES = re.compile(r"^(labels\.safetensors|(labels\.safetensors|run\.json)\.[0-9a-f]+\.tmp)$")
-
-    def _only_own_start(self) -> bool:
-        """True for a folder holding nothing but what :meth:`prepare` writes before run.json."""
-        return all(p.is_file() and self._START_FILES.match(p.name) for p in self.out.iterdir())
 
     def _has_checkpoints(self) -> bool:
         return any(p.is_file() for p in self.out.glob("w*/*"))
@@ -265,9 +289,12 @@ class Trainer:
         return normalize(x01, self.mean, self.std)
 
     def run(self) -> list[WidthResult]:
-        results = [self.train_width(w) for w in self.cfg.widths]
-        if all(is_done(self.out, w) for w in self.cfg.widths):
-            mark_done(self.out, widths=list(self.cfg.widths))
+        try:
+            results = [self.train_width(w) for w in self.cfg.widths]
+            if all(is_done(self.out, w) for w in self.cfg.widths):
+                mark_done(self.out, widths=list(self.cfg.widths))
+        finally:
+            self.close()
         return results
 
     def _metrics(self, model: nn.Module) -> dict[str, float]:

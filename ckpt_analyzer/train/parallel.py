@@ -4,9 +4,9 @@ in the serial loop (its seeds derive from the run seed and the width alone), so 
 checkpoints are the same bits as a serial run with the same torch threads per width, and a
 killed run resumes every width where it stopped.
 
-The parent prepares the run folder once (run.json, labels); each worker re-reads it (the same
-manifest check as a resumed run) and trains one width at a time, widest first so the longest
-jobs start early.
+The parent prepares the run folder once (run.json, labels) and holds its writer lock; each
+worker re-reads it (the same manifest check as a resumed run, without taking the lock) and
+trains one width at a time, widest first so the longest jobs start early.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def train_one_width(cfg: TrainConfig, out: str, device: str, width: int,
 
     set_threads(threads)
     trainer = Trainer(cfg, out, torch.device(device))
-    trainer.prepare()
+    trainer.prepare(lock=False)  # the parent (ckpt-train) holds the folder's writer lock
     return trainer.train_width(width)
 
 
