@@ -148,7 +148,7 @@ def real_cube(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = run_dir / "analysis.h5"
     args = ["run", str(run_dir), "--device", "cpu", "--quiet", "--probe", "metrics",
             "--probe", "normalization", "--probe", "weights_spectrum",
-            "--set", "weights_spectrum.min_evals=10", "--set", "weights_spectrum.min_tail=5"]
+            "--set", "weights_spectrum.min_evals=10"]
     with warnings.catch_warnings():  # tiny layers: alpha NaN by design (tested elsewhere)
         warnings.filterwarnings("ignore", message="weights_spectrum: width")
         res = CliRunner().invoke(main, args)
