@@ -222,12 +222,14 @@ class Runner(FollowMixin):
             if r.width not in final or r.epoch > final[r.width].epoch:
                 final[r.width] = r
 
-        def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
-            r = initial.get(width)
-            if r is None:
-                return None
+        def read(width: int, r: CheckpointRef) -> dict[str, torch.Tensor]:
+            """The model's tensors of checkpoint ``r``, module prefix stripped (as workers')."""
             return strip_prefix(open_state(r.path, dev, self.allow_pt),
                                 build(width).state_dict(), self.prefix, r.path)
+
+        def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
+            r = initial.get(width)
+            return None if r is None else read(width, r)
 
         def final_state(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
             r = final.get(width)
@@ -235,8 +237,7 @@ class Runner(FollowMixin):
                 return None
             if r.error:
                 raise CheckpointError(r.error.split(": ", 1)[-1], r.path)
-            return r.epoch, strip_prefix(open_state(r.path, dev, self.allow_pt),
-                                         build(width).state_dict(), self.prefix, r.path)
+            return r.epoch, read(width, r)
 
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
             bs = auto_batch_size(build(widths[-1]), data.x_train, dev)
