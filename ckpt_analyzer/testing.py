@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CkptError
 from .probes import check_probe_class
 from .probes.base import Context, Probe
 from .schema import Outputs
@@ -153,11 +154,10 @@ def check_probe(cls: type[Probe[Any]], config: Any = None, run_dir: str | Path |
         outs = probe.outputs()
         if not isinstance(outs, Outputs):
             raise fail(f"outputs() returned {type(outs).__name__}, not Outputs")
-        for m, metric in outs.metrics.items():
-            if not set(metric.dims) <= set(outs.coords):
-                raise fail(f"metric '{m}' uses undeclared dims {set(metric.dims) - set(outs.coords)}")
-            if np.dtype(metric.dtype).kind != "f":
-                raise fail(f"metric '{m}' must be float (NaN marks cells not computed)")
+        try:
+            outs.declare(name)  # the cube's rules (ckpt_analyzer.schema.Decl)
+        except CkptError as exc:  # one line that names the probe
+            raise AssertionError(str(exc)) from None
         results = {}
         for w, (model, ref) in models.items():
             before = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -451,7 +451,7 @@ def test_bad_results_and_declarations(tmp_path: Path) -> None:
         bad["A"] = bad["A"][:, :3]
         with pytest.raises(CkptError, match=r"metric 'A' has shape \(2, 3\)"):
             cube.record("spectrum", 0, 1, bad)
-        with pytest.raises(CkptError, match="returned metrics"):
+        with pytest.raises(CkptError, match="returned the wrong metrics"):
             cube.record("spectrum", 0, 1, {"A": values(0, 1)["A"]})
         with pytest.raises(CkptError, match="not begun"):
             cube.record("nope", 0, 1, values(0, 1))

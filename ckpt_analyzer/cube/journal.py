@@ -380,17 +380,11 @@ class Cube:
     def _record(self, cur: sqlite3.Cursor, probe: str, epoch: int, width: int,
                 results: Mapping[str, np.ndarray]) -> None:
         decl = self._decl(cur, probe)
-        names = [m[0] for m in decl.metrics]
-        if set(results) != set(names):
-            raise CkptError(f"probe '{probe}' returned metrics {sorted(results)}, "
-                            f"declared {sorted(names)}")
+        checked = decl.check(results, probe)  # the probe base's check (ckpt_analyzer.schema)
         blob = bytearray()
-        for name, dims, dtype, _ in decl.metrics:
-            arr = np.asarray(results[name])
-            if arr.shape != decl.shape(dims):
-                raise CkptError(f"probe '{probe}' metric '{name}' has shape {arr.shape}, "
-                                f"declared {decl.shape(dims)} for dims {dims}")
-            blob += np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+        for name, _, dtype, _ in decl.metrics:
+            blob += np.ascontiguousarray(checked[name],
+                                         dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
         cur.execute("INSERT OR REPLACE INTO cell (probe, epoch, width, data) "
                     "VALUES (?, ?, ?, ?)", (probe, epoch, width, bytes(blob)))
         cur.execute("INSERT OR IGNORE INTO axis VALUES ('epoch', ?), ('width', ?)",

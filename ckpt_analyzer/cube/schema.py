@@ -1,19 +1,27 @@
-"""The cube's schema (format 1): names, a probe's declared outputs in canonical form, array codecs."""
+"""The cube's schema (format 1): names, size limits, array codecs.
+
+A probe's declaration of outputs (:class:`~ckpt_analyzer.schema.Decl`, its one check and its
+JSON form) lives in :mod:`ckpt_analyzer.schema`, shared with the probes; it is re-exported here
+for the cube's modules."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CkptError, did_you_mean
+from ..errors import CkptError
+from ..schema import RESERVED, Decl, check_name, declaration
 
 if TYPE_CHECKING:
     from ..schema import Outputs
+
+__all__ = ["AXES", "CUBE_FORMAT", "INPUT_ATOL", "INPUT_RTOL", "JOURNAL_FORMAT", "MAX_GROUP_BYTES",
+           "RESERVED", "Decl", "as_int", "check_name", "declaration", "decode", "encode",
+           "group_size_problem", "jsonable", "same_array", "same_inputs"]
 
 CUBE_FORMAT = "ckpt-analyzer.cube/1"
 
@@ -22,91 +30,6 @@ JOURNAL_FORMAT = "ckpt-analyzer.journal/1"
 
 
 AXES = ("epoch", "width")
-
-
-RESERVED = frozenset({"epoch", "width", "done", "inputs"})
-
-
-@dataclass(frozen=True)
-class Decl:
-    """A probe's declared outputs in a canonical, JSON-able form."""
-
-    coords: tuple[tuple[str, str, tuple[Any, ...]], ...]  # (name, kind, values)
-    metrics: tuple[tuple[str, tuple[str, ...], str, str], ...]  # (name, dims, dtype, description)
-
-    def coord(self, name: str) -> tuple[Any, ...]:
-        return next(v for n, _, v in self.coords if n == name)
-
-    def shape(self, dims: tuple[str, ...]) -> tuple[int, ...]:
-        return tuple(len(self.coord(d)) for d in dims)
-
-    def to_json(self) -> str:
-        return json.dumps({"coords": [list(c) for c in self.coords],
-                           "metrics": [list(m) for m in self.metrics]})
-
-    @classmethod
-    def from_json(cls, text: str) -> Decl:
-        raw = json.loads(text)
-        return cls(tuple((n, k, tuple(v)) for n, k, v in raw["coords"]),
-                   tuple((n, tuple(d), t, s) for n, d, t, s in raw["metrics"]))
-
-    def key(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """What must match between two runs: coordinates and metric dims/dtypes (not order,
-        not descriptions)."""
-        return ({n: (k, list(v)) for n, k, v in self.coords},
-                {n: (list(d), t) for n, d, t, _ in self.metrics})
-
-
-def _coord_kind(name: str, probe: str, values: Any) -> tuple[str, tuple[Any, ...]]:
-    arr = np.asarray(list(values))
-    if arr.ndim != 1 or arr.size == 0:
-        raise CkptError(f"probe '{probe}' coordinate '{name}' must be a non-empty 1-D list")
-    if arr.dtype.kind in "USO":
-        if not all(isinstance(v, (str, bytes)) for v in arr.tolist()):
-            raise CkptError(f"probe '{probe}' coordinate '{name}' mixes strings and non-strings")
-        return "str", tuple(v.decode() if isinstance(v, bytes) else v for v in arr.tolist())
-    if arr.dtype.kind in "biu":
-        return "int", tuple(int(v) for v in arr.tolist())
-    if arr.dtype.kind == "f":
-        return "float", tuple(float(v) for v in arr.astype(np.float64).tolist())
-    raise CkptError(f"probe '{probe}' coordinate '{name}' has unsupported type {arr.dtype}")
-
-
-def check_name(name: str, what: str, probe: str) -> None:
-    if not name or "/" in name or name in (".", ".."):
-        raise CkptError(f"probe '{probe}': invalid {what} name '{name}'")
-
-
-def declaration(probe: str, outputs: Outputs) -> Decl:
-    coords = []
-    for name, values in outputs.coords.items():
-        check_name(name, "coordinate", probe)
-        if name in RESERVED:
-            raise CkptError(f"probe '{probe}': coordinate name '{name}' is reserved")
-        kind, vals = _coord_kind(name, probe, values)
-        coords.append((name, kind, vals))
-    names = {c[0] for c in coords}
-    metrics = []
-    for name, m in outputs.metrics.items():
-        check_name(name, "metric", probe)
-        if name in RESERVED or name in names:
-            raise CkptError(f"probe '{probe}': metric name '{name}' clashes with a coordinate "
-                            "or a reserved name (epoch, width, done, inputs)")
-        dims = tuple(m.dims)
-        for d in dims:
-            if d not in names:
-                raise CkptError(f"probe '{probe}' metric '{name}' uses undeclared dimension "
-                                f"'{d}'{did_you_mean(d, names)}")
-        if len(set(dims)) != len(dims):
-            raise CkptError(f"probe '{probe}' metric '{name}' repeats a dimension {dims}")
-        dtype = np.dtype(m.dtype)
-        if dtype.kind != "f":
-            raise CkptError(f"probe '{probe}' metric '{name}' must have a float dtype "
-                            f"(NaN marks cells not computed), not {dtype}")
-        metrics.append((name, dims, dtype.name, m.description))
-    if not metrics:
-        raise CkptError(f"probe '{probe}' declares no metrics")
-    return Decl(tuple(coords), tuple(metrics))
 
 
 #: The most memory one probe's group of a cube may take. The writer builds a probe's arrays whole
@@ -120,7 +43,7 @@ def group_size_problem(probe: str, outputs: Outputs, epochs: int, widths: int,
     """``None``, or one line saying why ``probe``'s group over ``epochs`` × ``widths`` cells
     would be larger than ``limit`` bytes, naming its largest metric and that metric's
     dimensions (whose sizes come from the probe's parameters)."""
-    decl = declaration(probe, outputs)
+    decl = outputs.declare(probe)
     total = 0
     largest: tuple[int, str, tuple[str, ...], tuple[int, ...]] = (0, "", (), ())
     for name, dims, dtype, _ in decl.metrics:

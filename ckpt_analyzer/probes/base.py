@@ -12,8 +12,10 @@ and register it under the entry-point group ``ckpt_analyzer.probes`` (or pass th
    inputs (points, directions, pairs...) and are stored under ``<probe>/inputs/`` in the cube;
    the cube's ``config`` is :meth:`Probe.resolved_config` (``auto`` values resolved);
 3. calls :meth:`Probe.outputs` to lay out the cube group;
-4. calls the probe on every checkpoint's model (eval mode, on ``ctx.device``) and checks every
-   returned array against the declared shape.
+4. calls the probe on every checkpoint's model (eval mode, on ``ctx.device``) through
+   :meth:`Probe.measure`, which checks what it returns against the declaration (every declared
+   metric and no other, each of its declared dtype and shape: :meth:`Decl.check`, the same
+   check the cube's journal runs on what it records).
 
 Probes must be deterministic given ``ctx.seed`` and the checkpoint, and must batch their
 evaluations (``ctx.batch_size`` samples per forward pass), never loop over single points.
@@ -32,9 +34,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 import numpy as np
 
 from ..errors import ProbeError
-from ..schema import SUBSETS, Metric, Outputs
+from ..schema import SUBSETS, Decl, Metric, Outputs
 
-__all__ = ["SUBSETS", "Context", "Metric", "NoConfig", "Outputs", "Probe", "RunData"]
+__all__ = ["SUBSETS", "Context", "Decl", "Metric", "NoConfig", "Outputs", "Probe", "RunData"]
 
 if TYPE_CHECKING:
     import torch
@@ -119,9 +121,10 @@ class Probe(abc.ABC, Generic[ConfigT]):
     * :meth:`rng` gives keyed random streams (the same draws for a key whatever else is drawn);
     * :meth:`on_device` caches tensors built from the fixed inputs per device (dropped when the
       device changes and when the probe is pickled for a worker);
-    * :meth:`measure` converts the results to numpy once and checks them against
-      :meth:`outputs`, raising a one-line :class:`~ckpt_analyzer.errors.ProbeError` that names
-      the probe and the metric.
+    * :meth:`measure` converts the results to numpy once and checks them against the
+      declaration of :meth:`outputs` (:meth:`Outputs.declare`, once per preparation; its
+      :meth:`Decl.check`), raising a one-line :class:`~ckpt_analyzer.errors.ProbeError` that
+      names the probe and the metric.
     """
 
     name: ClassVar[str]
@@ -132,7 +135,7 @@ class Probe(abc.ABC, Generic[ConfigT]):
     def __init__(self, config: ConfigT | None = None) -> None:
         self.config: ConfigT = config if config is not None else self.Config()
         self.inputs: dict[str, np.ndarray] | None = None
-        self._outputs: Outputs | None = None
+        self._decl: Decl | None = None
         self._cache: dict[str, Any] = {}
         self._cache_device: Any = None
 
@@ -142,7 +145,7 @@ class Probe(abc.ABC, Generic[ConfigT]):
         if own is not None and not getattr(own, "_records_inputs", False):
             @functools.wraps(own)
             def prepare(self: Probe[Any], ctx: Context) -> Mapping[str, np.ndarray]:
-                self._cache, self._cache_device, self._outputs = {}, None, None
+                self._cache, self._cache_device, self._decl = {}, None, None
                 inputs = own(self, ctx)
                 self.inputs = {k: np.asarray(v) for k, v in inputs.items()}
                 return inputs
@@ -194,15 +197,22 @@ class Probe(abc.ABC, Generic[ConfigT]):
 
     def measure(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         """Prepare if needed, measure one checkpoint, return numpy arrays checked against
-        :meth:`outputs` (one :class:`ProbeError` line naming the probe and metric otherwise)."""
+        the declaration of :meth:`outputs` (:meth:`Decl.check`; one :class:`ProbeError` line
+        naming the probe and metric otherwise)."""
         self.ensure_prepared(ctx)
-        if self._outputs is None:
-            self._outputs = self.outputs()
+        decl = self.declaration()
         results = self(model, ctx)
         if not isinstance(results, Mapping):
             raise ProbeError(f"probe '{self.name}' returned {type(results).__name__}, "
                              "not a mapping of metric names to arrays")
-        return self._outputs.check({k: _to_numpy(v) for k, v in results.items()}, self.name)
+        return decl.check({k: _to_numpy(v) for k, v in results.items()}, self.name)
+
+    def declaration(self) -> Decl:
+        """The canonical form of :meth:`outputs` (:meth:`Outputs.declare`), built once per
+        preparation; a one-line :class:`~ckpt_analyzer.errors.CkptError` if it is invalid."""
+        if self._decl is None:
+            self._decl = self.outputs().declare(self.name)
+        return self._decl
 
     # -- the contract
 
@@ -220,7 +230,9 @@ class Probe(abc.ABC, Generic[ConfigT]):
 
     @abc.abstractmethod
     def outputs(self) -> Outputs:
-        """Declare every metric (extra dims and their coordinates); called after prepare."""
+        """Declare every metric (extra dims and their coordinates); called after prepare.
+        What :meth:`__call__` returns is checked against it (:meth:`Decl.check`) and the cube
+        is laid out from it (see :class:`~ckpt_analyzer.schema.Outputs` for the rules)."""
 
     @abc.abstractmethod
     def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, Any]:
