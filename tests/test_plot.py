@@ -369,3 +369,28 @@ def test_cli_plot_help_lists_every_kind() -> None:
     for kind in KINDS:
         assert kind in res.output
     assert "weights_spectrum probe" in res.output
+
+
+def test_one_table_of_kinds_for_one_cube_and_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plot.KIND_TABLE names each kind's probe, single-run drawer and study drawer; both the
+    single-cube and the several-cube paths read it, with one unknown-kind line."""
+    import ckpt_analyzer.plot as plot_pkg
+    from ckpt_analyzer.study import figures
+
+    for name, spec in plot_pkg.KIND_TABLE.items():
+        assert callable(spec.draw), name
+        if spec.study is not None:
+            fn = figures.study_drawer(name)
+            assert callable(fn) and fn.__name__ == spec.study.rpartition(".")[2], name
+    for check in (lambda k: plot_pkg.kind_spec(k), lambda k: figures.check_kind(k),
+                  lambda k: figures.study_drawer(k)):
+        with pytest.raises(UsageError) as err:
+            check("weight-spectrum")
+        assert str(err.value) == "unknown plot kind 'weight-spectrum' (did you mean 'weights-spectrum'?)"
+    one_cube = plot_pkg.KIND_TABLE["landscape"]._replace(study=None)
+    monkeypatch.setitem(plot_pkg.KIND_TABLE, "landscape", one_cube)
+    assert plot_pkg.kind_spec("landscape") is one_cube
+    with pytest.raises(UsageError, match=r"^--kind landscape draws one cube, not several "
+                                         r"\(over several cubes: spectrum, double-descent, "):
+        figures.check_kind("landscape")
+    assert "landscape probe; one cube only)" in plot_pkg.kinds_help()

@@ -1,8 +1,10 @@
 """Figures of a cube (``ckpt-analyze plot``), after the papers' figures.
 
 One module per figure kind, each with a ``draw(info, options) -> Figure``; :data:`KIND_TABLE`
-maps each kind to the probe it reads, its draw function and a one-line description, and is the
-only list of kinds (dispatch, the CLI's ``--kind`` help, the unknown-kind error):
+maps each kind to the probe it reads, its single-run draw function, its study draw function
+(several cubes, :mod:`ckpt_analyzer.study.figures`; ``None``: one cube only) and a one-line
+description, and is the only list of kinds: ``ckpt-analyze plot`` over one cube and over
+several, the CLI's ``--kind`` help and the unknown-kind error (:func:`kind_spec`) all read it:
 
 * ``spectrum`` (spectrum; metrics optional): R_k heat map over epochs with contour lines, the
   noisy-subset and test error curves on a twin axis and the T_E,min / T_E,peak / T_R,peak
@@ -55,19 +57,23 @@ if TYPE_CHECKING:
 
     from ..cube.read import CubeInfo
 
-__all__ = ["FORMATS", "KINDS", "KIND_TABLE", "PROBE_OF", "Kind", "PlotOptions", "kinds_help",
-           "make_figure", "plot"]
+__all__ = ["FORMATS", "KINDS", "KIND_TABLE", "PROBE_OF", "Kind", "PlotOptions", "kind_spec",
+           "kinds_help", "make_figure", "plot"]
 
 
 _MISSING_MPL = "matplotlib is not installed: pip install 'ckpt-analyzer[plot]'"
 
 
 class Kind(NamedTuple):
-    """One figure kind: the probe it needs, its module (whose ``draw`` makes the figure), what
-    it shows, and the options that do not apply to it (with why; ``""``: no reason given)."""
+    """One figure kind: the probe it needs, its module (whose ``draw`` makes the figure of one
+    cube), its study drawer as ``module.function`` under :mod:`ckpt_analyzer.study` (the figure
+    over several cubes; ``None``: one cube only; named, not imported, as study sits above
+    plot), what it shows, and the options that do not apply to it (with why; ``""``: no reason
+    given)."""
 
     probe: str
     module: str
+    study: str | None
     description: str
     rejects: tuple[tuple[str, str], ...] = ()
 
@@ -80,26 +86,26 @@ class Kind(NamedTuple):
 
 #: Every figure kind, in the order the CLI lists them.
 KIND_TABLE: dict[str, Kind] = {
-    "spectrum": Kind("spectrum", "spectrum",
+    "spectrum": Kind("spectrum", "spectrum", "figures.draw_spectrum",
                      "R_k heat map over epochs for one width, error curves, T_E/T_R events"),
-    "double-descent": Kind("metrics", "double_descent",
+    "double-descent": Kind("metrics", "double_descent", "figures.draw_double_descent",
                            "error per width over epochs, final error against width, heat map"),
-    "sharpness": Kind("sharpness", "sharpness",
+    "sharpness": Kind("sharpness", "sharpness", "probe_figures.draw_sharpness",
                       "input-space sharpness against width, one line per volume",
                       (("width", "it plots against width"),)),
-    "interpolation": Kind("interpolation", "interpolation",
+    "interpolation": Kind("interpolation", "interpolation", "probe_figures.draw_interpolation",
                           "softmax change along interpolation paths against lambda",
                           (("subset", ""),)),
-    "normalization": Kind("normalization", "normalization",
+    "normalization": Kind("normalization", "normalization", "probe_figures.draw_normalization",
                           "test against train cross-entropy, raw and normalized",
                           (("subset", ""),)),
-    "hessian": Kind("hessian", "hessian",
+    "hessian": Kind("hessian", "hessian", "probe_figures.draw_hessian",
                     "Hessian top eigenvalue and trace (± stderr) over epochs per width, next to "
                     "the test error; the eigenvalue density at the last epoch"),
-    "landscape": Kind("landscape", "landscape",
+    "landscape": Kind("landscape", "landscape", "probe_figures.draw_landscape",
                       "loss slices over epochs for one width, barrier height per width, 2-D "
                       "contours"),
-    "weights-spectrum": Kind("weights_spectrum", "weights_spectrum",
+    "weights-spectrum": Kind("weights_spectrum", "weights_spectrum", "probe_figures.draw_weights_spectrum",
                              "per-layer power-law alpha, spectral norm and stable rank over "
                              "epochs for one width",
                              (("subset", "weights only: no data subset"),)),
@@ -110,9 +116,24 @@ PROBE_OF = {name: k.probe for name, k in KIND_TABLE.items()}
 
 
 def kinds_help() -> str:
-    """``name: description (probe)`` for every kind, one a line (the CLI's ``--kind`` help)."""
-    return "\n".join(f"{name}: {k.description} ({k.probe} probe)"
+    """``name: description (probe)`` for every kind, one a line (the CLI's ``--kind`` help);
+    a kind without a study figure says it takes one cube."""
+    return "\n".join(f"{name}: {k.description} ({k.probe} probe"
+                     + ("" if k.study else "; one cube only") + ")"
                      for name, k in KIND_TABLE.items())
+
+
+def kind_spec(kind: str, several: bool = False) -> Kind:
+    """The :data:`KIND_TABLE` row of ``kind``. An unknown kind is one
+    :class:`~ckpt_analyzer.errors.UsageError` line suggesting the closest; with ``several``
+    (a figure over several cubes), so is a kind without a study drawer."""
+    spec = KIND_TABLE.get(kind)
+    if spec is None:
+        raise unknown("plot kind", kind, KINDS)
+    if several and spec.study is None:
+        raise UsageError(f"--kind {kind} draws one cube, not several (over several cubes: "
+                         f"{', '.join(n for n, k in KIND_TABLE.items() if k.study)})")
+    return spec
 
 
 def _require_matplotlib() -> Any:
@@ -129,9 +150,7 @@ def make_figure(cube_path: str | os.PathLike[str], kind: str,
                 options: PlotOptions | None = None) -> Figure:
     """The figure of ``kind`` for a cube (see :data:`KIND_TABLE` and the module docstring)."""
     opts = options or PlotOptions()
-    spec = KIND_TABLE.get(kind)
-    if spec is None:
-        raise unknown("plot kind", kind, KINDS)
+    spec = kind_spec(kind)
     for option, why in spec.rejects:
         if getattr(opts, option) is not None:
             raise UsageError(f"--{option} does not apply to --kind {kind}"

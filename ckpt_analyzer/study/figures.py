@@ -41,8 +41,9 @@ differ). Every plot kind can be drawn over several cubes.
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ import numpy as np
 from .._atomic import atomic_path, check_output
 from ..cube.read import load_probe, read_cube_info
 from ..errors import CkptError, UsageError
-from ..plot import FORMATS, PlotOptions
+from ..plot import FORMATS, PlotOptions, kind_spec
 from ..plot._common import line_colors, new_figure, symlog_axis, width_axis
 from ._common import (
     _band,
@@ -63,14 +64,6 @@ from ._common import (
     _on,
     _pick_width,
     _title,
-)
-from .probe_figures import (
-    draw_hessian,
-    draw_interpolation,
-    draw_landscape,
-    draw_normalization,
-    draw_sharpness,
-    draw_weights_spectrum,
 )
 
 if TYPE_CHECKING:
@@ -178,33 +171,31 @@ def draw_spectrum(study: dict[str, Any], opts: PlotOptions) -> Figure:
     return fig
 
 
-DRAW = {"double-descent": draw_double_descent, "spectrum": draw_spectrum,
-        "hessian": draw_hessian, "sharpness": draw_sharpness,
-        "interpolation": draw_interpolation, "normalization": draw_normalization,
-        "landscape": draw_landscape, "weights-spectrum": draw_weights_spectrum}
+def study_drawer(kind: str) -> Callable[[dict[str, Any], PlotOptions], Figure]:
+    """The study drawer of ``kind`` that :data:`ckpt_analyzer.plot.KIND_TABLE` names
+    (``module.function`` under :mod:`ckpt_analyzer.study`); one UsageError line for an unknown
+    kind or one without a figure over several cubes."""
+    module, _, function = str(kind_spec(kind, several=True).study).rpartition(".")
+    fn: Any = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    return fn  # type: ignore[no-any-return]
 
 
 def make_study_figure(study: dict[str, Any], kind: str, opts: PlotOptions | None = None
                       ) -> Figure:
-    """The figure of ``kind`` (any of :data:`ckpt_analyzer.plot.KINDS`) over the study's
-    cubes."""
+    """The figure of ``kind`` (a :data:`ckpt_analyzer.plot.KIND_TABLE` kind with a study
+    drawer) over the study's cubes."""
     check_kind(kind, opts)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CkptError("matplotlib is not installed: pip install 'ckpt-analyzer[plot]'") \
             from None
-    return DRAW[kind](study, opts or PlotOptions())
+    return study_drawer(kind)(study, opts or PlotOptions())
 
 
 def check_kind(kind: str, opts: PlotOptions | None = None) -> None:
     """UsageError unless ``kind`` can be drawn over several cubes with ``opts``."""
-    from ..plot import KIND_TABLE
-
-    if kind not in KIND_TABLE:
-        from ..errors import unknown
-
-        raise unknown("plot kind", kind, tuple(KIND_TABLE))
+    kind_spec(kind, several=True)
     if opts is not None and opts.epochs is not None:
         raise UsageError("--epochs is not yet supported for several cubes")
 

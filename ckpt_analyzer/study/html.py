@@ -14,15 +14,18 @@ import base64
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._atomic import atomic_path, check_output
 from ..errors import CkptError
 from .aggregate import MODEL_FIELDS, agreement_text, sharpness_peak
 from .text import COLUMNS, digits_of, fit_text, mean_std
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -176,28 +179,22 @@ CLAIMS = {
 
 def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
     """``(kind, title, base64 PNG or None, why not)`` of every study figure."""
-    from ..plot import PlotOptions
-    from .figures import (
-        draw_double_descent,
-        draw_fit,
-        draw_hessian,
-        draw_sharpness,
-        draw_spectrum,
-    )
+    from ..plot import KIND_TABLE, PlotOptions
+    from .figures import draw_fit, study_drawer
+
+    def row(name: str, title: str) -> tuple[str, str, str, Callable[[], Figure]]:
+        return (name, title, KIND_TABLE[name].probe,
+                lambda: study_drawer(name)(study, PlotOptions()))
 
     probes = {p for r in study["runs"] for p in r.get("configs", {})}
     out: list[tuple[str, str, str | None, str]] = []
     for kind, title, need, fn in (
-            ("double-descent", "Double descent over width, band over seeds", "metrics",
-             lambda: draw_double_descent(study, PlotOptions())),
-            ("spectrum", "R_t over epochs, band over seeds", "spectrum",
-             lambda: draw_spectrum(study, PlotOptions())),
+            row("double-descent", "Double descent over width, band over seeds"),
+            row("spectrum", "R_t over epochs, band over seeds"),
             ("fit", "T_R,peak against T_E,peak over all runs", "spectrum",
              lambda: draw_fit(study)),
-            ("sharpness", "Input-space sharpness against width, band over seeds",
-             "sharpness", lambda: draw_sharpness(study, PlotOptions())),
-            ("hessian", "Top Hessian eigenvalue over width and epochs, band over seeds",
-             "hessian", lambda: draw_hessian(study, PlotOptions()))):
+            row("sharpness", "Input-space sharpness against width, band over seeds"),
+            row("hessian", "Top Hessian eigenvalue over width and epochs, band over seeds")):
         if need not in probes:
             out.append((kind, title, None, f"no '{need}' probe in the cubes"))
             continue
