@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from _timing import sync
 
+from ckpt_analyzer.device import set_precision
 from ckpt_analyzer.probes import PROBES
 from ckpt_analyzer.testing import contract_context
-from ckpt_analyzer.util import set_precision
 
 # --light: small settings (a CPU smoke run); every other parameter keeps its default
 LIGHT = {

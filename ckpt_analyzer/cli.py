@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
+from .errors import UsageError, handle_errors
 from .plot import KINDS, kinds_help
-from .util import handle_errors, parse_ints
+from .selection import parse_ints
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -160,7 +160,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     from pathlib import Path
 
     from .errors import CkptError
-    from .util import check_seed
+    from .seeds import check_seed
 
     check_seed(seed)
     if not follow and not Path(run_dir).is_dir():  # before torch loads: errors stay instant

@@ -1,12 +1,17 @@
-"""User-facing errors. Each renders as one line; the CLI maps them to exit codes."""
+"""User-facing errors. Each renders as one line; the console scripts map them to exit codes
+(:func:`handle_errors`)."""
 
 from __future__ import annotations
 
 import difflib
 import errno
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from os import PathLike
+from typing import Any, NoReturn, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CkptError(Exception):
@@ -111,3 +116,67 @@ def disk_error(why: str, cause: str, path: str | PathLike[str] | None, what: str
     """``PATH: cannot write [WHAT] (WHY): CAUSE[; TAIL]``."""
     return DiskError(f"cannot write{' ' + what if what else ''} ({why}): {cause}"
                      + (f"; {tail}" if tail else ""), path)
+
+
+# -- one-line errors at the command line: the console scripts' handler and its exit codes
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def fail(exc: CkptError) -> NoReturn:
+    sys.stderr.write(f"error: {exc}\n")
+    sys.exit(exc.exit_code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one line on stderr and the documented exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        try:  # a file-size limit: EFBIG, reported as one line, not a silent kill
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except (AttributeError, ValueError):  # no such signal, or not the main thread
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except CkptError as exc:
+            fail(exc)
+        except (ValueError, TypeError) as exc:
+            if not _from_functional(exc):
+                raise  # a bug elsewhere: keep the traceback
+            lines = str(exc).strip().splitlines()
+            sys.stderr.write(f"error: {lines[0] if lines else type(exc).__name__}\n")
+            sys.exit(CkptError.exit_code)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted: finished work is kept; re-run the same command to resume\n")
+            sys.exit(130)
+        except MemoryError as exc:  # numpy's and torch's CPU allocators; CUDA OOM is a RuntimeError
+            detail = str(exc).strip().splitlines()
+            sys.stderr.write("error: out of memory" + (f" ({detail[0]})" if detail else "")
+                             + "; finished work is kept: lower the sizes or the batch and "
+                             "re-run the same command\n")
+            sys.exit(1)
+        except OSError as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            sys.stderr.write(f"error: {where}{exc.strerror or exc}\n")
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _from_functional(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in :mod:`ckpt_analyzer.functional`, whose pure functions
+    report bad arguments as ValueError/TypeError rather than the package's CkptError."""
+    tb = exc.__traceback__
+    name = ""
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return name.startswith("ckpt_analyzer.functional.")

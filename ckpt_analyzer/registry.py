@@ -4,18 +4,23 @@ Built-ins are declared as entry points of this distribution exactly like third-p
 plugins. A plugin that fails to import is recorded as broken, listed by
 ``ckpt-analyze probes`` and only fatal when someone asks for it by name.
 ``CKPT_ANALYZER_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only this package's own entry points.
+A user's own ``.py`` file (``--plugin file.py``, ``--model file.py:factory``) is imported once
+by :func:`import_user_file`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
-from .errors import PluginError, UsageError, unknown
+from .errors import PluginError, UsageError, first_line, unknown
 
 T = TypeVar("T")
 
@@ -149,3 +154,25 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._discover()
         return name in self._items
+
+
+def import_user_file(path: Path, what: str) -> ModuleType:
+    """Import a user's ``.py`` file once (cached by its resolved path); one-line UsageError."""
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    mod_name = f"ckpt_analyzer_user_{path.stem}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    mspec = importlib.util.spec_from_file_location(mod_name, path)
+    if mspec is None or mspec.loader is None:
+        raise UsageError(f"{what}: cannot import {path}")
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[mod_name] = module
+    try:
+        mspec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise UsageError(f"{what}: importing {path} failed: {first_line(exc)}") from None
+    return module

@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
             raise pytest.UsageError(f"CKPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available")
-        from ckpt_analyzer.util import set_precision
+        from ckpt_analyzer.device import set_precision
 
         # as the analyzer does: the reference tests check float32 maths to ~1e-4, and
         # TensorFloat-32 convolutions (cuDNN's default) would be off by ~1e-3

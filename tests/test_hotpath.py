@@ -215,9 +215,9 @@ def test_folded_network_refill_is_bitwise_a_fresh_fold() -> None:
 
 
 def test_cli_maps_functional_value_and_type_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from ckpt_analyzer.errors import handle_errors
     from ckpt_analyzer.functional.normalization import layer_norms
     from ckpt_analyzer.functional.sharpness import input_gradients
-    from ckpt_analyzer.util import handle_errors
 
     @handle_errors
     def bad_order() -> None:

@@ -20,7 +20,8 @@ RANK: dict[str, float] = {
     "probes": 5,
     "functional": 3, "events": 3,
     "cube": 2, "checkpoints": 2, "data": 2, "models": 2,
-    "registry": 1, "schema": 1, "config": 1, "util": 1, "_atomic": 1,
+    "registry": 1, "schema": 1, "config": 1, "_atomic": 1,
+    "device": 1, "seeds": 1, "selection": 1,  # util.py split by job (issue 23)
     "errors": 0,
 }
 SHARED_RANKS = {2, 1}  # cube/checkpoints/data/models, and the small helpers, may use each other

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ckpt_analyzer.util import set_precision
+from ckpt_analyzer.device import set_precision
 
 FLAGS = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
          (torch.backends.cudnn, "deterministic"), (torch.backends.cudnn, "benchmark")]

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, CkptError, DiskError, disk_cause
+from ..errors import CheckpointError, CkptError, DiskError, disk_cause, first_line
 from ..probes.base import Context, Probe
 from ..schema import Outputs
-from ..util import first_line
 
 if TYPE_CHECKING:
     from torch import nn

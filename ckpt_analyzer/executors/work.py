@@ -45,7 +45,7 @@ class Plan:
     probes: bytes  # pickle of list[PreparedProbe], after prepare()
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
-    tf32: bool = False  # CUDA: allow TF32 (util.set_precision)
+    tf32: bool = False  # CUDA: allow TF32 (device.set_precision)
     batch_size: int = 512
     forward_batch_size: int | None = None  # forward-only batch (None: batch_size)
     seed: int = 0
@@ -110,9 +110,9 @@ class Worker:
 
         from ..checkpoints import build_model_for, open_state, strip_prefix
         from ..data.run import load_run_data
+        from ..device import set_precision
         from ..probes import load_plugin
         from ..probes.base import Context
-        from ..util import set_precision
 
         self.plan = plan
         self.name = name or f"pid {os.getpid()}"

@@ -25,9 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CkptError, UsageError
-from ..registry import Registry
-from ..util import first_line, import_user_file
+from ..errors import CkptError, UsageError, first_line
+from ..registry import Registry, import_user_file
 
 if TYPE_CHECKING:
     from torch import nn

@@ -11,9 +11,8 @@ from types import ModuleType
 from typing import Any
 
 from ..config import build_config
-from ..errors import UsageError, did_you_mean
-from ..registry import Registry
-from ..util import first_line, import_user_file
+from ..errors import UsageError, did_you_mean, first_line
+from ..registry import Registry, import_user_file
 from .base import Probe
 
 

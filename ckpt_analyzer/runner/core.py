@@ -92,7 +92,7 @@ class Runner(FollowMixin):
     output: str | None = None
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "auto"
-    tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (util.set_precision)
+    tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (device.set_precision)
     batch_size: str | int = "auto"
     #: forward-only batch: None = batch_size (bit-identical), "auto" or an int (opt-in)
     forward_batch_size: str | int | None = None
@@ -126,7 +126,7 @@ class Runner(FollowMixin):
 
     def run(self) -> RunSummary:
         from ..cube import Cube
-        from ..util import resolve_device, set_precision
+        from ..device import resolve_device, set_precision
 
         t0 = time.perf_counter()
         probes = make_probes(self.probes, self.settings)

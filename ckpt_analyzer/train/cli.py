@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..util import handle_errors, parse_ints
+from ..errors import UsageError, handle_errors
+from ..selection import parse_ints
 
 
 def _progress_printer(enabled: bool) -> tuple[Any, Any]:
@@ -196,7 +196,7 @@ def _train_one(out: str, dataset: str, data_root: str | None, split_seed: int, a
         MODELS.check_name(arch)
     DATASETS.check_name(dataset)
 
-    from ..util import resolve_device
+    from ..device import resolve_device
     from .loop import Trainer, result_row
     from .loop import as_json as to_json
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError, unknown
-from ..util import check_seed
+from ..seeds import check_seed
 from .schedule import SCHEDULES, save_epochs
 
 OPTIMIZERS = ("adam", "sgd")

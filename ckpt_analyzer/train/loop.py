@@ -34,7 +34,7 @@ from ..checkpoints import (
 )
 from ..config import settings_diff
 from ..errors import CkptError
-from ..util import derive_seed
+from ..seeds import derive_seed
 from .config import TrainConfig
 from .schedule import lr_at, save_epochs
 
