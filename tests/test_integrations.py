@@ -285,7 +285,7 @@ def test_real_timm_model_end_to_end(tmp_path: Path) -> None:
     """timm's own test_resnet (the `dev` extra installs timm): foreign checkpoints analyzed with
     --model timm:test_resnet give the test error of the same weights evaluated directly."""
     timm = pytest.importorskip("timm", reason="timm is not installed (the 'dev' extra)")
-    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.checkpoints.run_data import load_run_data
 
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1).eval()
