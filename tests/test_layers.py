@@ -4,6 +4,7 @@ and no circle of imports between packages (not even between packages of one rank
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ def import_cycles() -> list[str]:
                     break
             frontier = nxt
         assert cycle is not None
-        where = "; ".join(graph[a][b] for a, b in zip(cycle, cycle[1:]))
+        where = "; ".join(graph[a][b] for a, b in itertools.pairwise(cycle))
         out.append(f"import circle {' -> '.join(cycle)} ({where})")
     return out
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from torch import nn
 from .discovery import CheckpointRef, _match_fields, pattern_regex
 from .files import CKPT_FORMAT, load_state_into, open_state, parse_metadata, read_header
+from .layout import CHECKPOINT_SUFFIX
 
 
 def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], Mapping[str, Any]],
@@ -70,7 +71,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
     import torch
 
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == CHECKPOINT_SUFFIX:
         _, raw = read_header(path)
     else:
         raw = {}
@@ -98,6 +99,6 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
         if missing:
             raise CheckpointError(f"cannot build a model: unknown {', '.join(missing)}", path)
     net = build_model_for(meta, model, trust_code=trust_code, source=path)
-    load_state_into(net, open_state(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
+    load_state_into(net, open_state(path, allow_pt=path.suffix != CHECKPOINT_SUFFIX), path, prefix)
     return net.to(torch.device(device)).eval()
 
