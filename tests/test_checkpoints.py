@@ -153,6 +153,7 @@ def test_layout_spells_every_path_rule(tmp_path: Path) -> None:
     assert layout.labels_path(run) == run / "labels.safetensors"
     assert layout.lock_path(run) == run / ".writer.lock"
     assert layout.default_cube(run) == run / "analysis.h5"
+    assert layout.default_cube(run, (2, 4)) == run / "analysis.shard-2-of-4.h5"  # --shard 2/4
     assert layout.train_state_path(run, 2) == run / "w2" / "train_state.safetensors"
     assert [n for n in ("w4", "w12", "w", "wx", "w4a", "x4", "w-1") if layout.is_width_dir_name(n)] \
         == ["w4", "w12"]

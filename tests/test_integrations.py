@@ -413,3 +413,23 @@ def test_lightning_callback_and_ckpt_reader(tmp_path: Path) -> None:
     assert attrs["time_unit"] == "step" and list(steps) == [6, 12, 18] and list(widths) == [2]
     _, _, _, err_contract = cube_metrics(tmp_path / "run" / "analysis.h5")
     np.testing.assert_allclose(err[-1], err_contract[-1], atol=1e-6)
+
+
+def test_run_writer_and_ckpt_train_write_the_same_checkpoint(digits_run: Path, tmp_path: Path) -> None:
+    """One write_checkpoint and one metadata evaluation: a RunWriter with ckpt-train's data and
+    labels, saving ckpt-train's state, writes the same metadata (every number to the bit) and
+    the same tensors."""
+    run = read_run_json(digits_run)
+    assert run is not None
+    noise = run["label_noise"]
+    writer = RunWriter(tmp_path / "w", model=run["arch"], dataset=run["dataset"]["name"],
+                       split_seed=run["dataset"]["split_seed"], label_noise=noise["fraction"],
+                       noise_kind=noise["kind"], seed=noise["seed"])
+    src = digits_run / "w4" / "e00003.safetensors"
+    want = read_header(src)[1]
+    path = writer.save(read_state_dict(src), width=4, epoch=3, step=int(want["step"]))
+    writer.close()
+    got = read_header(path)[1]
+    assert got == want
+    state, copy = read_state_dict(src), read_state_dict(path)
+    assert state.keys() == copy.keys() and all(torch.equal(state[k], copy[k]) for k in state)

@@ -7,6 +7,7 @@
     <run>/.writer.lock                     the one writer's lock    (:func:`lock_path`)
     <run>/done                             the run is complete      (:func:`done_path`)
     <run>/analysis.h5                      the default cube         (:func:`default_cube`)
+    <run>/analysis.shard-<i>-of-<n>.h5     a shard's default cube   (:func:`default_cube`)
     <run>/w<width>/                        one folder per width     (:func:`width_dir`)
     <run>/w<width>/e<epoch:05d>.safetensors  one checkpoint         (:func:`checkpoint_path`)
     <run>/w<width>/done                    the width is complete    (:func:`done_path`)
@@ -65,9 +66,13 @@ def lock_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / LOCK_FILE
 
 
-def default_cube(run_dir: str | Path) -> Path:
-    """The cube ``ckpt-analyze run`` writes without ``-o``: ``<run>/analysis.h5``."""
-    return Path(run_dir) / CUBE_FILE
+def default_cube(run_dir: str | Path, shard: tuple[int, int] | None = None) -> Path:
+    """The cube ``ckpt-analyze run`` writes without ``-o``: ``<run>/analysis.h5``, or for shard
+    ``(i, n)`` of ``--shard i/n`` ``<run>/analysis.shard-<i>-of-<n>.h5``."""
+    if shard is None:
+        return Path(run_dir) / CUBE_FILE
+    stem, dot, ext = CUBE_FILE.rpartition(".")
+    return Path(run_dir) / f"{stem}.shard-{shard[0]}-of-{shard[1]}{dot}{ext}"
 
 
 def done_path(run_dir: str | Path, width: int | None = None) -> Path:
