@@ -32,7 +32,6 @@ from ..checkpoints import (
     write_checkpoint,
 )
 from ..checkpoints.layout import (
-    TRAIN_STATE_FILE,
     checkpoint_path,
     has_checkpoint_files,
     is_checkpoint_temporary,
@@ -42,12 +41,11 @@ from ..checkpoints.layout import (
 )
 from ..config import settings_diff
 from ..errors import CkptError
-from ..functional.loss_error import checkpoint_metrics, loss_and_error
+from ..functional.loss_error import checkpoint_metrics
 from ..util import derive_seed
 from .config import TrainConfig
 from .schedule import lr_at, save_epochs
 
-STATE_FILE = TRAIN_STATE_FILE  # kept for callers of the old name
 STATE_EVERY_S = 60.0
 
 
@@ -120,12 +118,6 @@ def augment_batch(x01: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = padded.gather(2, idx_r)
     idx_c = cols[:, None, None, :].expand(-1, x01.shape[1], h, -1)
     return out.gather(3, idx_c)
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, error) of ``model`` in eval mode; NaN for an empty set
-    (:func:`~ckpt_analyzer.functional.loss_error.loss_and_error`)."""
-    return loss_and_error(model, x, y, batch_size)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
