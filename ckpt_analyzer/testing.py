@@ -43,7 +43,7 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     import torch
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
-    from .data.run import RunData, load_run_data
+    from .checkpoints.run_data import RunData, load_run_data
     from .models import build_model
 
     dev = torch.device(device)

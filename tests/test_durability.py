@@ -143,7 +143,7 @@ def test_trainer_resumes_a_kill_while_creating_its_folder(tmp_path: Path, state:
     trainer.run()
     assert not list(out.rglob("*.tmp"))
     assert (out / "run.json").is_file() and (out / "w1" / "e00001.safetensors").is_file()
-    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.checkpoints.run_data import load_run_data
 
     assert len(load_run_data(out).y_train) > 3  # the labels were written afresh
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ckpt_analyzer.checkpoints import discover, load_state_into, read_state_dict
-from ckpt_analyzer.data.run import load_run_data
+from ckpt_analyzer.checkpoints.run_data import load_run_data
 from ckpt_analyzer.functional.batching import add_at, batched, chunks
 from ckpt_analyzer.models import build_model
 from ckpt_analyzer.probes import PROBES

@@ -35,7 +35,8 @@ ANALYZE = [sys.executable, "-m", "ckpt_analyzer.cli"]
 
 
 def analyze(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*ANALYZE, *args], capture_output=True, text=True, env=dict(os.environ))
+    r = subprocess.run([*ANALYZE, *args], capture_output=True, text=True, env=dict(os.environ),
+                       cwd=ROOT)  # where the writer ran: a script factory's name is relative
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}: {r.stderr}")
     return r
@@ -52,7 +53,7 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's plain-PyTorch loop, run as a script."""
     out = tmp_path_factory.mktemp("own") / "run"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "own_loop.py"), str(out)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -60,7 +61,8 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_own_loop_example_writes_the_contract(own_run: Path) -> None:
     run = read_run_json(own_run)
     assert run is not None and run["widths"] == [2, 8] and run["epochs"] == 5
-    assert run["arch"].endswith("examples/own_loop.py:make_model")  # importable: --trust-code
+    # the script's factory by its path relative to the working directory, never an absolute one
+    assert run["arch"] == "examples/own_loop.py:make_model"  # importable: --trust-code
     assert run["label_noise"]["fraction"] == 0.2 and run["optimizer"]["name"] == "sgd"
     assert run["save"]["epochs"] == [0, 1, 2, 3, 4, 5] and run["time_unit"] == "epoch"
     refs = discover(own_run)
@@ -168,6 +170,50 @@ def test_writer_factory_recording(tmp_path: Path) -> None:
         given = RunWriter(tmp_path / "c", model="mlp", train_labels=y)
     assert int(given.noisy_mask.sum()) == 5
     assert read_run_json(tmp_path / "c")["label_noise"]["kind"] == "given"  # type: ignore[index]
+
+
+def test_a_script_factory_is_recorded_by_name(tmp_path: Path) -> None:
+    """A factory of ``__main__``: ``python pkg/train.py`` records the script's path relative to
+    the working directory; ``python -m pkg.train`` the module's name; neither is absolute, and
+    each builds the model again with --model/--trust-code semantics (models.load_factory)."""
+    from ckpt_analyzer.models import file_arch, load_factory
+
+    pkg = tmp_path / "proj" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train.py").write_text(
+        "import sys\nfrom ckpt_analyzer import RunWriter\nfrom ckpt_analyzer.models import build_model\n\n"
+        "def make(width, num_classes, in_channels):\n"
+        "    return build_model('mlp', width, num_classes, in_channels)\n\n"
+        "if __name__ == '__main__':\n"
+        "    RunWriter(sys.argv[1], model=make, evaluate=False).close()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    archs = {}
+    for how, cmd in (("script", ["pkg/train.py"]), ("module", ["-m", "pkg.train"])):
+        out = tmp_path / how
+        r = subprocess.run([sys.executable, *cmd, str(out)], capture_output=True, text=True,
+                           cwd=tmp_path / "proj", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "--trust-code" in r.stderr  # the warning names the command line
+        run = read_run_json(out)
+        assert run is not None
+        archs[how] = run["arch"]
+        meta_arch = run["arch"]
+        with pytest.raises(UsageError, match="is code named by the file"):  # issue 20's rule
+            file_arch(meta_arch, out / "run.json")
+    assert archs == {"script": "pkg/train.py:make", "module": "pkg.train:make"}
+    assert "from this directory" in subprocess.run(
+        [sys.executable, "pkg/train.py", str(tmp_path / "again")], capture_output=True,
+        text=True, cwd=tmp_path / "proj", env=env).stderr
+    cwd = os.getcwd()
+    try:  # from where the writer ran, the recorded name builds the same factory
+        os.chdir(tmp_path / "proj")
+        net = load_factory(archs["script"])(3, 10, 1)
+    finally:
+        os.chdir(cwd)
+    assert [tuple(p.shape) for p in net.parameters()] == \
+        [tuple(p.shape) for p in build_model("mlp", 3, 10, 1).parameters()]
 
 
 # ---------------------------------------------------------------- other trainers' files
@@ -285,7 +331,7 @@ def test_real_timm_model_end_to_end(tmp_path: Path) -> None:
     """timm's own test_resnet (the `dev` extra installs timm): foreign checkpoints analyzed with
     --model timm:test_resnet give the test error of the same weights evaluated directly."""
     timm = pytest.importorskip("timm", reason="timm is not installed (the 'dev' extra)")
-    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.checkpoints.run_data import load_run_data
 
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1).eval()
@@ -367,3 +413,23 @@ def test_lightning_callback_and_ckpt_reader(tmp_path: Path) -> None:
     assert attrs["time_unit"] == "step" and list(steps) == [6, 12, 18] and list(widths) == [2]
     _, _, _, err_contract = cube_metrics(tmp_path / "run" / "analysis.h5")
     np.testing.assert_allclose(err[-1], err_contract[-1], atol=1e-6)
+
+
+def test_run_writer_and_ckpt_train_write_the_same_checkpoint(digits_run: Path, tmp_path: Path) -> None:
+    """One write_checkpoint and one metadata evaluation: a RunWriter with ckpt-train's data and
+    labels, saving ckpt-train's state, writes the same metadata (every number to the bit) and
+    the same tensors."""
+    run = read_run_json(digits_run)
+    assert run is not None
+    noise = run["label_noise"]
+    writer = RunWriter(tmp_path / "w", model=run["arch"], dataset=run["dataset"]["name"],
+                       split_seed=run["dataset"]["split_seed"], label_noise=noise["fraction"],
+                       noise_kind=noise["kind"], seed=noise["seed"])
+    src = digits_run / "w4" / "e00003.safetensors"
+    want = read_header(src)[1]
+    path = writer.save(read_state_dict(src), width=4, epoch=3, step=int(want["step"]))
+    writer.close()
+    got = read_header(path)[1]
+    assert got == want
+    state, copy = read_state_dict(src), read_state_dict(path)
+    assert state.keys() == copy.keys() and all(torch.equal(state[k], copy[k]) for k in state)

@@ -176,7 +176,7 @@ def final_from(refs: dict[tuple[int, int], object], dev: torch.device) -> object
 
 @pytest.mark.parametrize("bn", ["reset", "interpolate"])
 def test_barrier_runs_to_the_widths_last_checkpoint(digits_run: Path, device: str, bn: str) -> None:
-    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.checkpoints.run_data import load_run_data
     from ckpt_analyzer.models import build_model
 
     dev = torch.device(device)
@@ -292,7 +292,7 @@ def test_reset_batch_norm_equals_a_deep_copy_in_train_mode() -> None:
 
 @pytest.fixture(scope="module")
 def w4(digits_run: Path) -> tuple[object, dict[int, nn.Module], dict[tuple[int, int], object]]:
-    from ckpt_analyzer.data.run import load_run_data
+    from ckpt_analyzer.checkpoints.run_data import load_run_data
     from ckpt_analyzer.models import build_model
 
     refs = {(r.width, r.epoch): r for r in discover(digits_run)}

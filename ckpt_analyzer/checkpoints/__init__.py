@@ -1,8 +1,12 @@
-"""The checkpoint contract (docs/checkpoints.md): files, discovery, run folders, models, prefetch."""
+"""The checkpoint contract and the run folder (docs/checkpoints.md): its layout (every path
+rule), files, discovery, run.json/labels/done markers, the writer lock, writing checkpoints
+(:func:`write_checkpoint`, :class:`RunWriter`), the run's data, models, prefetch.
+
+Importing this package imports neither torch nor h5py."""
 
 from __future__ import annotations
 
-from .discovery import CKPT_RE, CheckpointRef, Watcher, discover, pattern_regex, pattern_time_unit
+from .discovery import CheckpointRef, Watcher, discover, pattern_regex, pattern_time_unit
 from .files import (
     CKPT_FORMAT,
     INT_META,
@@ -11,7 +15,6 @@ from .files import (
     REQUIRED_META,
     RUN_FORMAT,
     SafetensorsState,
-    checkpoint_path,
     load_state_into,
     model_keys,
     open_state,
@@ -21,11 +24,12 @@ from .files import (
     save_tensors,
     strip_prefix,
 )
-from .lock import LOCK_FILE, RunLock, create_run_json, only_start_files, remove_stale_start_files
-from .models import build_model_for, load_model, load_subset, screen_widths
+from .layout import CKPT_RE, DONE_FILE, LOCK_FILE, checkpoint_path
+from .lock import RunLock, create_run_json, only_start_files, remove_stale_start_files
+from .models import build_model_for, load_model, screen_widths
 from .prefetch import prefetch
+from .run_data import RunData, load_run_data, load_subset
 from .run_folder import (
-    DONE_FILE,
     check_labels,
     check_manifest,
     dataset_manifest,
@@ -35,12 +39,16 @@ from .run_folder import (
     read_run_json,
     save_labels,
 )
+from .write import checkpoint_metadata, write_checkpoint
+from .writer import RunWriter, factory_spec
 
 __all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "LOCK_FILE",
-    "PICKLE_EXTS", "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "RunLock", "SafetensorsState",
-    "Watcher", "build_model_for", "check_labels", "check_manifest", "checkpoint_path",
-    "create_run_json", "dataset_manifest", "discover", "is_done", "load_model", "load_state_into",
-    "load_subset", "mark_done", "model_keys", "only_start_files", "open_state", "parse_metadata",
-    "pattern_regex", "pattern_time_unit", "prefetch", "read_header", "read_labels",
-    "read_run_json", "read_state_dict", "remove_stale_start_files", "save_labels", "save_tensors", "screen_widths",
-    "strip_prefix"]
+    "PICKLE_EXTS", "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "RunData", "RunLock",
+    "RunWriter", "SafetensorsState", "Watcher", "build_model_for", "check_labels",
+    "check_manifest", "checkpoint_metadata", "checkpoint_path", "create_run_json",
+    "dataset_manifest", "discover", "factory_spec", "is_done", "load_model", "load_run_data",
+    "load_state_into", "load_subset", "mark_done", "model_keys", "only_start_files",
+    "open_state", "parse_metadata", "pattern_regex", "pattern_time_unit", "prefetch",
+    "read_header", "read_labels", "read_run_json", "read_state_dict",
+    "remove_stale_start_files", "save_labels", "save_tensors", "screen_widths", "strip_prefix",
+    "write_checkpoint"]

@@ -13,16 +13,8 @@ from ..errors import CheckpointError, CkptError, UsageError
 
 if TYPE_CHECKING:
     pass
-from .files import (
-    CKPT_FORMAT,
-    PICKLE_EXTS,
-    checkpoint_path,
-    not_regular,
-    parse_metadata,
-    read_header,
-)
-
-CKPT_RE = re.compile(r"^w(?P<width>\d+)/e(?P<epoch>\d+)\.safetensors$")
+from .files import CKPT_FORMAT, PICKLE_EXTS, not_regular, parse_metadata, read_header
+from .layout import CHECKPOINT_SUFFIX, CKPT_RE, checkpoint_path, is_temporary
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,7 @@ class Watcher:
         self.root = Path(run_dir)
         self.pattern = pattern
         self.rx = pattern_regex(pattern) if pattern else CKPT_RE
-        self.exts = (".safetensors", *PICKLE_EXTS) if allow_pt else (".safetensors",)
+        self.exts = (CHECKPOINT_SUFFIX, *PICKLE_EXTS) if allow_pt else (CHECKPOINT_SUFFIX,)
         self.width = width
         #: path -> ((size, mtime_ns), its ref, its notes) of every checkpoint file read so far
         self._seen: dict[str, tuple[tuple[int, int], CheckpointRef, list[str]]] = {}
@@ -116,7 +108,7 @@ class Watcher:
         pickles = read = 0
         present = set()
         for p in sorted(root.rglob("*")):
-            if p.name.endswith(".tmp"):
+            if is_temporary(p.name):
                 continue
             if p.suffix not in self.exts:
                 pickles += p.suffix in PICKLE_EXTS and p.is_file()
@@ -172,7 +164,7 @@ class Watcher:
                                                                    int(m["epoch"]))
         meta: dict[str, Any] = {}
         error = None
-        if p.suffix == ".safetensors":
+        if p.suffix == CHECKPOINT_SUFFIX:
             try:
                 _, raw = read_header(p)
                 if raw.get("format") == CKPT_FORMAT or pattern is None:

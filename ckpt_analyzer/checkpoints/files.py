@@ -50,10 +50,6 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
     atomic_write_bytes(path, save(flat, metadata=meta))
 
 
-def checkpoint_path(run_dir: str | Path, width: int, epoch: int) -> Path:
-    return Path(run_dir) / f"w{width}" / f"e{epoch:05d}.safetensors"
-
-
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
           (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
           (stat.S_ISSOCK, "socket"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import secrets
 import socket
 import sys
@@ -24,13 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CkptError
-
-LOCK_FILE = ".writer.lock"
-
-#: What a writer killed while creating its folder can leave before run.json (written last), and
-#: the lock file: a folder holding only these is reused as if empty.
-START_FILES = re.compile(r"^(\.writer\.lock|labels\.safetensors"
-                         r"|(labels\.safetensors|run\.json)\.[0-9a-f]+\.tmp)$")
+from .layout import RUN_JSON, START_FILES, TMP_SUFFIX, lock_path, run_json_path
 
 
 def only_start_files(folder: str | Path) -> bool:
@@ -41,7 +34,7 @@ def only_start_files(folder: str | Path) -> bool:
 
 def remove_stale_start_files(folder: str | Path) -> None:
     """Delete the temporaries a writer killed while starting left (not the lock file)."""
-    for stale in Path(folder).glob("*.tmp"):
+    for stale in Path(folder).glob(f"*{TMP_SUFFIX}"):
         if START_FILES.match(stale.name):
             stale.unlink(missing_ok=True)
 
@@ -66,7 +59,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path, writer: str = "writer") -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = lock_path(self.run_dir)
         self.writer = writer
         self._fd: int | None = None
 
@@ -169,8 +162,8 @@ def create_run_json(run_dir: str | Path, manifest: dict[str, Any]) -> None:
     exclusive); CkptError naming it when another writer created one first."""
     from .._atomic import fsync_dir, fsync_file
 
-    target = Path(run_dir) / "run.json"
-    tmp = target.with_name(f"run.json.{secrets.token_hex(4)}.tmp")
+    target = run_json_path(run_dir)
+    tmp = target.with_name(f"{RUN_JSON}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -1,4 +1,4 @@
-"""Models for checkpoints: size screening, building, loading (the notebook API)."""
+"""Models for checkpoints: size screening, building, loading (the notebook API's load_model)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 from .discovery import CheckpointRef, _match_fields, pattern_regex
 from .files import CKPT_FORMAT, load_state_into, open_state, parse_metadata, read_header
+from .layout import CHECKPOINT_SUFFIX
 
 
 def screen_widths(refs: list[CheckpointRef], meta_of: Callable[[CheckpointRef], Mapping[str, Any]],
@@ -71,7 +71,7 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
     import torch
 
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == CHECKPOINT_SUFFIX:
         _, raw = read_header(path)
     else:
         raw = {}
@@ -99,14 +99,6 @@ def load_model(path: str | Path, device: str = "cpu", model: str | None = None,
         if missing:
             raise CheckpointError(f"cannot build a model: unknown {', '.join(missing)}", path)
     net = build_model_for(meta, model, trust_code=trust_code, source=path)
-    load_state_into(net, open_state(path, allow_pt=path.suffix != ".safetensors"), path, prefix)
+    load_state_into(net, open_state(path, allow_pt=path.suffix != CHECKPOINT_SUFFIX), path, prefix)
     return net.to(torch.device(device)).eval()
 
-
-def load_subset(run_dir: str | Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized inputs and labels of a subset of a contract run, in split order."""
-    from ..data.run import load_run_data
-
-    data = load_run_data(run_dir)
-    x, y, _ = data.subset(subset)
-    return x, y

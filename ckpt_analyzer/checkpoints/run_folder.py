@@ -12,11 +12,12 @@ from ..errors import CheckpointError, CkptError
 if TYPE_CHECKING:
     import torch
 from .files import LABELS_FORMAT, RUN_FORMAT, read_header, read_state_dict, save_tensors
+from .layout import LABELS_FILE, done_path, labels_path, run_json_path
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a contract run, or None for a foreign folder."""
-    path = Path(run_dir) / "run.json"
+    path = run_json_path(run_dir)
     if not path.exists():
         return None
     try:
@@ -48,28 +49,23 @@ def dataset_manifest(name: str, root: str | Path | None, split_seed: int, data: 
     }
 
 
-DONE_FILE = "done"
-"""Completion markers: ``<run>/w<W>/done`` once width W has all its checkpoints, ``<run>/done``
-once every planned width has. Small JSON files written atomically after the last checkpoint."""
-
-
 def mark_done(run_dir: str | Path, width: int | None = None, **info: Any) -> Path:
-    """Write the completion marker of ``width`` (None: of the whole run)."""
+    """Write the completion marker of ``width`` (None: of the whole run): a small JSON file
+    written atomically after the width's (the run's) last checkpoint."""
     from .. import __version__
     from .._atomic import atomic_write_json
 
-    folder = Path(run_dir) if width is None else Path(run_dir) / f"w{width}"
-    folder.mkdir(parents=True, exist_ok=True)
+    path = done_path(run_dir, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"format": "ckpt-analyzer.done/1", "version": __version__,
             **({} if width is None else {"width": width}), **info}
-    atomic_write_json(folder / DONE_FILE, body)
-    return folder / DONE_FILE
+    atomic_write_json(path, body)
+    return path
 
 
 def is_done(run_dir: str | Path, width: int | None = None) -> bool:
     """Whether ``width`` (None: the whole run) carries its completion marker."""
-    folder = Path(run_dir) if width is None else Path(run_dir) / f"w{width}"
-    return (folder / DONE_FILE).is_file()
+    return done_path(run_dir, width).is_file()
 
 
 def check_manifest(run: Mapping[str, Any], path: str | Path) -> None:
@@ -137,7 +133,7 @@ def save_labels(run_dir: str | Path, train_labels: Any, clean_labels: Any, noisy
     import torch
 
     save_tensors(
-        Path(run_dir) / "labels.safetensors",
+        labels_path(run_dir),
         {
             "train_labels": torch.as_tensor(train_labels, dtype=torch.int64),
             "clean_labels": torch.as_tensor(clean_labels, dtype=torch.int64),
@@ -148,9 +144,9 @@ def save_labels(run_dir: str | Path, train_labels: Any, clean_labels: Any, noisy
 
 
 def read_labels(run_dir: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(run_dir) / "labels.safetensors"
+    path = labels_path(run_dir)
     if not path.exists():
-        raise CkptError("missing labels.safetensors of the run", path)
+        raise CkptError(f"missing {LABELS_FILE} of the run", path)
     _, meta = read_header(path)
     if meta.get("format") != LABELS_FORMAT:
         raise CheckpointError(f"not a labels file (format {meta.get('format')!r})", path)

@@ -109,7 +109,7 @@ class Worker:
         import torch
 
         from ..checkpoints import build_model_for, open_state, strip_prefix
-        from ..data.run import load_run_data
+        from ..checkpoints.run_data import load_run_data
         from ..device import set_precision
         from ..probes import load_plugin
         from ..probes.base import Context

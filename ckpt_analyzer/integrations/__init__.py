@@ -1,21 +1,23 @@
-"""Meeting users where they train: :class:`RunWriter` writes the checkpoint contract from any
-training loop; :mod:`.lightning` holds a Lightning callback (the ``lightning`` extra).
+"""Meeting users where they train: :mod:`.lightning` holds a Lightning callback (the
+``lightning`` extra) that writes the checkpoint contract through :class:`RunWriter`.
 
-Nothing here imports torch or lightning until it is used."""
+:class:`RunWriter` itself lives with the run folder it writes
+(:class:`ckpt_analyzer.checkpoints.RunWriter`, also ``ckpt_analyzer.RunWriter``); it stays
+importable from here. Nothing here imports torch or lightning until it is used."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .writer import RunWriter
+    from ..checkpoints.writer import RunWriter
 
 __all__ = ["RunWriter"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "RunWriter":
-        from .writer import RunWriter
+        from ..checkpoints.writer import RunWriter
 
         return RunWriter
     raise AttributeError(name)

@@ -9,7 +9,8 @@
     trainer = L.Trainer(max_epochs=10, callbacks=[ContractCheckpoint(writer, width=4)])
     trainer.fit(LitModel(make_net(4, writer.num_classes, writer.in_channels)), loader)
 
-The LightningModule is saved through :meth:`RunWriter.save`, which strips its module prefix
+The LightningModule is saved through :meth:`RunWriter.save` (:mod:`ckpt_analyzer.checkpoints`;
+the one ``write_checkpoint`` of ``ckpt-train`` and the writer), which strips its module prefix
 (``self.net = ...`` -> keys ``net.*``) so that the checkpoints fit the writer's factory. Works
 with ``lightning`` (``lightning.pytorch``) or the older ``pytorch_lightning`` package.
 """
@@ -29,8 +30,8 @@ except ImportError:  # pragma: no cover - the older distribution
         raise ImportError("ckpt_analyzer.integrations.lightning needs Lightning: "
                           "pip install 'ckpt-analyzer[lightning]'") from None
 
+from ..checkpoints.writer import RunWriter
 from ..errors import CkptError
-from .writer import RunWriter
 
 __all__ = ["ContractCheckpoint"]
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..checkpoints import CheckpointRef
-    from ..data.run import RunData
+    from ..checkpoints.run_data import RunData
 
 @dataclass(frozen=True)
 class Context:
@@ -246,9 +246,9 @@ def _to_numpy(value: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    # RunData lives in ckpt_analyzer.data.run (it imports torch); kept importable from here.
+    # RunData lives in ckpt_analyzer.checkpoints.run_data (it imports torch); kept importable from here.
     if name == "RunData":
-        from ..data.run import RunData
+        from ..checkpoints.run_data import RunData
 
         return RunData
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

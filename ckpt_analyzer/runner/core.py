@@ -31,9 +31,9 @@ from ..checkpoints import (
     screen_widths,
     strip_prefix,
 )
+from ..checkpoints.run_data import RunData, load_run_data
 from ..config import config_to_dict
 from ..cube.identity import check_checkpoints, check_run, run_identity
-from ..data.run import RunData, load_run_data
 from ..errors import CheckpointError, CkptError, UsageError
 from ..executors.local import LocalExecutor
 from ..executors.measure import PreparedProbe, one_line

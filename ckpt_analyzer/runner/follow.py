@@ -285,12 +285,13 @@ class _Idle:
         """Whether the run folder changed since the last look (and then touch the clock)."""
         import os
 
+        from ..checkpoints.layout import is_activity_entry
+
         state = []
         try:
             with os.scandir(run_dir) as top:
                 for d in top:
-                    if d.name == "done" or (d.name[:1] == "w" and d.name[1:].isdigit()
-                                            and d.is_dir()):
+                    if is_activity_entry(d.name, d.is_dir()):
                         if d.is_dir():
                             with os.scandir(d.path) as inner:
                                 entries = list(inner)

@@ -16,10 +16,8 @@ from torch import nn
 from .. import __version__
 from .._atomic import atomic_write_json
 from ..checkpoints import (
-    CKPT_FORMAT,
     RUN_FORMAT,
     RunLock,
-    checkpoint_path,
     create_run_json,
     dataset_manifest,
     is_done,
@@ -31,14 +29,23 @@ from ..checkpoints import (
     remove_stale_start_files,
     save_labels,
     save_tensors,
+    write_checkpoint,
+)
+from ..checkpoints.layout import (
+    checkpoint_path,
+    has_checkpoint_files,
+    is_checkpoint_temporary,
+    run_json_path,
+    train_state_path,
+    width_dir,
 )
 from ..config import settings_diff
 from ..errors import CkptError
+from ..functional.loss_error import checkpoint_metrics
 from ..seeds import derive_seed
 from .config import TrainConfig
 from .schedule import lr_at, save_epochs
 
-STATE_FILE = "train_state.safetensors"
 STATE_EVERY_S = 60.0
 
 
@@ -111,23 +118,6 @@ def augment_batch(x01: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = padded.gather(2, idx_r)
     idx_c = cols[:, None, None, :].expand(-1, x01.shape[1], h, -1)
     return out.gather(3, idx_c)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, error) of ``model`` in eval mode; NaN for an empty set."""
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    was = model.training
-    model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
-    wrong = torch.zeros((), dtype=torch.float64, device=x.device)
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
-        loss += F.cross_entropy(out.double(), y[i:i + batch_size], reduction="sum")
-        wrong += (out.argmax(1) != y[i:i + batch_size]).sum()
-    model.train(was)
-    return float(loss / len(x)), float(wrong / len(x))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -231,7 +221,7 @@ class Trainer:
         self.smoother = self._make_smoother()
         manifest = make_manifest(cfg, data, self.smoother.manifest if self.smoother else None)
 
-        if (self.out.is_dir() and not (self.out / "run.json").exists()
+        if (self.out.is_dir() and not run_json_path(self.out).exists()
                 and not only_start_files(self.out)):  # before the lock file is added to it
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
         if lock and self._lock is None:
@@ -250,9 +240,9 @@ class Trainer:
             diff = manifest_diff(old, manifest)
             if diff and self._has_checkpoints():
                 raise CkptError("holds a run with other settings: " + "; ".join(diff)
-                                + " (use another OUT folder)", self.out / "run.json")
+                                + " (use another OUT folder)", run_json_path(self.out))
             if diff:  # a manifest without a single checkpoint: nothing to keep, start afresh
-                self.warnings.append(f"{self.out / 'run.json'}: no checkpoint was written with "
+                self.warnings.append(f"{run_json_path(self.out)}: no checkpoint was written with "
                                      "its settings; starting afresh with the new ones ("
                                      + "; ".join(diff) + ")")
                 old = None
@@ -262,15 +252,15 @@ class Trainer:
         if old is None:
             remove_stale_start_files(self.out)  # left by a run killed while starting
             save_labels(self.out, labels, data.y_train, mask)
-            if (self.out / "run.json").exists():  # a manifest without checkpoints: replaced
-                atomic_write_json(self.out / "run.json", manifest)
+            if run_json_path(self.out).exists():  # a manifest without checkpoints: replaced
+                atomic_write_json(run_json_path(self.out), manifest)
             else:
                 create_run_json(self.out, manifest)  # exclusive: one run per folder
         self.manifest = manifest
         return manifest
 
     def _has_checkpoints(self) -> bool:
-        return any(p.is_file() for p in self.out.glob("w*/*"))
+        return has_checkpoint_files(self.out)
 
     def _make_smoother(self) -> Any:
         if self.cfg.label_smoothing is None:
@@ -298,24 +288,15 @@ class Trainer:
         return results
 
     def _metrics(self, model: nn.Module) -> dict[str, float]:
-        xs = self.xs_train
-        train_loss, train_error = evaluate(model, xs, self.y_train)
-        _, noisy_error = evaluate(model, xs[self.noisy], self.y_train[self.noisy])
-        test_loss, test_error = evaluate(model, self.xs_test, self.y_test)
-        return {"train_loss": train_loss, "train_error": train_error, "noisy_error": noisy_error,
-                "test_loss": test_loss, "test_error": test_error}
+        return checkpoint_metrics(model, self.xs_train, self.y_train, self.noisy, self.xs_test,
+                                  self.y_test)
 
     def _save(self, model: nn.Module, width: int, epoch: int, step: int) -> dict[str, float]:
         m = self._metrics(model)
-        meta = {
-            "format": CKPT_FORMAT, "arch": self.cfg.arch, "width": width, "epoch": epoch,
-            "step": step, "num_classes": self.data.num_classes,
-            "in_channels": self.data.in_channels, "image_size": self.data.image_size,
-            **{k: repr(v) for k, v in m.items()},
-        }
-        path = checkpoint_path(self.out, width, epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(path, model.state_dict(), meta)
+        write_checkpoint(self.out, model.state_dict(), arch=self.cfg.arch, width=width,
+                         epoch=epoch, step=step, num_classes=self.data.num_classes,
+                         in_channels=self.data.in_channels, image_size=self.data.image_size,
+                         metrics=m)
         return m
 
     def train_width(self, width: int) -> WidthResult:
@@ -328,11 +309,12 @@ class Trainer:
         model = build_model(cfg.arch, width, self.data.num_classes, self.data.in_channels).to(dev)
         opt = make_optimizer(cfg, model)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, width, 1))
-        wdir = self.out / f"w{width}"
+        wdir = width_dir(self.out, width)
         wdir.mkdir(exist_ok=True)
-        for stale in wdir.glob("*.safetensors.*.tmp"):  # left by a killed run
-            stale.unlink()
-        state_path = wdir / STATE_FILE
+        for stale in wdir.iterdir():  # checkpoint temporaries left by a killed run
+            if is_checkpoint_temporary(stale.name) and stale.is_file():
+                stale.unlink()
+        state_path = train_state_path(self.out, width)
         saves = set(save_epochs(cfg.save, cfg.epochs))
         n = len(self.x_train)
         steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size

@@ -17,9 +17,16 @@ file atomically, so ``ckpt-analyze run`` reads the folder like a run of the buil
     writer.close()                                 # marks <run>/done
 
 The model's factory (a callable ``factory(width, num_classes, in_channels)``, a registered name
-or a ``module:factory`` spec) is recorded as the checkpoints' ``arch``. ``ckpt-analyze run``
-builds a registered name by itself; any other factory is code that a reader runs only when they
-ask (``--model SPEC`` or ``--trust-code``), and the writer warns with that command line.
+or a ``module:factory`` spec) is recorded as the checkpoints' ``arch`` by name, never by an
+absolute path (:func:`factory_spec`): a registered factory by its registered name, a module's
+function as ``module:function``, a function of the script being run as its path relative to the
+working directory (``train.py:make``). ``ckpt-analyze run`` builds a registered name by itself;
+any other factory is code that a reader runs only when they ask (``--model SPEC`` or
+``--trust-code``), and the writer warns with that command line.
+
+Each checkpoint is written by :func:`~ckpt_analyzer.checkpoints.write.write_checkpoint` (the
+same function ``ckpt-train`` uses), its loss and error evaluated by
+:func:`~ckpt_analyzer.functional.loss_error.checkpoint_metrics`.
 
 One writer per folder: the writer holds ``<run>/.writer.lock`` from its creation until
 :meth:`RunWriter.close` (a second live writer is refused naming the holder); in a distributed
@@ -30,10 +37,8 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 import operator
 import os
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -41,24 +46,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..checkpoints import (
-    CKPT_FORMAT,
-    RUN_FORMAT,
-    RunLock,
-    checkpoint_path,
-    create_run_json,
-    dataset_manifest,
-    is_done,
-    mark_done,
-    only_start_files,
-    read_run_json,
-    remove_stale_start_files,
-    save_labels,
-    save_tensors,
-    strip_prefix,
-)
 from ..config import settings_diff
 from ..errors import CkptError, UsageError
+from .files import RUN_FORMAT, strip_prefix
+from .layout import checkpoint_epochs, checkpoint_path, done_path, run_json_path, width_dir
+from .lock import RunLock, create_run_json, only_start_files, remove_stale_start_files
+from .run_folder import dataset_manifest, is_done, mark_done, read_run_json, save_labels
+from .schedule import save_epochs
+from .write import write_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -89,13 +84,41 @@ def _guarded_script(path: Path) -> bool:
     return True
 
 
-def factory_spec(factory: Callable[..., Any]) -> tuple[str, bool]:
-    """``(spec, importable)`` for a model factory callable.
+def _main_spec(factory: Callable[..., Any], qual: str) -> tuple[str, bool] | None:
+    """The name of a factory defined in ``__main__`` (see :func:`factory_spec`), or None when
+    its script cannot be told or does more than define things when imported."""
+    import sys
 
-    A function of an importable module gives ``"package.module:name"``; one defined in the
-    script being run (``__main__``) gives ``"/abs/path/script.py:name"`` when importing that
-    script defines things and runs nothing else (its work under ``if __name__ == "__main__"``).
-    Otherwise the spec only describes the factory and ``importable`` is False."""
+    try:
+        file = Path(inspect.getfile(factory)).resolve()
+    except (TypeError, OSError):
+        return None
+    if file.suffix != ".py" or not file.is_file() or not _guarded_script(file):
+        return None
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(main_spec, "name", None)
+    if name and name != "__main__" and Path(str(getattr(main_spec, "origin", ""))).resolve() == file:
+        return f"{name}:{qual}", True  # python -m package.module: a module name
+    try:
+        where = Path(os.path.relpath(file, Path.cwd())).as_posix()
+    except ValueError:  # another drive (Windows): the file name alone
+        where = file.name
+    return f"{where}:{qual}", True
+
+
+def factory_spec(factory: Callable[..., Any]) -> tuple[str, bool]:
+    """``(spec, importable)`` for a model factory callable: a name, never an absolute path.
+
+    A function of an importable module gives ``"package.module:name"``. One defined in the
+    script being run (``__main__``) gives, when importing that script defines things and runs
+    nothing else (its work under ``if __name__ == "__main__"``), ``"package.module:name"`` for
+    a script run as ``python -m package.module``, else the script's path *relative to the
+    working directory* (``"train.py:make"``, ``"scripts/train.py:make"``): the directory from
+    which ``--model SPEC`` or ``--trust-code`` finds it again, as a ``file.py:factory`` spec
+    is resolved (:func:`~ckpt_analyzer.models.load_factory`). Either is code that a reader
+    runs only when they ask (:func:`~ckpt_analyzer.models.file_arch`). Otherwise (lambdas,
+    closures, unguarded scripts) the spec only describes the factory and ``importable`` is
+    False."""
     import importlib
 
     module = getattr(factory, "__module__", None) or ""
@@ -104,13 +127,7 @@ def factory_spec(factory: Callable[..., Any]) -> tuple[str, bool]:
     if not qual or "<" in qual:  # lambdas, closures
         return spec, False
     if module == "__main__":
-        try:
-            file = Path(inspect.getfile(factory)).resolve()
-        except (TypeError, OSError):
-            return spec, False
-        if file.suffix == ".py" and file.is_file() and _guarded_script(file):
-            return f"{file}:{qual}", True
-        return spec, False
+        return _main_spec(factory, qual) or (spec, False)
     try:
         obj: Any = importlib.import_module(module)
         for part in qual.split("."):
@@ -179,9 +196,6 @@ def _registered_name(factory: Callable[..., Any]) -> str | None:
         except CkptError:  # pragma: no cover - names() lists only loadable ones
             continue
     return None
-
-
-_CKPT_NAME = re.compile(r"^e(\d+)\.safetensors$")
 
 
 def _meta_value(value: Any) -> str:
@@ -331,16 +345,15 @@ class RunWriter:
                           "'if __name__ == \"__main__\":'); 'ckpt-analyze run' will need "
                           "--model MODULE:FACTORY", stacklevel=3)
         elif not is_registered(spec):
+            here = " from this directory" if spec.rpartition(":")[0].endswith(".py") else ""
             warnings.warn(f"RunWriter: the model factory {spec} is code, not a registered "
                           "architecture; the analyzer runs it only when asked: ckpt-analyze run "
-                          f"{shlex.quote(str(out))} --model {shlex.quote(spec)} (or --trust-code)",
-                          stacklevel=3)
+                          f"{shlex.quote(str(out))} --model {shlex.quote(spec)} (or --trust-code)"
+                          + here, stacklevel=3)
         return spec, factory
 
     @staticmethod
     def _plan_saves(save: str | Sequence[int] | None, epochs: int | None) -> list[int] | None:
-        from ..train.schedule import save_epochs
-
         if save is None:
             return None if epochs is None else list(range(epochs + 1))
         if epochs is None:
@@ -363,7 +376,7 @@ class RunWriter:
             if old is not None:
                 self._check_same(old)
             return
-        if (self.out.is_dir() and not (self.out / "run.json").exists()
+        if (self.out.is_dir() and not run_json_path(self.out).exists()
                 and not only_start_files(self.out)):  # before the lock file is added to it
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
         self._lock = RunLock(self.out, "RunWriter").acquire()
@@ -386,7 +399,7 @@ class RunWriter:
         diff = settings_diff(old, self.manifest, ignore=("version",))
         if diff:
             raise CkptError("holds a run with other settings: " + "; ".join(diff)
-                            + " (use another folder)", self.out / "run.json")
+                            + " (use another folder)", run_json_path(self.out))
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -424,7 +437,7 @@ class RunWriter:
             raise UsageError(f"epoch {epoch} is not in the planned save schedule "
                              f"(0..{self.epochs}, {len(self.save_epochs)} saves)")
         if is_done(self.out, width):
-            raise UsageError(f"width {width} is already marked finished ({self.out}/w{width}/done)")
+            raise UsageError(f"width {width} is already marked finished ({done_path(self.out, width)})")
 
     def _fit(self, model: nn.Module | Mapping[str, torch.Tensor], width: int,
              path: Path) -> dict[str, torch.Tensor]:
@@ -448,7 +461,7 @@ class RunWriter:
         return {k: fitted[k] for k in want}
 
     def _metrics(self, state: Mapping[str, torch.Tensor], width: int) -> dict[str, float]:
-        from ..train.loop import evaluate
+        from ..functional.loss_error import checkpoint_metrics
 
         dev = next(iter(state.values())).device if state else None
         if self._eval_model is None or self._eval_model[0] != width:
@@ -460,11 +473,7 @@ class RunWriter:
             self._on_device = {key: tuple(t.to(dev) for t in (
                 self.x_train, self.y_train, self.noisy_mask, self.x_test, self.y_test))}
         xtr, ytr, noisy, xte, yte = self._on_device[key]
-        train_loss, train_error = evaluate(net, xtr, ytr)
-        _, noisy_error = evaluate(net, xtr[noisy], ytr[noisy])
-        test_loss, test_error = evaluate(net, xte, yte)
-        return {"train_loss": train_loss, "train_error": train_error, "noisy_error": noisy_error,
-                "test_loss": test_loss, "test_error": test_error}
+        return checkpoint_metrics(net, xtr, ytr, noisy, xte, yte)
 
     def save(self, model: nn.Module | Mapping[str, torch.Tensor], *, width: int, epoch: int,
              step: int | None = None, **metrics: Any) -> Path:
@@ -479,22 +488,13 @@ class RunWriter:
         if step is not None:
             step = _int_arg("save(step=)", step, 0)
         self._check_plan(width, epoch)
-        path = checkpoint_path(self.out, width, epoch)
-        state = self._fit(model, width, path)
-        computed: dict[str, float] = {}
-        if self.evaluate:
-            computed = self._metrics(state, width)
-        meta: dict[str, Any] = {k: repr(v) for k, v in computed.items()}
-        meta.update({k: _meta_value(v) for k, v in metrics.items()})
-        for k in ("train_loss", "train_error"):
-            meta.setdefault(k, repr(math.nan))
-        meta.update({
-            "format": CKPT_FORMAT, "arch": self.arch, "width": width, "epoch": epoch,
-            "step": -1 if step is None else int(step), "num_classes": self.num_classes,
-            "in_channels": self.in_channels, "image_size": self.image_size,
-        })
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(path, state, meta)
+        state = self._fit(model, width, checkpoint_path(self.out, width, epoch))
+        path = write_checkpoint(
+            self.out, state, arch=self.arch, width=width, epoch=epoch,
+            step=-1 if step is None else int(step), num_classes=self.num_classes,
+            in_channels=self.in_channels, image_size=self.image_size,
+            metrics=self._metrics(state, width) if self.evaluate else None,
+            extra={k: _meta_value(v) for k, v in metrics.items()})
         saved = self._saved.setdefault(width, [])
         if epoch not in saved:
             saved.append(epoch)
@@ -504,9 +504,7 @@ class RunWriter:
         """Planned save epochs of ``width`` without a checkpoint on disk ([] without a plan)."""
         if self.save_epochs is None:
             return []
-        folder = self.out / f"w{width}"
-        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-        on_disk = {int(m.group(1)) for m in map(_CKPT_NAME.match, names) if m}
+        on_disk = set(checkpoint_epochs(self.out, width))
         return [e for e in self.save_epochs if e not in on_disk]
 
     def finish(self, width: int) -> None:
@@ -524,11 +522,8 @@ class RunWriter:
         if missing:
             raise CkptError(f"finish(width={width}): planned checkpoint(s) of epoch "
                             f"{_epochs_text(missing)} missing; width {width} not marked done",
-                            self.out / f"w{width}")
-        folder = self.out / f"w{width}"
-        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-        on_disk = sorted(int(m.group(1)) for m in map(_CKPT_NAME.match, names) if m)
-        mark_done(self.out, width, epochs=on_disk)
+                            width_dir(self.out, width))
+        mark_done(self.out, width, epochs=checkpoint_epochs(self.out, width))
 
     def close(self) -> None:
         """Mark the run finished (``<run>/done``) once every planned width is; without planned

@@ -1,4 +1,8 @@
-"""A run's data on the device, shared by all probes: normalized splits, labels, noise mask."""
+"""A run's data on the device, shared by all probes: normalized splits, labels, noise mask.
+
+It lives with the run folder (checkpoints/) because it is read from it: run.json names the
+dataset, labels.safetensors the labels trained on; :mod:`ckpt_analyzer.data` only loads
+datasets (and imports nothing of checkpoints/)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoints import check_labels, read_labels, read_run_json
+from ..data import denormalize, load_dataset, normalize
 from ..errors import CkptError
 from ..schema import SUBSETS
-from . import denormalize, load_dataset, normalize
+from .layout import labels_path, run_json_path
+from .run_folder import check_labels, read_labels, read_run_json
 
 if TYPE_CHECKING:
     import torch
@@ -84,11 +89,11 @@ def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
         ds = run["dataset"]
         data = load_dataset(dataset or ds["name"], data_root or ds.get("root"), ds.get("split_seed", 0))
         labels = read_labels(run_dir)
-        check_labels(labels, data.n_train, data.num_classes, Path(run_dir) / "labels.safetensors")
+        check_labels(labels, data.n_train, data.num_classes, labels_path(run_dir))
         mean, std = ds["mean"], ds["std"]
         if len(mean) != data.in_channels:
             raise CkptError(f"'dataset.mean' has {len(mean)} channels, dataset '{ds['name']}' "
-                            f"has {data.in_channels}", Path(run_dir) / "run.json")
+                            f"has {data.in_channels}", run_json_path(run_dir))
         y_train, clean = labels["train_labels"].long(), labels["clean_labels"].long()
         mask = labels["noisy_mask"].bool()
         smoothing = run.get("label_smoothing")
@@ -106,3 +111,9 @@ def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
         noisy_mask=mask.to(dev), x_test=norm(data.x_test), y_test=data.y_test.to(dev),
         mean=mean_t, std=std_t, num_classes=data.num_classes, smoothing=smoothing,
     )
+
+
+def load_subset(run_dir: str | Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized inputs and labels of a subset of a contract run, in split order."""
+    x, y, _ = load_run_data(run_dir).subset(subset)
+    return x, y
