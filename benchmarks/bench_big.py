@@ -28,18 +28,18 @@ from typing import Any
 #: (reduced settings, scale to the default/recommended run on CIFAR-10) per probe.
 #: The scale is the ratio of model evaluations (rows; Hessian-vector products x points).
 PLANS: dict[str, tuple[dict[str, Any], float, str]] = {
-    "metrics": ({}, 60000 / 640, "50k train + 10k test rows over 512 + 128"),
+    "metrics": ({}, math.nan, "50k train + 10k test rows over --train + --test"),
     "spectrum": ({"points": 4}, 500 / 4, "500 points x 128 samples over 4 x 128"),
     "interpolation": ({"pairs": 1, "kinds": ("within",)}, math.nan,
                       "rows counted; default 11,000 paths x ~70 steps"),
     "sharpness": ({"samples": 4}, 1024 / 4, "1024 points x 49 anchors x 5 over 4 points"),
-    "normalization": ({}, 60000 / 640, "f and f~ on 60k rows over 640"),
-    "hessian": ({"points": 64, "subsets": ("train",), "k": 1, "iterations": 2,
-                 "trace_samples": 2, "density_runs": 0},
+    "normalization": ({}, math.nan, "f and f~ on 60k rows over --train + --test"),
+    "hessian": ({"points": 32, "subsets": ("train",), "k": 1, "iterations": 2,
+                 "trace_samples": 1, "density_runs": 0},
                 # recommended at 11M parameters: iterations=20 (1.8 GB basis), k=3,
                 # trace_samples=32, points=256, train+test: 2 x (20+3+32) HVPs of 256 points
-                2 * (20 + 3 + 32) * 256 / ((2 + 1 + 2) * 64),
-                "2 subsets x 55 HVPs x 256 points over 5 HVPs x 64"),
+                2 * (20 + 3 + 32) * 256 / ((2 + 1 + 1) * 32),
+                "2 subsets x 55 HVPs x 256 points over 4 HVPs x 32"),
     "landscape": ({"steps": 3, "points": 16, "bn_samples": 64, "barrier_steps": 2},
                   (21 + 11) * (4 * 512 + 1024) / ((3 + 2) * (4 * 16 + 64)),
                   "32 grid points x (2048 + 1024 BN) rows over 5 x (64 + 64)"),
@@ -101,7 +101,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                   widths=(args.width,), epochs=(0,), build_model=build,
                   final_state=lambda w: (1, last), max_memory=args.max_memory)
     settings, scale, _ = PLANS[args.child]
-    (probe,) = make_probes([args.child], {args.child: dict(settings)})
+    settings = dict(settings)
+    for key in ("points", "samples", "pairs"):  # --grow: larger runs, the same extrapolation
+        if key in settings:
+            settings[key] = settings[key] * args.grow
+            scale /= args.grow
+    if args.child in ("metrics", "normalization"):  # every image of the splits
+        scale = 60000 / (args.train + args.test)
+    (probe,) = make_probes([args.child], {args.child: settings})
     base_rss = rss_mib()
     rows = 0
 
@@ -148,6 +155,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=512)
     ap.add_argument("--test", type=int, default=128)
     ap.add_argument("--probes", default=",".join(PLANS))
+    ap.add_argument("--grow", type=int, default=1,
+                    help="multiply the reduced points / samples / pairs by this (a GPU)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per probe")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -166,7 +175,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---|---:|---:|")
     cmd = [sys.executable, __file__, "--device", args.device, "--width", str(args.width),
            "--max-memory", str(args.max_memory or 0), "--batch-size", str(args.batch_size),
-           "--train", str(args.train), "--test", str(args.test)]
+           "--train", str(args.train), "--test", str(args.test), "--grow", str(args.grow)]
     for name in args.probes.split(","):
         try:
             done = subprocess.run([*cmd, "--child", name], capture_output=True, text=True,
