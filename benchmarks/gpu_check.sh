@@ -9,7 +9,10 @@
 #      model's raw forward (+backward) rate; then TF32 on, for the probes it could touch;
 #   3. device_tests.txt: the suite's device-agnostic tests (pytest -m device) on cuda;
 #   4. bench.txt: Hessian-vector products, sharpness and interpolation throughput over the raw
-#      rates on the GPU (bench_hessian.py, bench_sharpness.py, bench_interpolation.py).
+#      rates on the GPU (bench_hessian.py, bench_sharpness.py, bench_interpolation.py);
+#   5. bench_big.md: every probe on preact_resnet18 width 64 (11.2M parameters, 32x32 inputs)
+#      within --max-memory 16G, seconds per checkpoint extrapolated to the defaults, CUDA peak
+#      memory (bench_big.py; one process per probe, 30 s each at most).
 set -uo pipefail
 OUT=${OUT:-benchmarks/gpu-out}
 mkdir -p "$OUT"
@@ -38,4 +41,6 @@ step bench-hessian 60 bench.txt $PY benchmarks/bench_hessian.py --device $DEVICE
   --points 512 --batch-size 512 --probe
 step bench-sharpness 60 bench.txt $PY benchmarks/bench_sharpness.py --device $DEVICE --width 16
 step bench-interpolation 60 bench.txt $PY benchmarks/bench_interpolation.py --device $DEVICE
+step bench-big 270 bench_big.md $PY benchmarks/bench_big.py --device $DEVICE --max-memory 16G \
+  --train 8192 --test 2048 --grow 16 --timeout 30 --json "$OUT/bench_big.json"
 echo "done; files in $OUT" | tee -a "$OUT/log.txt"

@@ -346,9 +346,14 @@ class FoldedNetwork:
                 bias.copy_(b)
         return self.module
 
-    def normalized(self, norms: torch.Tensor) -> nn.Module:
+    def normalized(self, norms: torch.Tensor, in_place: bool = False) -> nn.Module:
         """:func:`normalized_network` of the network last :meth:`refill`-ed, in place of the
-        last one returned."""
+        last one returned. With ``in_place`` the folded network itself is scaled (no second
+        copy of the model is kept; :attr:`module` is then the normalized network until the
+        next :meth:`refill`), the same numbers bit for bit."""
+        if in_place:
+            _scale_layers(self.module, self.layers, norms)
+            return self.module
         if self._normalized is None:
             self._normalized = copy.deepcopy(self.module)
         out = self._normalized

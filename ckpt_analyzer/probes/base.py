@@ -66,6 +66,11 @@ class Context:
 
     ``checkpoint`` is set for each call (width, epoch, path, metadata of the checkpoint being
     measured); it is ``None`` during :meth:`Probe.prepare`.
+
+    ``max_memory``, when set, is the bytes a probe's batches may take on the device (their
+    activations and autograd graphs; the model, the data and the probe's fixed inputs come on
+    top): the built-in probes then lower their batches to fit
+    (:mod:`ckpt_analyzer.probes._budget`). Unset (the default), every batch is as given.
     """
 
     data: RunData
@@ -80,6 +85,7 @@ class Context:
     final_state: Callable[[int], tuple[int, Mapping[str, torch.Tensor]] | None] | None = None
     checkpoint: CheckpointRef | None = None
     forward_batch_size: int | None = None
+    max_memory: int | None = None
 
     @property
     def forward_batch(self) -> int:

@@ -5,6 +5,7 @@ Yao et al., "PyHessian" (2020); the maths is in :mod:`ckpt_analyzer.functional.h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -276,8 +277,22 @@ class HessianProbe(Probe):
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, np.ndarray]:
         import torch
 
-        from ..functional.hessian import HessianOperator
+        from ..functional.hessian import HessianOperator, default_cache_bytes
+        from ..functional.memory import HEADROOM
+        from ._budget import footprint, within_budget
 
+        cache: int | None = None  # the operator's default (2 GiB, a quarter of free CUDA memory)
+        if ctx.max_memory is not None:
+            # the budget less the vectors (Lanczos basis or eigenvectors, and about four
+            # more parameter-sized float64 vectors of the products and the trace) is the
+            # batches'; what a live chunk's graph leaves of it may keep graphs
+            dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            vectors = self.cost(dim, 1)[0] + 4 * dim * 8
+            ctx = dataclasses.replace(ctx, max_memory=max(0, int(ctx.max_memory) - vectors))
+        ctx = within_budget(self, model, ctx, order=2)
+        if ctx.max_memory is not None:
+            live = footprint(self, model, ctx, 2).at(ctx.batch_size) * HEADROOM
+            cache = max(0, min(default_cache_bytes(ctx.device), int(ctx.max_memory - live)))
         assert self.inputs is not None
         cfg = self.config
         width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
@@ -295,7 +310,7 @@ class HessianProbe(Probe):
                 x, y = ctx.data.x_train, ctx.data.y_train
             x = x[index.to(x.device)].to(dev)
             y = y[index.to(y.device)].to(dev).long()
-            op = HessianOperator(model, x, y, ctx.batch_size)
+            op = HessianOperator(model, x, y, ctx.batch_size, cache_bytes=cache)
             if op.dim == 0:
                 continue
             out["loss"][row] = op.loss()

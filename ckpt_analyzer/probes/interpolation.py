@@ -167,7 +167,9 @@ class InterpolationProbe(Probe):
         import torch
 
         from ..functional.interpolation import aggregate_paths, correct_pairs, path_curves, predict
+        from ._budget import within_budget
 
+        ctx = within_budget(self, model, ctx)
         cfg = self.config
         images = ctx.data.x_test.to(ctx.device)
         labels = ctx.data.y_test.to(ctx.device)

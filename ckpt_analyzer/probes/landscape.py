@@ -149,10 +149,19 @@ class LandscapeProbe(Probe):
     # ------------------------------------------------------------------ fixed inputs
 
     def _draw(self, width: int, model: nn.Module) -> tuple[list[str], np.ndarray]:
-        """Raw Gaussian directions ``(directions, P)`` for ``width``, keyed by (seed, width)."""
+        """Raw Gaussian directions ``(directions, P)`` for ``width``, keyed by (seed, width).
+
+        Only the last width's are kept here (a sweep of big models would otherwise hold every
+        width's): the stored fixed inputs are reused when they hold them, else they are drawn
+        again from the same seed (the same numbers)."""
         from ..functional.landscape import draw_direction
 
         if width in self._dirs:
+            return self._dirs[width]
+        stored = self.inputs or {}
+        if f"w{width}/direction" in stored and f"w{width}/names" in stored:
+            self._dirs = {width: ([str(n) for n in stored[f"w{width}/names"].tolist()],
+                                  stored[f"w{width}/direction"])}
             return self._dirs[width]
         named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
         rng = np.random.default_rng([self._root, zlib.crc32(f"w{width}".encode())])
@@ -161,7 +170,7 @@ class LandscapeProbe(Probe):
             d = draw_direction(dict(named), rng)
             rows.append(np.concatenate([d[n].ravel() for n, _ in named]) if named
                         else np.zeros(0, np.float32))
-        self._dirs[width] = ([n for n, _ in named], np.stack(rows).astype(np.float32))
+        self._dirs = {width: ([n for n, _ in named], np.stack(rows).astype(np.float32))}
         return self._dirs[width]
 
     def prepare(self, ctx: Context) -> dict[str, np.ndarray]:
@@ -169,6 +178,7 @@ class LandscapeProbe(Probe):
         self._root = int(self.rng(ctx).integers(2**32))
         self._dirs = {}
         self._target = None
+        self.inputs = None  # an earlier prepare's directions are not this one's
         inputs: dict[str, np.ndarray] = {}
         for subset in cfg.subsets:
             rng = self.rng(ctx, subset)
@@ -287,7 +297,9 @@ class LandscapeProbe(Probe):
             model_loss_error,
             slice_grid,
         )
+        from ._budget import within_budget
 
+        ctx = within_budget(self, model, ctx)
         cfg = self.config
         width = ctx.checkpoint.width if ctx.checkpoint is not None else 0
         names, raw = self._draw(width, model)

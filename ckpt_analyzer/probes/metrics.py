@@ -59,6 +59,9 @@ class MetricsProbe(Probe):
     def __call__(self, model: nn.Module, ctx: Context) -> Mapping[str, np.ndarray]:
         import torch.nn.functional as F
 
+        from ._budget import within_budget
+
+        ctx = within_budget(self, model, ctx)
         d = ctx.data
         logits: dict[str, torch.Tensor] = {}
         if any(s != "test" for s in self.config.subsets):

@@ -179,15 +179,20 @@ class NormalizationProbe(Probe):
 
     def _folded(self, model: nn.Module, ctx: Context) -> FoldedNetwork:
         """The BN-folded graph of this width, traced and fused once per width and device
-        (cached on the probe, dropped when it is pickled); refilled per checkpoint."""
+        (cached on the probe, dropped when it is pickled); refilled per checkpoint. Only the
+        last width's is kept, so a sweep of many widths holds one folded copy, not one per
+        width (a width measured again later is folded again: the same numbers)."""
         from ..functional.normalization import FoldedNetwork
 
         width = ctx.checkpoint.width if ctx.checkpoint is not None else None
+        key = f"folded/{width}"
 
         def make() -> FoldedNetwork:
+            for old in [k for k in self._cache if k.startswith("folded/") and k != key]:
+                del self._cache[old]
             return FoldedNetwork(model, example=ctx.data.x_train[:1].to(ctx.device))
 
-        network = self.on_device(f"folded/{width}", ctx, make)
+        network = self.on_device(key, ctx, make)
         if not network.fits(model):  # another architecture under the same key: fold afresh
             network = self._cache[f"folded/{width}"] = make()
         return network
@@ -201,7 +206,9 @@ class NormalizationProbe(Probe):
             log_norm_product,
             output_normalized_logits,
         )
+        from ._budget import within_budget
 
+        ctx = within_budget(self, model, ctx)
         cfg = self.config
         try:
             network = self._folded(model, ctx)
@@ -219,7 +226,8 @@ class NormalizationProbe(Probe):
         ref_logits: torch.Tensor | None = None
         if self._layerwise:
             if bool(torch.all((norms > 0) & torch.isfinite(norms))):
-                normalized = network.normalized(norms).eval()
+                # in place of the folded network (refilled at the next checkpoint): no copy
+                normalized = network.normalized(norms, in_place=True).eval()
         else:
             x_ref = ctx.data.x_train[cfg.reference : cfg.reference + 1].to(ctx.device)
             ref_logits = ctx.forward(model, x_ref)

@@ -268,6 +268,8 @@ class SharpnessProbe(Probe):
         a, g = self._anchor_count(), self._group()
         nbytes = n * a * g * x[0].numel() * x.element_size()
         limit = self.cache_bytes
+        if ctx.max_memory is not None:  # a budget: the inputs may take a quarter of it
+            limit = min(limit, int(ctx.max_memory) // 4)
         if dev.type == "cuda":
             limit = min(limit, torch.cuda.mem_get_info(dev)[0] // 4)
         cache = x.new_empty((n * a * g, *x.shape[1:])) if nbytes <= limit else None
@@ -395,7 +397,9 @@ class SharpnessProbe(Probe):
             input_gradients,
             tangent_hessian_norm,
         )
+        from ._budget import within_budget
 
+        ctx = within_budget(self, model, ctx, order=1)
         st = self._state(ctx)
         cfg = self.config
         n, a, g = len(st.x), self._anchor_count(), self._group()

@@ -151,7 +151,9 @@ class SpectrumProbe(Probe):
         import torch
 
         from ..functional.spectrum import line_spectrum, log_ratio
+        from ._budget import within_budget
 
+        ctx = within_budget(self, model, ctx)
         cfg = self.config
         shape = (len(cfg.subsets), cfg.n // 2 + 1)
         a_out = np.full(shape, np.nan)
