@@ -14,7 +14,8 @@ device); this module holds plain functions a test imports (``from helpers import
 - cubes: :func:`write_cube` (a synthetic cube from per-cell values), :func:`datasets` /
   :func:`assert_same_datasets` (h5 contents, bit for bit), :func:`journal_cells`,
   :func:`failures`.
-- messages: :func:`one_line` (the single ``error: ...`` line of a refusal).
+- messages: :func:`one_line` (the single ``error: ...`` line of a refusal); registries:
+  :func:`registered` (built-ins registered for a test where no entry points are active).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import sqlite3
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,20 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, \
         stderr
     return lines[0]
+
+
+@contextmanager
+def registered(registry: Any, entries: Mapping[str, Any]) -> Iterator[None]:
+    """``entries`` (name -> object) registered in a ``registry`` where it lacks them (entry
+    points are not active in a source checkout), and unregistered again afterwards."""
+    added = [n for n in entries if n not in registry]
+    for n in added:
+        registry.register(n, entries[n], origin="test")
+    try:
+        yield
+    finally:
+        for n in added:
+            registry.unregister(n)
 
 
 # ---------------------------------------------------------------------------------- run folders
