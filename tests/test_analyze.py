@@ -1,4 +1,8 @@
-"""The analyzer end to end: runner, cube, registry and plugins, CLI errors, durability."""
+"""The analyzer end to end: runner, cube, registry and plugins, CLI errors, durability.
+
+Commands run in-process (``helpers.analyze``, click's CliRunner) except where the process is the
+point: SIGKILL and resume, entry points found on a child's PYTHONPATH, what an import pulls in.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import ANALYZE, FOREIGN_PATTERN, analyze, analyze_process, copy_run, datasets, foreign_folder, train
 
-ANALYZE = [sys.executable, "-m", "ckpt_analyzer.cli"]
 FAST = ["--set", "spectrum.points=40", "--set", "spectrum.n=16", "--quiet"]
-
-
-def analyze(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*ANALYZE, *args], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr}")
-    return r
 
 
 @pytest.fixture(scope="module")
 def run_copy(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dst = tmp_path_factory.mktemp("an") / "run"
-    shutil.copytree(digits_run, dst)
-    return dst
+    return copy_run(digits_run, tmp_path_factory.mktemp("an") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +35,7 @@ def cube(run_copy: Path) -> Path:
 
 
 def metric_arrays(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name: str, obj: object) -> None:
-            if isinstance(obj, h5py.Dataset) and "/inputs/" not in f"/{name}/" and obj.dtype.kind == "f":
-                out[name] = obj[()]
-        f.visititems(visit)
-    return out
+    return datasets(path, floats=True, inputs=False)
 
 
 def test_cube_layout_and_xarray(cube: Path) -> None:
@@ -100,8 +88,8 @@ def test_rerun_computes_nothing_and_inspect(cube: Path, run_copy: Path) -> None:
 
 def test_config_change_refused_then_overwrite(cube: Path, run_copy: Path) -> None:
     r = analyze("run", str(run_copy), "--probe", "spectrum", "--set", "spectrum.points=41",
-                "--set", "spectrum.n=16", "--quiet", check=False)
-    assert r.returncode == 2 and "points" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+                "--set", "spectrum.n=16", "--quiet", code=2)
+    assert "points" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     out = run_copy / "other.h5"
     analyze("run", str(run_copy), "--probe", "spectrum", *FAST, "-o", str(out), "--widths", "1",
             "--epochs", "0:1")
@@ -113,7 +101,9 @@ def test_config_change_refused_then_overwrite(cube: Path, run_copy: Path) -> Non
 
 
 def test_kill_and_resume_bit_identical(cube: Path, run_copy: Path, tmp_path: Path) -> None:
-    """SIGKILL at random moments, several times; the completed cube equals an uninterrupted one."""
+    """SIGKILL at random moments, several times; the completed cube equals an uninterrupted one
+    (every run in a child process: the killed ones must be, and the reference is measured the
+    same way)."""
     import random
 
     out = tmp_path / "killed.h5"
@@ -132,11 +122,11 @@ def test_kill_and_resume_bit_identical(cube: Path, run_copy: Path, tmp_path: Pat
         if out.exists():
             with h5py.File(out, "r"):
                 pass  # whatever is on disk opens
-    analyze(*args)
+    analyze_process(*args)
     # the reference is the same command uninterrupted: a conv's last bits may depend on the batch
     # size on some CPUs (oneDNN picks its kernel by shape), so the module cube (batch 512) is not it
     ref = tmp_path / "uninterrupted.h5"
-    analyze(*args[:-3], str(ref), *args[-2:])
+    analyze_process(*args[:-3], str(ref), *args[-2:])
     a, b = metric_arrays(ref), metric_arrays(out)
     assert a.keys() == b.keys() == metric_arrays(cube).keys()
     for k in a:
@@ -164,14 +154,14 @@ def test_corrupt_checkpoint_mid_run(digits_run: Path, tmp_path: Path) -> None:
     shutil.copytree(digits_run, run)
     bad = run / "w1" / "e00002.safetensors"
     bad.write_bytes(bad.read_bytes()[:500])
-    r = analyze("run", str(run), "--probe", "metrics", "--quiet", "--widths", "1", check=False)
-    assert r.returncode == 1 and str(bad) in r.stdout + r.stderr
+    r = analyze("run", str(run), "--probe", "metrics", "--quiet", "--widths", "1", code=1)
+    assert str(bad) in r.stdout + r.stderr
     with h5py.File(run / "analysis.h5", "r") as f:
         done = f["metrics/done"][()]
         assert done.sum() == 4  # the other epochs are measured
     r = analyze("run", str(run), "--probe", "metrics", "--quiet", "--strict", "--epochs", "0:4",
-                "-o", str(tmp_path / "strict.h5"), "--widths", "1", check=False)
-    assert r.returncode == 1 and "truncated" in r.stderr
+                "-o", str(tmp_path / "strict.h5"), "--widths", "1", code=1)
+    assert "truncated" in r.stderr
 
 
 @pytest.mark.parametrize("args, message, code", [
@@ -189,17 +179,16 @@ def test_bad_input(run_copy: Path, tmp_path: Path, args: list[str], message: str
         foreign = tmp_path / "notes.h5"
         foreign.write_text("my notes, not a cube")
         args = [str(foreign) if a == "README_NOT_A_CUBE" else a for a in args]
-    r = analyze("run", str(run_copy), *args, "--quiet", check=False)
+    r = analyze("run", str(run_copy), *args, "--quiet", code=code)
     if "README_NOT_A_CUBE" not in args and tmp_path.joinpath("notes.h5").exists():
         assert tmp_path.joinpath("notes.h5").read_text() == "my notes, not a cube"
-    assert r.returncode == code, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
 def test_empty_folder(tmp_path: Path) -> None:
-    r = analyze("run", str(tmp_path), "--probe", "metrics", "--model", "mcnn", check=False)
-    assert r.returncode == 1 and "no checkpoints" in r.stderr
+    r = analyze("run", str(tmp_path), "--probe", "metrics", "--model", "mcnn", code=1)
+    assert "no checkpoints" in r.stderr
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_probe.py"
@@ -247,16 +236,18 @@ def test_installed_weights_plugin(run_copy: Path, tmp_path: Path) -> None:
 
 
 def test_broken_plugin_listed_not_fatal(tmp_path: Path) -> None:
+    """In a child: its entry points are those of the PYTHONPATH it starts with."""
     dist = tmp_path / "site" / "brokenplug-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[ckpt_analyzer.probes]\nbroken = no_such_mod_q:Probe\n")
-    env = {"PYTHONPATH": str(tmp_path / "site")}
-    r = analyze("probes", env=env)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "site"),
+                                                      os.environ.get("PYTHONPATH")]))}
+    r = analyze_process("probes", env=env)
     assert "BROKEN broken from brokenplug" in r.stdout and "metrics" in r.stdout
-    r = analyze("run", str(tmp_path), "--probe", "broken", check=False, env=env)
+    r = analyze_process("run", str(tmp_path), "--probe", "broken", code=None, env=env)
     assert r.returncode != 0 and "failed to import" in r.stderr
-    r = analyze("probes", "--json", env={**env, "CKPT_ANALYZER_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    r = analyze_process("probes", "--json", env={**env, "CKPT_ANALYZER_DISABLE_PLUGIN_AUTOLOAD": "1"})
     data = json.loads(r.stdout)
     assert data["broken"] == [] and "weights" not in [p["name"] for p in data["probes"]]
     assert "spectrum" in [p["name"] for p in data["probes"]]
@@ -271,20 +262,10 @@ def test_help_does_not_import_torch() -> None:
 
 def test_checkpoint_that_does_not_fit(digits_run: Path, tmp_path: Path) -> None:
     """A foreign folder whose w1 slot holds width-4 tensors: skipped, named, recorded, exit 1."""
-    from safetensors.torch import save_file
-
-    from ckpt_analyzer.checkpoints import read_state_dict
-
-    foreign = tmp_path / "foreign"
-    (foreign / "w1").mkdir(parents=True)
-    for e in (0, 1):
-        save_file(read_state_dict(digits_run / "w1" / f"e{e:05d}.safetensors"),
-                  str(foreign / "w1" / f"ckpt_{e}.safetensors"))
-    save_file(read_state_dict(digits_run / "w4" / "e00002.safetensors"),
-              str(foreign / "w1" / "ckpt_2.safetensors"))
+    foreign = foreign_folder(digits_run, tmp_path / "foreign", [(1, 0), (1, 1), (1, 2)],
+                             source={(1, 2): (4, 2)})
     r = analyze("run", str(foreign), "--probe", "metrics", "--model", "mcnn", "--dataset", "digits",
-                "--pattern", "w{width}/ckpt_{epoch}.safetensors", "--quiet", check=False)
-    assert r.returncode == 1
+                "--pattern", FOREIGN_PATTERN, "--quiet", code=1)
     assert "ckpt_2.safetensors" in r.stderr + r.stdout and "has shape" in r.stdout
     with h5py.File(foreign / "analysis.h5", "r") as f:
         assert f["metrics/done"][()].sum() == 2
@@ -300,10 +281,8 @@ def test_label_smoothed_run_reports_effective_noise_fitting(tmp_path: Path) -> N
     from ckpt_analyzer.functional.smoothing import LabelSmoothing, soft_cross_entropy
 
     run = tmp_path / "ls"
-    subprocess.run([sys.executable, "-m", "ckpt_analyzer.train.cli", str(run), "--widths", "2",
-                    "--epochs", "2", "--lr", "1e-3", "--label-smoothing", "radial",
-                    "--ls-frequency", "0.5", "--ls-amplitude", "0.6", "--quiet"], check=True,
-                   capture_output=True)
+    train(run, "--widths", "2", "--epochs", "2", "--lr", "1e-3", "--label-smoothing", "radial",
+          "--ls-frequency", "0.5", "--ls-amplitude", "0.6", "--quiet")
     manifest = read_run_json(run)["label_smoothing"]
     assert manifest["kind"] == "radial" and manifest["frequency"] == 0.5 and "center" in manifest
     analyze("run", str(run), "--probe", "metrics", "--quiet")

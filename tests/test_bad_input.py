@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import analyze, copy_run, journal_cells, train
 from safetensors.torch import load_file, save_file
-
-from ckpt_analyzer.cli import main as analyze_main
-from ckpt_analyzer.train.cli import main as train_main
 
 M = ["--probe", "metrics", "--quiet"]
 
@@ -31,10 +27,8 @@ M = ["--probe", "metrics", "--quiet"]
 @pytest.fixture(scope="module")
 def measured(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits run with its metrics cube, measured once."""
-    dst = tmp_path_factory.mktemp("bad") / "run"
-    shutil.copytree(digits_run, dst)
-    r = CliRunner().invoke(analyze_main, ["run", str(dst), *M])
-    assert r.exit_code == 0, r.output
+    dst = copy_run(digits_run, tmp_path_factory.mktemp("bad") / "run")
+    analyze("run", dst, *M)
     return dst
 
 
@@ -264,32 +258,22 @@ ROWS = [
 ]
 
 
-def cells(run: Path) -> dict[tuple, bytes]:
-    """The journal's cells (probe, epoch, width) -> bytes, read without a writer's lock."""
-    with sqlite3.connect(f"file:{run}/analysis.h5.journal?mode=ro&immutable=1", uri=True) as db:
-        return {(p, e, w): bytes(d) for p, e, w, d in db.execute(
-            "SELECT probe, epoch, width, data FROM cell")}
-
-
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_bad_input(row: Row, measured: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(measured, run)
     cube = run / "analysis.h5"
-    before_cube, before_cells = cube.read_bytes(), cells(run)
+    before_cube, before_cells = cube.read_bytes(), journal_cells(cube)
     before_files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     if row.damage is not None:
         row.damage(run)
     args = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in row.args]
-    cli = train_main if args[0] == "train" else analyze_main
-    argv = [*args[1:], "--quiet"] if args[0] == "train" else args
     try:
-        r = CliRunner().invoke(cli, argv)
+        r = train(*args[1:], "--quiet", code=row.code) if args[0] == "train" else \
+            analyze(*args, code=row.code)
     finally:
         while HELD:
             HELD.pop().close()
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    assert r.exit_code == row.code, f"{r.exit_code}: {r.stderr}"
     if row.code:
         # our one line ("error: ...") or click's for its own option types ("Error: ...")
         lines = [ln for ln in r.stderr.splitlines() if ln.lower().startswith("error:")]
@@ -306,7 +290,7 @@ def test_bad_input(row: Row, measured: Path, tmp_path: Path) -> None:
         if row.code:  # a refused command does not even rewrite the cube
             assert cube.read_bytes() == before_cube
         if row.id != "journal-corrupt-pages":
-            assert cells(run) == before_cells
+            assert journal_cells(cube) == before_cells
 
 
 def test_table_size() -> None:

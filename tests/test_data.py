@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import registered as registered_in
 
 from ckpt_analyzer.data import (
     DATASETS,
@@ -40,13 +41,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def registered() -> Iterator[None]:
-    loaders = {"digits": load_digits, "npz": load_npz, "cifar10": load_cifar10}
-    added = [n for n in loaders if n not in DATASETS]
-    for n in added:
-        DATASETS.register(n, loaders[n], origin="test")
-    yield
-    for n in added:
-        DATASETS.unregister(n)
+    with registered_in(DATASETS, {"digits": load_digits, "npz": load_npz, "cifar10": load_cifar10}):
+        yield
 
 
 # ---------------------------------------------------------------- normalization

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze
 
 from ckpt_analyzer import events as A
 from ckpt_analyzer.train.schedule import save_epochs
@@ -192,7 +192,6 @@ def run_60(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (its checkpoints at save_epochs('log:15', 60)), each analyzed into a cube."""
     import torch
 
-    from ckpt_analyzer.cli import main
     from ckpt_analyzer.train.loop import TrainConfig, Trainer
 
     root = tmp_path_factory.mktemp("grids")
@@ -213,11 +212,9 @@ def run_60(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cubes = []
     for run_dir in (every, log):
         out = root / f"{run_dir.name}.h5"
-        res = CliRunner().invoke(main, [
-            "run", str(run_dir), "-o", str(out), "--probe", "metrics", "--probe", "spectrum",
-            "--set", "spectrum.points=20", "--set", "spectrum.n=16",
-            "--set", "spectrum.subsets=train,test", "--device", "cpu", "--quiet"])
-        assert res.exit_code == 0, res.output
+        analyze("run", run_dir, "-o", out, "--probe", "metrics", "--probe", "spectrum",
+                "--set", "spectrum.points=20", "--set", "spectrum.n=16",
+                "--set", "spectrum.subsets=train,test", "--device", "cpu", "--quiet")
         cubes.append(out)
     return cubes[0], cubes[1]
 

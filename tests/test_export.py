@@ -15,10 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze, write_cube
 
-from ckpt_analyzer.cli import main
-from ckpt_analyzer.cube import Cube
 from ckpt_analyzer.schema import Metric, Outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,29 +33,27 @@ def metric_value(e: int, w: int, s: int) -> float:
 
 def make_cube(path: Path, time_unit: str = "epoch", epochs: tuple[int, ...] = EPOCHS) -> Path:
     """metrics (subset), wsp (layer; layer x bin; alpha NaN for one layer), spec (k: 40 values)."""
-    with Cube(path) as cube:
-        cube.set_root({"source": "/runs/digits-run", "time_unit": time_unit})
-        cube.begin_probe("metrics", "1", {"a": 1}, 0, Outputs(
-            coords={"subset": ["train", "test"]},
-            metrics={"error": Metric(("subset",)), "loss": Metric(())}), {})
-        cube.begin_probe("wsp", "1", {}, 0, Outputs(
-            coords={"layer": list(LAYERS), "bin": list(BINS)},
-            metrics={"alpha": Metric(("layer",)), "histogram": Metric(("layer", "bin"))}), {})
-        cube.begin_probe("spec", "1", {}, 0, Outputs(
-            coords={"k": list(range(40))}, metrics={"R": Metric(("k",))}), {})
-        for e in epochs:
-            for w in WIDTHS:
-                if (e, w) != (UNDONE if epochs == EPOCHS else (None, None)):
-                    cube.record("metrics", e, w, {
-                        "error": np.array([metric_value(e, w, 0), metric_value(e, w, 1)]),
-                        "loss": np.array(2.0 * e + w)})
-                alpha = np.array([2.0 + e + w, np.nan, 4.0 + w])
-                hist = np.zeros((3, 5))
-                hist[np.arange(3), (e + w + np.arange(3)) % 5] = 1.0
-                cube.record("wsp", e, w, {"alpha": alpha, "histogram": hist})
-                cube.record("spec", e, w, {"R": np.arange(40) * 0.01 + e})
-        cube.materialize(epochs, WIDTHS)
-    return path
+    undone = UNDONE if epochs == EPOCHS else None
+
+    def metrics(e: int, w: int) -> dict[str, np.ndarray] | None:
+        return None if (e, w) == undone else {
+            "error": np.array([metric_value(e, w, 0), metric_value(e, w, 1)]),
+            "loss": np.array(2.0 * e + w)}
+
+    def wsp(e: int, w: int) -> dict[str, np.ndarray]:
+        hist = np.zeros((3, 5))
+        hist[np.arange(3), (e + w + np.arange(3)) % 5] = 1.0
+        return {"alpha": np.array([2.0 + e + w, np.nan, 4.0 + w]), "histogram": hist}
+
+    return write_cube(path, epochs, WIDTHS, {
+        "metrics": (Outputs(coords={"subset": ["train", "test"]},
+                            metrics={"error": Metric(("subset",)), "loss": Metric(())}), metrics),
+        "wsp": (Outputs(coords={"layer": list(LAYERS), "bin": list(BINS)},
+                        metrics={"alpha": Metric(("layer",)), "histogram": Metric(("layer", "bin"))}),
+                wsp),
+        "spec": (Outputs(coords={"k": list(range(40))}, metrics={"R": Metric(("k",))}),
+                 lambda e, w: {"R": np.arange(40) * 0.01 + e}),
+    }, root={"source": "/runs/digits-run", "time_unit": time_unit}, configs={"metrics": {"a": 1}})
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +174,7 @@ def test_csv_and_parquet_hold_the_tidy_table(cube: Path, tmp_path: Path, kind: s
     other = tmp_path / "analysis.h5"  # a second cube, named after its run folder
     shutil.copyfile(cube, other)
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["export", str(cube), str(other), "--to", kind, str(out)])
-    assert res.exit_code == 0, res.output
+    res = analyze("export", str(cube), str(other), "--to", kind, str(out))
     path = out / f"analysis.{kind}"
     df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     assert set(df.run) == {"digits", "digits-run"}  # a stem; analysis.h5: its run folder
@@ -203,8 +198,7 @@ def _accumulator(run: Path) -> Any:
 def test_tensorboard_runs_read_back_with_the_right_steps(cube: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"
-    res = CliRunner().invoke(main, ["export", str(cube), "--to", "tensorboard", str(out)])
-    assert res.exit_code == 0, res.output
+    res = analyze("export", str(cube), "--to", "tensorboard", str(out))
     assert sorted(p.name for p in (out / "digits").iterdir()) == ["w1", "w3"]
     # spec/R has 40 values per cell (> 32): skipped with a note naming it
     assert "note: spec/R (k 40: 40 values per cell" in res.output
@@ -239,9 +233,8 @@ def test_tensorboard_step_axis_and_max_scalars(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     path = make_cube(tmp_path / "steps.h5", time_unit="step", epochs=(0, 250, 1000))
     out = tmp_path / "tb"
-    res = CliRunner().invoke(main, ["export", str(path), "--to", "tensorboard", str(out),
-                                    "--probe", "spec", "--widths", "3", "--max-scalars", "40"])
-    assert res.exit_code == 0, res.output
+    analyze("export", str(path), "--to", "tensorboard", str(out),
+                  "--probe", "spec", "--widths", "3", "--max-scalars", "40")
     assert [p.name for p in (out / "steps").iterdir()] == ["w3"]
     acc = _accumulator(out / "steps" / "w3")
     assert len(acc.Tags()["scalars"]) == 40
@@ -257,14 +250,12 @@ def test_tensorboard_refuses_an_earlier_export_unless_overwrite(cube: Path,
     (out / "train-run").mkdir(parents=True)  # a training logdir: left alone
     (out / "train-run" / "keep.txt").write_text("x")
     args = ["export", str(cube), "--to", "tensorboard", str(out), "--probe", "metrics"]
-    assert CliRunner().invoke(main, args).exit_code == 0
-    res = CliRunner().invoke(main, args)
-    assert res.exit_code == 1
+    analyze(*args)
+    res = analyze(*args, code=1)
     assert res.output.strip().splitlines() == [
         f"error: {out}: holds an earlier export ({out / 'digits' / 'w1'} and 1 more); "
         "--overwrite replaces it"]
-    res = CliRunner().invoke(main, [*args, "--overwrite"])
-    assert res.exit_code == 0, res.output
+    res = analyze(*args, "--overwrite")
     acc = _accumulator(out / "digits" / "w1")
     assert [x.step for x in acc.Scalars("metrics/loss")] == list(EPOCHS)  # not twice
     assert (out / "train-run" / "keep.txt").read_text() == "x"
@@ -390,10 +381,9 @@ def fake_wandb(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def test_wandb_run_resumes_one_existing_run(cube: Path, tmp_path: Path,
                                             fake_wandb: list[Any]) -> None:
     out = tmp_path / "wb"
-    res = CliRunner().invoke(main, ["export", str(cube), "--to", "wandb", str(out),
-                                    "--wandb-run", "abc123", "--widths", "1", "--probe",
-                                    "metrics", "--wandb-project", "proj"])
-    assert res.exit_code == 0, res.output
+    analyze("export", str(cube), "--to", "wandb", str(out),
+                  "--wandb-run", "abc123", "--widths", "1", "--probe",
+                  "metrics", "--wandb-project", "proj")
     init = fake_wandb[0][1]
     assert init["id"] == "abc123" and init["resume"] == "allow" and init["mode"] == "offline"
     assert init["project"] == "proj" and "name" not in init  # the training run keeps its name
@@ -422,7 +412,7 @@ def test_wandb_real_offline_resume_keeps_the_id(cube: Path, tmp_path: Path) -> N
 def test_export_errors_are_one_line(cube: Path, tmp_path: Path, fake_wandb: list[Any],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def run(*args: str) -> Any:
-        return CliRunner().invoke(main, ["export", *args])
+        return analyze("export", *args, code=None)
 
     out = str(tmp_path / "o")
     cases = [

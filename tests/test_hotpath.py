@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import analyze
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ckpt_analyzer.checkpoints import discover, load_state_into, read_state_dict
@@ -260,10 +261,6 @@ def test_cli_maps_functional_value_and_type_errors(capsys: pytest.CaptureFixture
 
 
 def test_forward_batch_size_is_opt_in(setting: tuple, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from ckpt_analyzer.cli import main
-
     ctx, model, ref = setting
     assert ctx.forward_batch_size is None and ctx.forward_batch == ctx.batch_size
     big = dataclasses.replace(ctx, forward_batch_size=4 * ctx.batch_size)
@@ -276,6 +273,6 @@ def test_forward_batch_size_is_opt_in(setting: tuple, tmp_path: Path) -> None:
     finally:
         hook.remove()
     assert calls == [64, 64, 64, 64, 44, 256, 44]
-    result = CliRunner().invoke(main, ["run", str(tmp_path), "--probe", "metrics",
-                                       "--forward-batch-size", "zero"])
-    assert result.exit_code == 2 and "--forward-batch-size" in result.output
+    result = analyze("run", str(tmp_path), "--probe", "metrics",
+                     "--forward-batch-size", "zero", code=2)
+    assert "--forward-batch-size" in result.output

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze, copy_run, journal_cells
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ckpt_analyzer.cli import main
-
 M = ["--probe", "metrics", "--quiet"]
-
-
-def analyze(*args: str) -> tuple[int, str]:
-    r = CliRunner().invoke(main, list(args))
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    return r.exit_code, r.stderr
 
 
 def loss(cube: Path) -> np.ndarray:
@@ -31,38 +22,31 @@ def loss(cube: Path) -> np.ndarray:
         return f["metrics/loss"][()]
 
 
-def cells(cube: Path) -> dict[tuple, bytes]:
-    with sqlite3.connect(f"file:{cube}.journal?mode=ro&immutable=1", uri=True) as db:
-        return {(p, e, w): bytes(d) for p, e, w, d in db.execute(
-            "SELECT probe, epoch, width, data FROM cell")}
-
-
 @pytest.fixture
 def two_runs(digits_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """Run A (measured) and run B: the same checkpoints, another seed and labels file."""
     a, b = tmp_path / "A", tmp_path / "B"
-    shutil.copytree(digits_run, a)
-    shutil.copytree(digits_run, b)
+    copy_run(digits_run, a)
+    copy_run(digits_run, b)
     doc = json.loads((b / "run.json").read_text())
     doc["seed"] = 77
     (b / "run.json").write_text(json.dumps(doc))
     t = load_file(str(b / "labels.safetensors"))
     save_file(t, str(b / "labels.safetensors"), metadata={"format": "ckpt-analyzer.labels/1",
                                                           "note": "B"})
-    assert analyze("run", str(a), *M)[0] == 0
+    analyze("run", str(a), *M)
     return a, b
 
 
 def test_other_run_into_my_cube_is_refused(two_runs: tuple[Path, Path]) -> None:
     a, b = two_runs
     cube = a / "analysis.h5"
-    before, before_cells = cube.read_bytes(), cells(cube)
-    code, err = analyze("run", str(b), *M, "-o", str(cube))
-    assert code == 2
+    before, before_cells = cube.read_bytes(), journal_cells(cube)
+    err = analyze("run", str(b), *M, "-o", str(cube), code=2).stderr
     assert "this cube was computed from another run" in err and "seed: 3 -> 77" in err
     assert "labels.safetensors differs" in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 1
-    assert cube.read_bytes() == before and cells(cube) == before_cells
+    assert cube.read_bytes() == before and journal_cells(cube) == before_cells
     with h5py.File(cube, "r") as f:
         assert f.attrs["source"] == str(a.resolve())  # not rewritten to say B
 
@@ -71,23 +55,22 @@ def test_cube_copied_into_other_folder_is_refused_then_overwrite(two_runs: tuple
     a, b = two_runs
     for name in ("analysis.h5", "analysis.h5.journal"):
         shutil.copy(a / name, b / name)
-    code, err = analyze("run", str(b), *M)
-    assert code == 2 and "computed from another run" in err
-    code, err = analyze("run", str(b), *M, "--overwrite")
-    assert code == 0, err
+    err = analyze("run", str(b), *M, code=2).stderr
+    assert "computed from another run" in err
+    analyze("run", str(b), *M, "--overwrite")
     with h5py.File(b / "analysis.h5", "r") as f:
         assert f.attrs["source"] == str(b.resolve())
         ident = json.loads(f.attrs["run_identity"])
     assert ident["run_json"] and ident["labels"]
     # the same checkpoints, so the same losses on the training set... but B's cube is B's now
-    assert analyze("run", str(b), *M)[0] == 0
+    analyze("run", str(b), *M)
 
 
 def test_identity_survives_a_lost_journal(two_runs: tuple[Path, Path]) -> None:
     a, b = two_runs
     shutil.copy(a / "analysis.h5", b / "analysis.h5")  # no journal: rebuilt from the cube
-    code, err = analyze("run", str(b), *M)
-    assert code == 2 and "computed from another run" in err
+    err = analyze("run", str(b), *M, code=2).stderr
+    assert "computed from another run" in err
 
 
 def test_legacy_cube_without_identity_compares_run_json(two_runs: tuple[Path, Path]) -> None:
@@ -96,14 +79,13 @@ def test_legacy_cube_without_identity_compares_run_json(two_runs: tuple[Path, Pa
     shutil.copy(a / "analysis.h5", cube)
     with h5py.File(cube, "r+") as f:  # as written before identities existed
         del f.attrs["run_identity"]
-    code, err = analyze("run", str(b), *M)
-    assert code == 2 and "seed: 3 -> 77" in err
+    err = analyze("run", str(b), *M, code=2).stderr
+    assert "seed: 3 -> 77" in err
     # ... and the same run adopts the identity
     shutil.copy(a / "analysis.h5", a / "legacy.h5")
     with h5py.File(a / "legacy.h5", "r+") as f:
         del f.attrs["run_identity"]
-    code, err = analyze("run", str(a), *M, "-o", str(a / "legacy.h5"))
-    assert code == 0, err
+    analyze("run", str(a), *M, "-o", str(a / "legacy.h5"))
     with h5py.File(a / "legacy.h5", "r") as f:
         assert "run_identity" in f.attrs
 
@@ -116,8 +98,7 @@ def test_checkpoint_replaced_in_place_is_measured_again(two_runs: tuple[Path, Pa
     with safe_open(str(target), "pt") as f:
         meta = dict(f.metadata())
     save_file(load_file(str(a / "w4" / "e00001.safetensors")), str(target), metadata=meta)
-    code, err = analyze("run", str(a), *M)
-    assert code == 0, err
+    err = analyze("run", str(a), *M).stderr
     assert "e00003.safetensors: replaced since it was measured" in err
     new = loss(cube)
     # width 4 (index 1) epoch 3 now holds epoch 1's weights' numbers; nothing else moved
@@ -125,8 +106,8 @@ def test_checkpoint_replaced_in_place_is_measured_again(two_runs: tuple[Path, Pa
     mask = np.ones(new.shape[:2], bool)
     mask[3, 1] = False
     np.testing.assert_array_equal(new[mask], old[mask])
-    code, err = analyze("run", str(a), *M)  # measured once, not on every run
-    assert code == 0 and "replaced" not in err
+    err = analyze("run", str(a), *M).stderr  # measured once, not on every run
+    assert "replaced" not in err
 
 
 def test_touched_checkpoint_is_not_measured_again(two_runs: tuple[Path, Path]) -> None:
@@ -134,6 +115,6 @@ def test_touched_checkpoint_is_not_measured_again(two_runs: tuple[Path, Path]) -
     target = a / "w1" / "e00002.safetensors"
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    r = CliRunner().invoke(main, ["run", str(a), *M, "--json"])
-    assert r.exit_code == 0 and "replaced" not in r.stderr
+    r = analyze("run", str(a), *M, "--json")
+    assert "replaced" not in r.stderr
     assert json.loads(r.stdout)["computed"] == 0

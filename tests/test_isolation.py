@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import textwrap
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from ckpt_analyzer.cli import main
+from helpers import analyze, copy_run, failures
 
 PLUGIN = textwrap.dedent('''
     import sys
@@ -88,11 +84,8 @@ def setup(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     root = tmp_path_factory.mktemp("iso")
     plugin = root / "iso_plugin.py"
     plugin.write_text(PLUGIN)
-    run = root / "run"
-    shutil.copytree(digits_run, run)
-    r = CliRunner().invoke(main, ["run", str(run), "--probe", "metrics", "--quiet", "-o",
-                                  str(root / "clean.h5")])
-    assert r.exit_code == 0, r.stderr
+    run = copy_run(digits_run, root / "run")
+    analyze("run", run, "--probe", "metrics", "--quiet", "-o", root / "clean.h5")
     with h5py.File(root / "clean.h5", "r") as f:
         clean = f["metrics/loss"][()]
     return run, plugin, clean
@@ -105,15 +98,9 @@ def run_probes(setup: tuple[Path, Path, np.ndarray], tmp_path: Path, *probes: st
     args = ["run", str(run), "--plugin", str(plugin), "--quiet", "-o", str(cube)]
     for p in probes:
         args += ["--probe", p]
-    r = CliRunner().invoke(main, args + (["--strict"] if strict else []))
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    r = analyze(*args, *(["--strict"] if strict else []), code=None)
     assert "Traceback" not in r.stderr
     return r.exit_code, r.stderr, cube
-
-
-def failures(cube: Path) -> list[dict]:
-    with h5py.File(cube, "r") as f:
-        return json.loads(f.attrs["failures"])
 
 
 @pytest.mark.parametrize("probe, fragment", [

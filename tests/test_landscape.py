@@ -424,16 +424,12 @@ def test_foreign_folder_gives_a_finite_barrier_in_process_and_in_a_pool(digits_r
     import time
 
     import h5py
-    from safetensors.torch import save_file
+    from helpers import FOREIGN_PATTERN, foreign_folder
 
     from ckpt_analyzer.runner.core import Runner
 
-    foreign = tmp_path / "foreign"
-    (foreign / "w4").mkdir(parents=True)
-    for e in (0, 2, 4):
-        state = read_state_dict(digits_run / "w4" / f"e{e:05d}.safetensors")
-        save_file({f"module.{k}": v.contiguous() for k, v in state.items()},
-                  str(foreign / "w4" / f"ckpt_{e}.safetensors"))
+    foreign = foreign_folder(digits_run, tmp_path / "foreign", [(4, 0), (4, 2), (4, 4)],
+                             prefix="module.")
     settings = {"landscape": {"points": 16, "steps": 3, "barrier_steps": 3, "bn_samples": 64}}
     cubes = {}
     for name, kw in (("local", {}), ("pool", {"workers": 2, "worker_threads": 1})):
@@ -441,7 +437,7 @@ def test_foreign_folder_gives_a_finite_barrier_in_process_and_in_a_pool(digits_r
         t0 = time.perf_counter()
         summary = Runner(run_dir=str(foreign), probes=["landscape"], output=str(out),
                          settings=settings, model="mcnn", dataset="digits",
-                         pattern="w{width}/ckpt_{epoch}.safetensors", batch_size=64,
+                         pattern=FOREIGN_PATTERN, batch_size=64,
                          **kw).run()  # type: ignore[arg-type]
         assert not summary.failed and summary.computed == 3, summary.failed
         with h5py.File(out, "r") as f:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze, measure, write_cube
 
-from ckpt_analyzer.cli import main
-from ckpt_analyzer.cube import Cube
 from ckpt_analyzer.report.layers import format_layer_table, layer_table
 from ckpt_analyzer.schema import Metric, Outputs
 
@@ -28,34 +24,29 @@ def v(probe: int, metric: int, e: int, w: int, layer: int, sub: int = 0) -> floa
 
 @pytest.fixture(scope="module")
 def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("layers") / "c.h5"
-    with Cube(path) as c:
-        c.set_root({"source": "/runs/r"})
-        c.begin_probe("ws", "1", {}, 0, Outputs(
-            coords={"layer": list(WS_LAYERS), "bin": list(np.linspace(0, 1, 20))},
-            metrics={"alpha": Metric(("layer",)), "spectral_norm": Metric(("layer",)),
-                     "histogram": Metric(("layer", "bin"))}), {})
-        c.begin_probe("norm", "1", {}, 0, Outputs(
-            coords={"layer": list(NORM_LAYERS), "subset": ["train", "test"]},
-            metrics={"layer_norm": Metric(("layer",)), "loss": Metric(("subset",)),
-                     "by_subset": Metric(("subset", "layer"))}), {})
-        c.begin_probe("hess", "1", {}, 0, Outputs(
-            coords={"layer": list(HESS_LAYERS)}, metrics={"alpha": Metric(("layer",))}), {})
-        for e in EPOCHS:
-            for w in WIDTHS:
-                nl = np.arange(3)
-                alpha = v(1, 1, e, w, nl)
-                alpha[2] = np.nan  # a layer without a fit
-                c.record("ws", e, w, {"alpha": alpha, "spectral_norm": v(1, 2, e, w, nl),
-                                      "histogram": np.zeros((3, 20))})
-                if (e, w) != (2, 8):
-                    n4 = np.arange(4)
-                    c.record("norm", e, w, {
-                        "layer_norm": v(2, 1, e, w, n4), "loss": np.zeros(2),
-                        "by_subset": np.stack([v(2, 3, e, w, n4, s) for s in (0, 1)])})
-                c.record("hess", e, w, {"alpha": v(3, 1, e, w, np.arange(2))})
-        c.materialize(EPOCHS, WIDTHS)
-    return path
+    def ws(e: int, w: int) -> dict[str, np.ndarray]:
+        nl = np.arange(3)
+        alpha = v(1, 1, e, w, nl)
+        alpha[2] = np.nan  # a layer without a fit
+        return {"alpha": alpha, "spectral_norm": v(1, 2, e, w, nl), "histogram": np.zeros((3, 20))}
+
+    def norm(e: int, w: int) -> dict[str, np.ndarray] | None:
+        if (e, w) == (2, 8):
+            return None
+        n4 = np.arange(4)
+        return {"layer_norm": v(2, 1, e, w, n4), "loss": np.zeros(2),
+                "by_subset": np.stack([v(2, 3, e, w, n4, s) for s in (0, 1)])}
+
+    return write_cube(tmp_path_factory.mktemp("layers") / "c.h5", EPOCHS, WIDTHS, {
+        "ws": (Outputs(coords={"layer": list(WS_LAYERS), "bin": list(np.linspace(0, 1, 20))},
+                       metrics={"alpha": Metric(("layer",)), "spectral_norm": Metric(("layer",)),
+                                "histogram": Metric(("layer", "bin"))}), ws),
+        "norm": (Outputs(coords={"layer": list(NORM_LAYERS), "subset": ["train", "test"]},
+                         metrics={"layer_norm": Metric(("layer",)), "loss": Metric(("subset",)),
+                                  "by_subset": Metric(("subset", "layer"))}), norm),
+        "hess": (Outputs(coords={"layer": list(HESS_LAYERS)}, metrics={"alpha": Metric(("layer",))}),
+                 lambda e, w: {"alpha": v(3, 1, e, w, np.arange(2))}),
+    })
 
 
 def test_table_defaults_merge_layers_and_read_the_right_cells(cube: Path) -> None:
@@ -111,17 +102,13 @@ def test_layers_as_a_dataframe(cube: Path) -> None:
 
 
 def test_report_layers_cli(cube: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["report", str(cube), "--layers", "--width", "2"])
-    assert res.exit_code == 0, res.output
+    res = analyze("report", cube, "--layers", "--width", "2")
     assert res.output.startswith(f"{cube}: per-layer values at width 2, epoch 2")
     assert "extra.affine" in res.output
-    res = CliRunner().invoke(main, ["report", str(cube), "--layers", "--json"])
+    res = analyze("report", cube, "--layers", "--json")
     assert json.loads(res.output)["layers"] == ["conv1", "conv2", "extra.affine", "fc"]
-    other = tmp_path / "m.h5"
-    with Cube(other) as c:
-        c.begin_probe("metrics", "1", {}, 0, Outputs(coords={}, metrics={"loss": Metric(())}), {})
-        c.record("metrics", 0, 1, {"loss": np.array(1.0)})
-        c.materialize([0], [1])
+    other = write_cube(tmp_path / "m.h5", [0], [1], {"metrics": (
+        Outputs(coords={}, metrics={"loss": Metric(())}), lambda e, w: {"loss": 1.0})}, root={})
     cases = [
         (["--layers", "--width", "3"], 2,
          f"error: {cube}: no width 3 in this cube (it has 2, 8)"),
@@ -131,10 +118,9 @@ def test_report_layers_cli(cube: Path, tmp_path: Path) -> None:
         (["--layers", str(cube)], 2, "error: --layers: takes one cube (2 given)"),
     ]
     for args, code, line in cases:
-        res = CliRunner().invoke(main, ["report", str(cube), *args])
-        assert (res.exit_code, res.output.strip().splitlines()) == (code, [line])
-    res = CliRunner().invoke(main, ["report", str(other), "--layers"])
-    assert res.exit_code == 2
+        res = analyze("report", cube, *args, code=code)
+        assert res.output.strip().splitlines() == [line]
+    res = analyze("report", other, "--layers", code=2)
     assert res.output.startswith(f"error: {other}: no probe with per-layer values")
 
 
@@ -143,24 +129,16 @@ def test_report_layers_cli(cube: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_cube(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("layers_real") / "run"
-    shutil.copytree(digits_run, run_dir)
-    out = run_dir / "analysis.h5"
-    args = ["run", str(run_dir), "--device", "cpu", "--quiet", "--probe", "metrics",
-            "--probe", "normalization", "--probe", "weights_spectrum",
-            "--set", "weights_spectrum.min_evals=10"]
-    with warnings.catch_warnings():  # tiny layers: alpha NaN by design (tested elsewhere)
-        warnings.filterwarnings("ignore", message="weights_spectrum: width")
-        res = CliRunner().invoke(main, args)
-    assert res.exit_code == 0, res.output
-    return out
+    # tiny layers: alpha NaN by design (tested elsewhere)
+    return measure(digits_run, tmp_path_factory.mktemp("layers_real"),
+                   ["metrics", "normalization", "weights_spectrum"],
+                   {"weights_spectrum.min_evals": 10}, quiet_warnings=["weights_spectrum: width"])
 
 
 def test_real_cube_layer_table_and_tensorboard_export(real_cube: Path, tmp_path: Path) -> None:
     from ckpt_analyzer.cube.read import load_probe
 
-    res = CliRunner().invoke(main, ["report", str(real_cube), "--layers"])
-    assert res.exit_code == 0, res.output
+    res = analyze("report", real_cube, "--layers")
     ws = load_probe(real_cube, "weights_spectrum")
     norm = load_probe(real_cube, "normalization")
     assert ws is not None and norm is not None
@@ -181,8 +159,7 @@ def test_real_cube_layer_table_and_tensorboard_export(real_cube: Path, tmp_path:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tb"
-    res = CliRunner().invoke(main, ["export", str(real_cube), "--to", "tensorboard", str(out)])
-    assert res.exit_code == 0, res.output
+    analyze("export", real_cube, "--to", "tensorboard", out)
     acc = EventAccumulator(str(out / "run" / "w4"), size_guidance={"scalars": 0})
     acc.Reload()
     ev = acc.Scalars("metrics/error/test")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import registered as registered_in
 from torch import nn
 
 from ckpt_analyzer.errors import CkptError, UsageError
@@ -26,12 +27,8 @@ BUILTINS = {"mcnn": mcnn, "mcnn_nobn": mcnn_nobn, "preact_resnet18": preact_resn
 @pytest.fixture
 def registered() -> Iterator[None]:
     """Entry points are not active in a source checkout: register the built-ins by hand."""
-    added = [n for n in BUILTINS if n not in MODELS]
-    for n in added:
-        MODELS.register(n, BUILTINS[n], origin="test")
-    yield
-    for n in added:
-        MODELS.unregister(n)
+    with registered_in(MODELS, BUILTINS):
+        yield
 
 
 # ---------------------------------------------------------------- slow, obvious references

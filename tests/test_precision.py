@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import analyze
 
 from ckpt_analyzer.device import set_precision
 
@@ -48,7 +48,6 @@ def test_other_devices_are_left_alone(flags: None) -> None:
 
 def test_tf32_flag_reaches_the_workers_plan(digits_run: object, tmp_path: object,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpt_analyzer.cli import main
     from ckpt_analyzer.runner import core
 
     plans = []
@@ -61,7 +60,6 @@ def test_tf32_flag_reaches_the_workers_plan(digits_run: object, tmp_path: object
 
     monkeypatch.setattr(core.Runner, "_plan", spy)
     out = f"{tmp_path}/a.h5"
-    res = CliRunner().invoke(main, ["run", str(digits_run), "--probe", "metrics", "--tf32", "--workers", "1",
-                                    "--device", "cpu", "-o", out, "--quiet"])
-    assert res.exit_code == 0, res.output
+    analyze("run", str(digits_run), "--probe", "metrics", "--tf32", "--workers", "1",
+                  "--device", "cpu", "-o", out, "--quiet")
     assert plans and all(p.tf32 for p in plans)

@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze, analyze_process, copy_run, failures, one_line
 
 import ckpt_analyzer.checkpoints as ck
-from ckpt_analyzer.cli import main
 from ckpt_analyzer.errors import CheckpointError, CkptError, DiskError
-
-ANALYZE = [sys.executable, "-m", "ckpt_analyzer.cli"]
 
 PLUGIN = textwrap.dedent('''
     import errno
@@ -87,9 +83,7 @@ PLUGIN = textwrap.dedent('''
 
 @pytest.fixture()
 def run(digits_run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(digits_run, dst, ignore=shutil.ignore_patterns("analysis.h5*"))
-    return dst
+    return copy_run(digits_run, tmp_path / "run", cubes=False)
 
 
 @pytest.fixture()
@@ -100,26 +94,14 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def failures(cube: Path) -> list[dict]:
-    with h5py.File(cube, "r") as f:
-        return json.loads(f.attrs["failures"])
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, \
-        stderr
-    return lines[0]
-
-
 # ---------------------------------------------------------------- signals
 def test_sigterm_during_a_probe_stops_the_run(run: Path, plugin: Path, tmp_path: Path) -> None:
+    """In a child process: the probe sends SIGTERM to its own process."""
     (tmp_path / "trigger").touch()
     cube = tmp_path / "c.h5"
-    args = [*ANALYZE, "run", str(run), "--plugin", str(plugin), "--probe", "metrics",
+    args = ["run", str(run), "--plugin", str(plugin), "--probe", "metrics",
             "--probe", "rf_term", "-o", str(cube), "--quiet"]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr
+    r = analyze_process(*args, code=1)
     assert one_line(r.stderr) == (f"error: {cube}: terminated: finished checkpoints are kept; "
                                   "re-run to resume")
     assert not (tmp_path / "trigger").exists()  # the probe did send it
@@ -127,8 +109,7 @@ def test_sigterm_during_a_probe_stops_the_run(run: Path, plugin: Path, tmp_path:
     with h5py.File(cube, "r") as f:
         done = f["rf_term/done"][()]
         assert done.sum() == 2  # width 1 epochs 0, 1: the run stopped at epoch 2
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)  # resumes
-    assert r.returncode == 0, r.stderr
+    r = analyze_process(*args)  # resumes
     assert "8 checkpoint(s) measured, 2 already done, 0 failed" in r.stdout
     with h5py.File(cube, "r") as f:
         assert f["rf_term/done"][()].all() and f["metrics/done"][()].all()
@@ -145,9 +126,8 @@ def test_sigterm_during_a_probe_stops_the_run(run: Path, plugin: Path, tmp_path:
 def test_a_disk_fault_in_a_probe_stops_the_run(run: Path, plugin: Path, tmp_path: Path,
                                                probe: str, line: str) -> None:
     cube = tmp_path / "c.h5"
-    r = CliRunner().invoke(main, ["run", str(run), "--plugin", str(plugin), "--probe", probe,
-                                  "-o", str(cube), "--quiet"])
-    assert r.exit_code == 1
+    r = analyze("run", str(run), "--plugin", str(plugin), "--probe", probe,
+                "-o", str(cube), "--quiet", code=1)
     assert line in one_line(r.stderr)
     assert failures(cube) == []  # not stored as the probe's failure
     with h5py.File(cube, "r") as f:
@@ -156,9 +136,8 @@ def test_a_disk_fault_in_a_probe_stops_the_run(run: Path, plugin: Path, tmp_path
 
 def test_other_oserrors_stay_the_probes_failure(run: Path, plugin: Path, tmp_path: Path) -> None:
     cube = tmp_path / "c.h5"
-    r = CliRunner().invoke(main, ["run", str(run), "--plugin", str(plugin), "--probe",
-                                  "rf_enoent", "-o", str(cube), "--quiet"])
-    assert r.exit_code == 1
+    analyze("run", str(run), "--plugin", str(plugin), "--probe",
+                "rf_enoent", "-o", str(cube), "--quiet", code=1)
     fails = failures(cube)
     assert [(x["epoch"], x["width"]) for x in fails] == [(2, 1), (2, 4)]
     assert all("probe 'rf_enoent' failed: FileNotFoundError" in x["error"] for x in fails)
@@ -188,24 +167,21 @@ def test_read_only_run_folder_is_not_called_full(run: Path, tmp_path: Path) -> N
         shared = ro / "run"
         shutil.copytree(run, shared)
         remount_ro(ro)
-        r = CliRunner().invoke(main, ["run", str(shared), "--probe", "metrics", "--quiet"])
-        assert r.exit_code == 1
+        r = analyze("run", str(shared), "--probe", "metrics", "--quiet", code=1)
         line = one_line(r.stderr)
         assert line.startswith(f"error: {shared / 'analysis.h5.journal'}: cannot write the "
                                "cube's journal (")
         assert "read-only or permission denied; write the cube elsewhere (-o)" in line, line
         assert "full" not in line
-        r = CliRunner().invoke(main, ["run", str(shared), "--probe", "metrics", "--quiet", "-o",
-                                      str(tmp_path / "mine.h5")])  # the way out it names
-        assert r.exit_code == 0, r.stderr
+        r = analyze("run", str(shared), "--probe", "metrics", "--quiet", "-o",
+                    str(tmp_path / "mine.h5"))  # the way out it names
 
 
 def test_full_disk_says_full(run: Path, tmp_path: Path) -> None:
     with mounted(tmp_path / "tiny", "size=96k") as tiny:
-        r = CliRunner().invoke(main, ["run", str(run), "--probe", "metrics", "--probe",
-                                      "spectrum", "--set", "spectrum.points=40", "--quiet",
-                                      "-o", str(tiny / "c.h5")])
-        assert r.exit_code == 1
+        r = analyze("run", str(run), "--probe", "metrics", "--probe",
+                    "spectrum", "--set", "spectrum.points=40", "--quiet",
+                    "-o", str(tiny / "c.h5"), code=1)
         line = one_line(r.stderr)
         assert str(tiny) in line and "disk full" in line and "read-only" not in line, line
 
@@ -259,9 +235,8 @@ def test_special_files_named_like_checkpoints_are_failures(run: Path, tmp_path: 
     (w1 / "loop").symlink_to(w1 / "e00008.safetensors")
     (w1 / "e00009.safetensors").symlink_to(w1 / "gone.safetensors")
     cube = tmp_path / "c.h5"
-    r = subprocess.run([*ANALYZE, "run", str(run), "--probe", "metrics", "-o", str(cube),
-                        "--quiet"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr
+    # in a child with a time limit: were the FIFO opened, the run would block for ever
+    r = analyze_process("run", run, "--probe", "metrics", "-o", cube, "--quiet", code=1)
     want = {5: "not a regular file (character device)",
             6: "not a regular file (character device)",
             7: "not a regular file (FIFO)",
@@ -305,9 +280,8 @@ def test_out_of_range_metadata_is_a_failure(run: Path, tmp_path: Path, key: str,
     ck.save_tensors(path, state, meta)
     refs = {r.path: r for r in ck.discover(run)}
     assert refs[str(path)].error == f"{path}: {why}"
-    r = CliRunner().invoke(main, ["run", str(run), "--probe", "metrics", "--quiet", "-o",
-                                  str(tmp_path / "c.h5")])
-    assert r.exit_code == 1
+    analyze("run", str(run), "--probe", "metrics", "--quiet", "-o",
+                str(tmp_path / "c.h5"), code=1)
     assert [x["error"] for x in failures(tmp_path / "c.h5")] == [f"{path}: {why}"]
 
 
@@ -375,19 +349,16 @@ def test_an_unused_huge_tensor_is_never_read(run: Path, tmp_path: Path,
     state = {k: v.clone() for k, v in ck.read_state_dict(path).items()}  # before rewriting
     meta = ck.read_header(path)[1]
     reference = tmp_path / "ref.h5"
-    r = CliRunner().invoke(main, ["run", str(run), "--probe", "metrics", "--quiet", "-o",
-                                  str(reference), "--widths", "4"])
-    assert r.exit_code == 0, r.stderr
+    analyze("run", str(run), "--probe", "metrics", "--quiet", "-o",
+                str(reference), "--widths", "4")
     write_with_unused(path, state, meta, "model.", HUGE)
     st = path.stat()
     assert st.st_size > HUGE and st.st_blocks * 512 < 64 << 20  # sparse: costs no disk
     assert ck.SafetensorsState(path).shape("teacher.unused") == (HUGE // 4,)
     cube = tmp_path / "c.h5"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = subprocess.run([*ANALYZE, "run", str(run), "--probe", "metrics", "--quiet", "-o",
-                        str(cube), "--widths", "4"], capture_output=True, text=True, timeout=300)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert r.returncode == 0, r.stderr
+    analyze_process("run", run, "--probe", "metrics", "--quiet", "-o", cube, "--widths", "4")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the child's peak
     assert peak_kib < 1536 * 1024, (before, peak_kib)  # far below the 4 GiB it would take
     with h5py.File(cube, "r") as f, h5py.File(reference, "r") as g:
         assert f["metrics/done"][()].all()
@@ -396,9 +367,8 @@ def test_an_unused_huge_tensor_is_never_read(run: Path, tmp_path: Path,
     real = ck.SafetensorsState.__getitem__
     monkeypatch.setattr(ck.SafetensorsState, "__getitem__",
                         lambda self, key: read.append(key) or real(self, key))
-    r = CliRunner().invoke(main, ["run", str(run), "--probe", "metrics", "--quiet", "-o",
-                                  str(tmp_path / "in.h5"), "--widths", "4"])
-    assert r.exit_code == 0, r.stderr
+    analyze("run", str(run), "--probe", "metrics", "--quiet", "-o",
+                str(tmp_path / "in.h5"), "--widths", "4")
     assert read and "teacher.unused" not in read
 
 

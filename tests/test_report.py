@@ -12,10 +12,9 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import analyze, measure
 
 from ckpt_analyzer import events as an
-from ckpt_analyzer.cli import main
 from ckpt_analyzer.cube import Cube, open_cube
 from ckpt_analyzer.errors import CkptError, UsageError
 from ckpt_analyzer.probes.base import Metric, Outputs
@@ -441,7 +440,7 @@ def test_store_refuses_a_probe_named_report(tmp_path: Path) -> None:
 
 
 def run(*args: str) -> Any:
-    return CliRunner().invoke(main, list(args))
+    return analyze(*args, code=None)
 
 
 def test_cli_report_text_json_and_store(cube: Path) -> None:
@@ -492,15 +491,10 @@ def test_cli_not_a_cube(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_cube(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("report") / "run"
-    shutil.copytree(digits_run, run_dir)
-    out = run_dir.parent / "cube.h5"
-    res = CliRunner().invoke(main, [
-        "run", str(run_dir), "-o", str(out), "--probe", "metrics", "--probe", "spectrum",
-        "--set", "spectrum.points=20", "--set", "spectrum.n=16",
-        "--set", "spectrum.subsets=train,test", "--device", "cpu", "--quiet"])
-    assert res.exit_code == 0, res.output
-    return out
+    root = tmp_path_factory.mktemp("report")
+    return measure(digits_run, root, ["metrics", "spectrum"], {
+        "spectrum.points": 20, "spectrum.n": 16, "spectrum.subsets": "train,test"},
+        out=root / "cube.h5")
 
 
 def test_real_cube_report_matches_the_analysis_functions(real_cube: Path) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import TRAIN, train_process
+from helpers import train as train_cli
 from safetensors import safe_open
 
 from ckpt_analyzer.checkpoints import (
@@ -26,8 +28,6 @@ from ckpt_analyzer.checkpoints import (
 from ckpt_analyzer.errors import CkptError, UsageError
 from ckpt_analyzer.train.loop import TrainConfig, Trainer, manifest_diff
 from ckpt_analyzer.train.schedule import lr_at, save_epochs
-
-TRAIN = [sys.executable, "-m", "ckpt_analyzer.train.cli"]
 
 
 def train(out: Path, **kw: object) -> Trainer:
@@ -106,10 +106,12 @@ def test_same_seed_identical_tensors(tmp_path: Path) -> None:
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
+    """In child processes: one is killed with SIGKILL; the reference and the resumed run are
+    trained alike (same interpreter start, same threads), so their tensors must be equal."""
     args = ["--widths", "1,2", "--epochs", "5", "--lr", "1e-3", "--label-noise", "0.1",
             "--augment", "--schedule", "cosine", "--save", "0,2,3,4", "--quiet"]
     ref = tmp_path / "ref"
-    subprocess.run([*TRAIN, str(ref), *args], check=True, capture_output=True)
+    train_process(ref, *args)
     out = tmp_path / "killed"
     proc = subprocess.Popen([*TRAIN, str(out), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -119,8 +121,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "w2" / "e00005.safetensors").exists()
-    done = subprocess.run([*TRAIN, str(out), *args, "--json"], check=True, capture_output=True,
-                          text=True)
+    done = train_process(out, *args, "--json")
     rows = json.loads(done.stdout)
     assert rows[0]["resumed_from"] is not None
     for w in (1, 2):
@@ -191,19 +192,19 @@ def test_manifest_diff_names_keys() -> None:
 ])
 def test_bad_input_one_line_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "out"
-    r = subprocess.run([*TRAIN, str(out), "--epochs", "1", *args], capture_output=True, text=True)
-    assert r.returncode != 0
+    r = train_cli(out, "--epochs", "1", *args, code=None)
+    assert r.exit_code != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert __import__("re").search(message, lines[0]), lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
 
 
 def test_out_is_a_file(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("keep me")
-    r = subprocess.run([*TRAIN, str(f), "--epochs", "1"], capture_output=True, text=True)
-    assert r.returncode == 1 and "is a file" in r.stderr and f.read_text() == "keep me"
+    r = train_cli(f, "--epochs", "1", code=1)
+    assert "is a file" in r.stderr and f.read_text() == "keep me"
 
 
 def test_augment_is_a_crop_and_flip() -> None:

@@ -11,20 +11,18 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import ANALYZE, analyze, copy_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from ckpt_analyzer._atomic import check_output, output_lock
-from ckpt_analyzer.cli import main
 from ckpt_analyzer.cube import merge as merge_mod
 from ckpt_analyzer.cube.identity import checkpoint_digest, legacy_digest
 from ckpt_analyzer.cube.journal import Cube
@@ -34,14 +32,7 @@ from ckpt_analyzer.errors import CkptError, UsageError
 from ckpt_analyzer.runner import Runner
 
 M = ["--probe", "metrics", "--quiet"]
-ANALYZE = [sys.executable, "-m", "ckpt_analyzer.cli"]
 DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
-
-
-def analyze(*args: str) -> tuple[int, str, str]:
-    r = CliRunner().invoke(main, list(args))
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    return r.exit_code, r.stdout, r.stderr
 
 
 # -- safetensors files laid out in any order ----------------------------------------------------
@@ -193,15 +184,13 @@ def rewrite_shuffled(path: Path, flip: bool = False) -> None:
 @pytest.fixture
 def run_a(digits_run: Path, tmp_path: Path) -> Path:
     a = tmp_path / "A"
-    shutil.copytree(digits_run, a)
-    code, _, err = analyze("run", str(a), *M)
-    assert code == 0, err
+    copy_run(digits_run, a)
+    analyze("run", str(a), *M)
     return a
 
 
 def computed(run: Path, *extra: str) -> tuple[int, str]:
-    r = CliRunner().invoke(main, ["run", str(run), *M, "--json", *extra])
-    assert r.exit_code == 0, r.stderr
+    r = analyze("run", str(run), *M, "--json", *extra)
     return json.loads(r.stdout)["computed"], r.stderr
 
 
@@ -295,7 +284,7 @@ def test_identities_of_an_earlier_version_are_adopted(run_a: Path) -> None:
 def shard_run(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the digits run with its three shards (metrics) measured."""
     d = tmp_path_factory.mktemp("sharded") / "run"
-    shutil.copytree(digits_run, d)
+    copy_run(digits_run, d)
     for i in (1, 2, 3):
         Runner(run_dir=str(d), probes=["metrics"], shard=(i, 3), worker_threads=1).run()
     return d
@@ -363,12 +352,12 @@ def test_merge_says_a_shard_is_missing_and_partial_merges(shard_run: Path,
                                                           tmp_path: Path) -> None:
     a, c = shards_in(shard_run, tmp_path / "s", (1, 3))
     out = tmp_path / "all.h5"
-    code, _, err = analyze("merge", str(a), str(c), "-o", str(out))
-    assert code == 2 and not out.exists()
+    err = analyze("merge", str(a), str(c), "-o", str(out), code=2).stderr
+    assert not out.exists()
     assert "shard 2 of 3 is missing (analysis.shard-2-of-3.h5)" in err and "--partial" in err
     assert len(err.strip().splitlines()) == 1
-    code, stdout, err = analyze("merge", str(a), str(c), "-o", str(out), "--partial")
-    assert code == 0 and out.exists()
+    err = analyze("merge", str(a), str(c), "-o", str(out), "--partial").stderr
+    assert out.exists()
     assert "warning: shard 2 of 3 is missing" in err
     with h5py.File(out, "r") as f:
         assert int(f["metrics/done"][()].sum()) == 4 + 3
@@ -452,14 +441,12 @@ def test_report_html_never_replaces_the_cube(run_a: Path) -> None:
     link = run_a / "page.html"
     link.symlink_to(cube)
     for target in (cube, link, run_a / "w1" / "e00000.safetensors"):
-        code, _, err = analyze("report", str(cube), "--html", str(target))
-        assert code == 2, err
+        err = analyze("report", str(cube), "--html", str(target), code=2).stderr
         assert len(err.strip().splitlines()) == 1 and f"--html {target}" in err
     assert cube.read_bytes() == before  # nothing stored either
     page = run_a / "old.html"
     page.write_text("<!DOCTYPE html><p>an older report</p>")
-    code, _, err = analyze("report", str(cube), "--html", str(page), "--no-store")
-    assert code == 0, err
+    analyze("report", str(cube), "--html", str(page), "--no-store")
     assert "older report" not in page.read_text()
 
 
@@ -471,11 +458,11 @@ def test_plot_never_replaces_an_input_or_another_kind(run_a: Path) -> None:
     notes = run_a / "notes.pdf"
     notes.write_text("my notes")
     for target, why in ((link, "is one of the inputs"), (notes, "exists and is another kind")):
-        code, _, err = analyze("plot", str(cube), "--kind", "double-descent", "-o", str(target))
-        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = analyze("plot", str(cube), str(cube), "--kind", "double-descent",
-                           "-o", str(link))
-    assert code == 2 and "is one of the inputs" in err  # the study path too
+        err = analyze("plot", str(cube), "--kind", "double-descent", "-o", str(target), code=2).stderr
+        assert why in err and len(err.strip().splitlines()) == 1, err
+    err = analyze("plot", str(cube), str(cube), "--kind", "double-descent", "-o", str(link),
+                  code=2).stderr
+    assert "is one of the inputs" in err  # the study path too
     assert cube.read_bytes() == before and notes.read_text() == "my notes"
 
 
@@ -485,8 +472,8 @@ def test_merge_output_may_not_be_an_input_through_a_symlink(shard_run: Path,
     link = tmp_path / "out.h5"
     link.symlink_to(shards[0])
     before = shards[0].read_bytes()
-    code, _, err = analyze("merge", *map(str, shards), "-o", str(link))
-    assert code == 2 and "is one of the inputs" in err
+    err = analyze("merge", *map(str, shards), "-o", str(link), code=2).stderr
+    assert "is one of the inputs" in err
     assert shards[0].read_bytes() == before
 
 
@@ -560,8 +547,8 @@ def test_full_tmpfs_during_merge_names_the_output(shard_run: Path, tmp_path: Pat
         pytest.skip("cannot mount a tmpfs here")
     try:
         out = small / "all.h5"
-        code, _, err = analyze("merge", *map(str, shards), "-o", str(out))
-        assert code == 1 and err.startswith(f"error: {out}: cannot write the merged cube"), err
+        err = analyze("merge", *map(str, shards), "-o", str(out), code=1).stderr
+        assert err.startswith(f"error: {out}: cannot write the merged cube"), err
         assert "disk is full" in err and len(err.strip().splitlines()) == 1
         assert os.listdir(small) == []
     finally:
