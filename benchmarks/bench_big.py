@@ -66,7 +66,7 @@ def rss_mib() -> float:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from ckpt_analyzer.data.run import RunData
+    from ckpt_analyzer.checkpoints.run_data import RunData
     from ckpt_analyzer.models import build_model
     from ckpt_analyzer.probes import make_probes
     from ckpt_analyzer.probes.base import Context

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpt_analyzer.checkpoints import CheckpointRef
-from ckpt_analyzer.data.run import RunData
+from ckpt_analyzer.checkpoints.run_data import RunData
 from ckpt_analyzer.functional.memory import Footprint, fit_batch, graph_bytes, per_sample_bytes
 from ckpt_analyzer.models import build_model
 from ckpt_analyzer.probes import make_probes
