@@ -67,8 +67,8 @@ def write_probe(f: h5py.File, name: str, version: str, config: str, seed: int, d
     inp = g.create_group("inputs", track_order=True)
     for key, arr in inputs:
         write_input(inp, key, arr)
-    for index, values in blocks:
-        write_block(g, index, values)
+    for index, cells in blocks:
+        write_block(g, index, cells)
 
 
 def update_probe(g: h5py.Group, decl: Decl, grid: dict[str, np.ndarray],
@@ -82,8 +82,8 @@ def update_probe(g: h5py.Group, decl: Decl, grid: dict[str, np.ndarray],
             g[m].resize((*shape, *decl.shape(d)))
     if g["done"].shape != shape:
         g["done"].resize(shape)
-    for index, values in blocks:
-        write_block(g, index, values)
+    for index, cells in blocks:
+        write_block(g, index, cells)
 
 
 def write_block(g: h5py.Group, index: tuple[int | slice, int | slice],

@@ -387,22 +387,20 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
     duplicates = 0
     for name in probes:
         origins[name], dups = _origins(paths, name)
-        for k, q, which in sorted(dups, key=lambda d: d[0]):
-            p, first = paths[k], paths[q]
-            for a in range(0, len(which), 256):
-                part = which[a:a + 256]
-                mine, keys = origins[name].local(p, name, part)
+        for k, earlier, which in sorted(dups, key=lambda d: d[0]):
+            cube_k, first = paths[k], paths[earlier]
+            for start in range(0, len(which), 256):
+                part = which[start:start + 256]
+                mine, _ = origins[name].local(cube_k, name, part)
                 theirs, _ = origins[name].local(first, name, part)
-                for key, (_, _, old), (_, _, values) in zip(
-                        keys, _read_cells(first, name, theirs), _read_cells(p, name, mine),
+                for (e, w, old), (_, _, values) in zip(
+                        _read_cells(first, name, theirs), _read_cells(cube_k, name, mine),
                         strict=True):
                     for m in values:
                         if not same_array(np.asarray(old[m]), np.asarray(values[m])):
-                            e, w = (int(origins[name].epochs[key[0]]),
-                                    int(origins[name].widths[key[1]]))
                             raise UsageError(
-                                f"cannot merge {p} with {first}: probe '{name}' cell epoch {e} "
-                                f"width {w} differs (metric '{m}')")
+                                f"cannot merge {cube_k} with {first}: probe '{name}' cell epoch "
+                                f"{e} width {w} differs (metric '{m}')")
         duplicates += sum(len(d[2]) for d in dups)
     # after the conflicts (which no flag overrides): the gaps --partial accepts
     gaps = shard_gaps(paths, sorted(probes))

@@ -215,11 +215,21 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
             "probes": probes, "failures": failures}
 
 
-def open_cube(path: str | os.PathLike[str], probe: str) -> xarray.Dataset:
-    """The probe's group as an in-memory :class:`xarray.Dataset` with labeled dims (epoch,
-    width, the probe's coordinates), ``done`` as a boolean mask, and in ``attrs`` the root
-    attributes (format, version, source, run_json, failures), the group's (probe_version,
-    config as JSON text, seed) and each config entry as ``config.<key>``."""
+#: ``open_cube`` loads a probe's group into memory up to this many bytes of metrics; a larger
+#: group is opened lazily (read chunk by chunk as it is indexed).
+LOAD_LIMIT = 2 * 2**30
+
+
+def open_cube(path: str | os.PathLike[str], probe: str,
+              lazy: bool | None = None) -> xarray.Dataset:
+    """The probe's group as an :class:`xarray.Dataset` with labeled dims (epoch, width, the
+    probe's coordinates), ``done`` as a boolean mask, and in ``attrs`` the root attributes
+    (format, version, source, run_json, failures), the group's (probe_version, config as JSON
+    text, seed) and each config entry as ``config.<key>``.
+
+    In memory, unless ``lazy`` (default: when its metrics exceed :data:`LOAD_LIMIT`): then the
+    arrays stay in the file and are read as they are indexed (``ds["A"].isel(width=3)`` reads
+    that width only); close the dataset (``with open_cube(...) as ds:``) when done."""
     try:
         import h5netcdf  # noqa: F401
         import xarray as xr
@@ -234,8 +244,14 @@ def open_cube(path: str | os.PathLike[str], probe: str) -> xarray.Dataset:
         raise UsageError(f"{p}: no probe '{probe}' in this cube{did_you_mean(probe, names)}")
     with h5py.File(p, "r") as f:
         root = {k: scalar(v) for k, v in f.attrs.items()}
-    with xr.open_dataset(p, group=probe, engine="h5netcdf") as ds:
-        ds = ds.load()
+        if lazy is None:
+            g = f[probe]
+            _, names = read_group(g)
+            lazy = sum(g[m].size * g[m].dtype.itemsize for m in names) > LOAD_LIMIT
+    ds = xr.open_dataset(p, group=probe, engine="h5netcdf")
+    if not lazy:
+        with ds:
+            ds = ds.load()
     ds["done"] = ds["done"].astype(bool)
     attrs: dict[str, Any] = dict(root)
     attrs.update(ds.attrs)
