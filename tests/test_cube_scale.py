@@ -10,11 +10,10 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from test_cube import ROOT, begin, metric_bytes, values
 
 from ckpt_analyzer.cube import Cube, open_cube
 from ckpt_analyzer.cube.read import iter_cells
-
-from test_cube import ROOT, begin, metric_bytes, values
 
 EPOCHS, WIDTHS = list(range(40)), [1, 2, 4]
 
@@ -39,13 +38,13 @@ def test_blocks_are_contiguous_runs_bounded_in_bytes(tmp_path: Path,
         assert all(isinstance(i[0], slice) and isinstance(i[1], int) for i, _ in writes)
         writes.clear()
         cube.record_many([("spectrum", 40, w, values(40, w)) for w in WIDTHS])
-        cube.materialize(EPOCHS + [40], WIDTHS)  # a new epoch at every width: one block
+        cube.materialize([*EPOCHS, 40], WIDTHS)  # a new epoch at every width: one block
         assert [(i[0], n) for i, n in writes] == [(40, 3)]
         # bounded: no block holds more than max_bytes of cells
         from ckpt_analyzer.cube.schema import Decl
         with cube._tx() as cur:
             decl = Decl.from_json(cur.execute("SELECT outputs FROM probe").fetchone()[0])
-        grid = {"epoch": np.array(EPOCHS + [40]), "width": np.array(WIDTHS)}
+        grid = {"epoch": np.array([*EPOCHS, 40]), "width": np.array(WIDTHS)}
         cell = sum(v.nbytes for v in values(0, 1).values())
         sizes = [len(next(iter(v.values())))
                  for _, v in cube._blocks("spectrum", decl, grid, 0, 10**9, max_bytes=5 * cell)]
