@@ -12,18 +12,28 @@ from .schema import AXES, Decl
 if TYPE_CHECKING:
     import h5py
 
-# (epoch, width, {metric: array}) of one recorded cell
-Cell = tuple[int, int, dict[str, np.ndarray]]
 NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
 
 
 COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
+#: ``done`` is small (one byte per cell) and rewritten where cells are added, so its chunks are
+#: not compressed: a chunk overwritten in place keeps its size and no space is lost in the file
+#: (a rewritten compressed chunk moves to the end of the file and the old one stays unused).
+DONE_CHUNKS = (64, 16)
+
+
+#: A block of cells: its index (an epoch run at one width, or a width run at one epoch, as
+#: ``(slice, int)`` or ``(int, slice)``) and ``{metric: array}`` shaped ``(run, *cell)``.
+Block = tuple[tuple[int | slice, int | slice], dict[str, np.ndarray]]
+
+
 def write_probe(f: h5py.File, name: str, version: str, config: str, seed: int, decl: Decl,
-                grid: dict[str, np.ndarray], cells: Iterable[Cell],
+                grid: dict[str, np.ndarray], blocks: Iterable[Block],
                 inputs: Iterable[tuple[str, np.ndarray]]) -> None:
-    """Write a probe group afresh: coordinates, metrics (NaN outside ``cells``), done, inputs."""
+    """Write a probe group afresh: coordinates, metrics (NaN outside ``blocks``: chunks are
+    allocated only where cells are written), ``done``, inputs."""
     import h5py
 
     g = f.create_group(name, track_order=True)
@@ -40,49 +50,49 @@ def write_probe(f: h5py.File, name: str, version: str, config: str, seed: int, d
                 values, dtype=np.int64 if kind == "int" else np.float64))
         ds.make_scale(cname)
         scales[cname] = ds
-    n_e, n_w = len(grid["epoch"]), len(grid["width"])
-    ie = {int(v): i for i, v in enumerate(grid["epoch"])}
-    iw = {int(v): i for i, v in enumerate(grid["width"])}
-    arrays = {m: np.full((n_e, n_w, *decl.shape(d)), np.nan, dtype=t)
-              for m, d, t, _ in decl.metrics}
-    done = np.zeros((n_e, n_w), dtype=np.uint8)
-    for e, w, vals in cells:
-        i, j = ie[e], iw[w]
-        done[i, j] = 1
-        for m, v in vals.items():
-            arrays[m][i, j] = v
-    for m, d, _, desc in decl.metrics:
-        ds = g.create_dataset(m, data=arrays[m], chunks=(1, 1, *decl.shape(d)),
-                              maxshape=(None, None, *decl.shape(d)),
-                              fillvalue=np.nan, **COMPRESSION)
+    shape = (len(grid["epoch"]), len(grid["width"]))
+    for m, d, t, desc in decl.metrics:
+        cell = decl.shape(d)
+        ds = g.create_dataset(m, shape=(*shape, *cell), dtype=t, chunks=(1, 1, *cell),
+                              maxshape=(None, None, *cell), fillvalue=np.nan, **COMPRESSION)
         for axis, dim in enumerate((*AXES, *d)):
             ds.dims[axis].attach_scale(scales[dim])
         if desc:
             ds.attrs["description"] = desc
-    ds = g.create_dataset("done", data=done, chunks=(256, 64), maxshape=(None, None),
-                          **COMPRESSION)
+    ds = g.create_dataset("done", shape=shape, dtype=np.uint8, chunks=DONE_CHUNKS,
+                          maxshape=(None, None), fillvalue=0)
     ds.attrs["description"] = "1 where the cell was computed"
     for axis, dim in enumerate(AXES):
         ds.dims[axis].attach_scale(scales[dim])
     inp = g.create_group("inputs", track_order=True)
     for key, arr in inputs:
         write_input(inp, key, arr)
+    for index, cells in blocks:
+        write_block(g, index, cells)
 
 
-def update_probe(g: h5py.Group, decl: Decl, grid: dict[str, np.ndarray], cells: Iterable[Cell]) -> None:
-    """Grow a probe group of a copied cube to ``grid`` and write the newer cells."""
+def update_probe(g: h5py.Group, decl: Decl, grid: dict[str, np.ndarray],
+                 blocks: Iterable[Block]) -> None:
+    """Grow a probe group of a copied cube to ``grid`` (coordinates only grow at their ends)
+    and write the newer cells in place."""
     write_axes(g, grid)
     shape = (len(grid["epoch"]), len(grid["width"]))
     for m, d, _, _ in decl.metrics:
-        g[m].resize((*shape, *decl.shape(d)))
-    g["done"].resize(shape)
-    ie = {int(v): i for i, v in enumerate(grid["epoch"])}
-    iw = {int(v): i for i, v in enumerate(grid["width"])}
-    for e, w, vals in cells:
-        i, j = ie[e], iw[w]
-        for m, v in vals.items():
-            g[m][i, j] = v
-        g["done"][i, j] = 1
+        if g[m].shape[:2] != shape:
+            g[m].resize((*shape, *decl.shape(d)))
+    if g["done"].shape != shape:
+        g["done"].resize(shape)
+    for index, cells in blocks:
+        write_block(g, index, cells)
+
+
+def write_block(g: h5py.Group, index: tuple[int | slice, int | slice],
+                values: dict[str, np.ndarray]) -> None:
+    """Write a contiguous block of cells (``index``: an epoch run at one width, or a width run
+    at one epoch) of every metric in one hyperslab each, and mark them done."""
+    for m, v in values.items():
+        g[m][index] = v
+    g["done"][index] = 1
 
 
 def write_axes(g: h5py.Group, grid: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +28,25 @@ from ..config import settings_diff
 from ..errors import CkptError, UsageError, write_error
 from .faults import ELSEWHERE as _ELSEWHERE
 from .faults import journal_error as _journal_error
-from .hdf5 import IDENTITIES, update_probe, write_axes, write_identities, write_probe
+from .hdf5 import (
+    IDENTITIES,
+    Block,
+    update_probe,
+    write_axes,
+    write_identities,
+    write_probe,
+)
 from .identity import identities_of
-from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
+from .read import (
+    check_cube,
+    is_probe,
+    iter_cells,
+    read_group,
+    read_identities,
+    scalar,
+    text,
+    walk_inputs,
+)
 from .schema import (
     AXES,
     CUBE_FORMAT,
@@ -46,6 +63,8 @@ from .schema import (
 
 if TYPE_CHECKING:
     from typing import Self
+
+    import h5py
 
     from ..schema import Outputs
 
@@ -66,6 +85,15 @@ CREATE TABLE IF NOT EXISTS failure (path TEXT NOT NULL, probe TEXT NOT NULL, epo
                                     width INTEGER, error TEXT NOT NULL,
                                     PRIMARY KEY (path, probe));
 """
+
+
+#: The most bytes of cells held in memory at once while materializing or reading in blocks.
+BLOCK_BYTES = 32 * 2**20
+
+#: A periodic materialization (``materialize(when_due=True)``) waits at least this long, and at
+#: least 1/MATERIALIZE_SHARE times as long as the previous one took.
+MATERIALIZE_EVERY_S = 30.0
+MATERIALIZE_SHARE = 0.05
 
 
 class Cube:
@@ -92,6 +120,8 @@ class Cube:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._decls: dict[str, Decl] = {}
+        self._last_end: float | None = None  # monotonic time the last materialization ended
+        self._last_cost = 0.0  # and the seconds it took
         #: one line per repair done on opening (e.g. a damaged cube rebuilt from the journal)
         self.notes: list[str] = []
 
@@ -147,6 +177,12 @@ class Cube:
                                 self.journal_path) from None
             raise _journal_error(exc, self.journal_path) from None
         self._db = db
+        # a temporary left by a writer killed while materializing (we hold the journal's lock:
+        # no other writer is composing it)
+        try:
+            Path(f"{self.path}.tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
         try:
             with self._tx() as cur:
                 tables = {r[0] for r in cur.execute(
@@ -411,16 +447,40 @@ class Cube:
     # -- materialization
 
     def materialize(self, epochs: Iterable[int] = (), widths: Iterable[int] = (),
-                    rewrite: bool = False) -> None:
-        """Bring the cube file up to date with the journal, atomically.
+                    rewrite: bool = False, when_due: bool = False) -> bool:
+        """Bring the cube file up to date with the journal, atomically; True if it was written.
 
         ``epochs``/``widths`` join the coordinates (kept in the journal, so they only grow);
         cells recorded at other epochs/widths add theirs too. The new file is written to
         ``<path>.tmp``, fsynced and ``os.replace``-d over the cube. When only cells were added
         since the last materialization (and coordinates only grew at their ends) the previous
-        file is copied and just the new cells are written; otherwise (or with ``rewrite``) the
-        whole file is written from the journal. Both give identical arrays.
+        file is copied by the kernel (a reflink where the file system has them) and just the new
+        cells are written into the copy; otherwise (or with ``rewrite``) the whole file is
+        written from the journal. Both give identical arrays, and both stream: cells are read
+        from the journal and written in contiguous blocks of at most :data:`BLOCK_BYTES`, so
+        memory does not grow with the cube (see docs/cube.md, "Writing at scale").
+
+        ``when_due`` (a periodic call) skips the work unless :meth:`due`: the copy is
+        proportional to the cube, so a growing cube is materialized less often.
         """
+        if when_due and not self.due():
+            return False
+        start = time.monotonic()
+        with self._lock:  # no cell may change between the snapshot below and the last block
+            self._materialize(epochs, widths, rewrite)
+        self._last_cost = time.monotonic() - start
+        self._last_end = time.monotonic()
+        return True
+
+    def due(self, every: float = MATERIALIZE_EVERY_S, share: float = MATERIALIZE_SHARE) -> bool:
+        """Whether a periodic materialization is due: ``every`` seconds since the last one, and
+        at least ``1/share`` times as long as the last one took (so materializing takes at most
+        ``share`` of the run's time however large the cube grows)."""
+        if self._last_end is None:
+            return True
+        return time.monotonic() - self._last_end >= max(every, self._last_cost / share)
+
+    def _materialize(self, epochs: Iterable[int], widths: Iterable[int], rewrite: bool) -> None:
         import h5py
 
         from .. import __version__
@@ -445,37 +505,43 @@ class Cube:
         since = None
         if (not rewrite and last is not None and last["layout"] == layout
                 and self.path.exists() and last["stat"] == _stat(self.path)
-                and all(last[a] == grid[a][:len(last[a])].tolist() for a in AXES)):
+                and all(last[a] == grid[a][:len(last[a])].tolist() for a in AXES)
+                and not _old_layout(self.path)):
             since = last["seq"]
-        # The file is composed in memory and then written with plain file I/O: a full disk or a
-        # file-size limit is then an ordinary OSError (HDF5's own writes fail noisily and can
-        # crash the interpreter at exit), and the previous cube stays as it was.
-        buf = io.BytesIO(self.path.read_bytes() if since is not None else b"")
+        root["failures"] = json.dumps(failures)
+        # HDF5 writes through a Python file object that keeps the first OSError (a full disk, a
+        # file-size limit) and drops later writes: HDF5 never sees a failed write (its own
+        # failures are noisy and can crash the interpreter at exit), the error is raised after
+        # the file is closed, and atomic_path removes the temporary; the previous cube stays.
         try:
-            with h5py.File(buf, "r+" if since is not None else "w", track_order=True) as f:
-                for k in list(f.attrs):
-                    del f.attrs[k]
-                for k, v in root.items():
-                    f.attrs[k] = v
-                f.attrs["failures"] = json.dumps(failures)
-                write_axes(f, grid)
-                write_identities(f, identities)
-                for name, version, config, seed, outputs in probes:
-                    decl = Decl.from_json(outputs)
-                    if since is None:
-                        write_probe(f, name, version, config, seed, decl, grid,
-                                    self._cells(name, decl, 0, upto), self._inputs(name))
-                    else:
-                        update_probe(f[name], decl, grid, self._cells(name, decl, since, upto))
-            with atomic_path(self.path, tmp=f"{self.path}.tmp") as tmp, open(tmp, "wb") as fh:
-                fh.write(buf.getbuffer())
+            with atomic_path(self.path, tmp=f"{self.path}.tmp") as tmp:
+                if since is not None:
+                    copy_file(self.path, tmp)
+                with open(tmp, "r+b" if since is not None else "w+b") as fh:
+                    sink = _Sink(fh)
+                    try:
+                        with h5py.File(sink, "r+" if since is not None else "w",
+                                       track_order=True) as f:
+                            set_attrs(f.attrs, root)
+                            write_axes(f, grid)
+                            write_identities(f, identities)
+                            for name, version, config, seed, outputs in probes:
+                                decl = Decl.from_json(outputs)
+                                blocks = self._blocks(name, decl, grid, since or 0, upto)
+                                if since is None:
+                                    write_probe(f, name, version, config, seed, decl, grid,
+                                                blocks, self._inputs(name))
+                                else:
+                                    update_probe(f[name], decl, grid, blocks)
+                    except Exception:
+                        if sink.error is None:
+                            raise
+                    sink.raise_error()
         except OSError as exc:
             why = str(exc.strerror or exc).splitlines()[0]
             raise CkptError(f"cannot write the cube ({why}); the previous cube is unchanged and "
                             "the journal keeps every cell: re-run when there is room",
                             self.path) from None
-        finally:
-            buf.close()
         state = {"layout": layout, "seq": upto, "stat": _stat(self.path),
                  **{a: grid[a].tolist() for a in AXES}}
         with self._tx() as cur:
@@ -488,22 +554,172 @@ class Cube:
                                "ORDER BY key", (name,)).fetchall()
         return [(key, decode(dtype, shape, data)) for key, dtype, shape, data in rows]
 
-    def _cells(self, name: str, decl: Decl, since: int, upto: int
-               ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-        """``(epoch, width, {metric: array})`` of the cells with ``since < seq <= upto``."""
+    def _blocks(self, name: str, decl: Decl, grid: dict[str, np.ndarray], since: int,
+                upto: int, max_bytes: int | None = None) -> Iterator[Block]:
+        """The cells of ``name`` with ``since < seq <= upto`` in contiguous blocks: runs of
+        consecutive epochs at one width (or of widths at one epoch, whichever gives fewer
+        runs), each at most ``max_bytes`` (:data:`BLOCK_BYTES`); only a block's cells are in
+        memory at a time."""
         layout = []
         offset = 0
         for m, d, t, _ in decl.metrics:
             dt = np.dtype(t).newbyteorder("<")
-            count = int(np.prod(decl.shape(d), dtype=np.int64))
-            layout.append((m, dt, count, decl.shape(d), offset))
+            shape = decl.shape(d)
+            count = int(np.prod(shape, dtype=np.int64))
+            layout.append((m, dt, count, shape, offset, np.dtype(t)))
             offset += count * dt.itemsize
-        with self._tx() as cur:
-            rows = cur.execute("SELECT epoch, width, data FROM cell WHERE probe=? AND seq > ? "
-                               "AND seq <= ?", (name, since, upto)).fetchall()
-        for e, w, blob in rows:
-            yield e, w, {m: np.frombuffer(blob, dt, count, off).reshape(shape)
-                         for m, dt, count, shape, off in layout}
+        with self._tx() as cur:  # a rowid range: proportional to what is new
+            rows = np.array(cur.execute(
+                "SELECT seq, epoch, width FROM cell WHERE seq > ? AND seq <= ? AND +probe = ?",
+                (since, upto, name)).fetchall(), dtype=np.int64).reshape(-1, 3)
+        if not len(rows):
+            return
+        i = np.searchsorted(grid["epoch"], rows[:, 1])
+        j = np.searchsorted(grid["width"], rows[:, 2])
+        order, pieces, along_epoch = _runs(i, j, max(1, (max_bytes or BLOCK_BYTES)
+                                                     // max(1, offset)))
+        for start, stop in pieces:
+            sel = order[start:stop]
+            seqs = rows[sel, 0].tolist()
+            blobs: dict[int, bytes] = {}
+            with self._tx() as cur:
+                for k in range(0, len(seqs), 500):
+                    part = seqs[k:k + 500]
+                    blobs.update(cur.execute(
+                        f"SELECT seq, data FROM cell WHERE seq IN ({','.join('?' * len(part))})",
+                        part).fetchall())
+            n = stop - start
+            values = {}
+            for m, dt, count, shape, off, native in layout:
+                arr = np.empty((n, *shape), dtype=native)
+                for k, seq in enumerate(seqs):
+                    arr[k] = np.frombuffer(blobs[seq], dt, count, off).reshape(shape)
+                values[m] = arr
+            a, b = int(i[sel[0]]), int(j[sel[0]])
+            index: tuple[int | slice, int | slice] = (
+                (slice(a, a + n), b) if along_epoch else (a, slice(b, b + n)))
+            yield index, values
+
+
+
+def _runs(i: np.ndarray, j: np.ndarray, step: int
+          ) -> tuple[np.ndarray, list[tuple[int, int]], bool]:
+    """Order cells at (epoch index ``i``, width index ``j``) into contiguous runs of at most
+    ``step``: ``(order, [(start, stop)] into order, along_epoch)``."""
+    best = None
+    for along_epoch in (True, False):
+        major, minor = (j, i) if along_epoch else (i, j)
+        order = np.lexsort((minor, major))
+        a, b = major[order], minor[order]
+        cuts = np.flatnonzero((np.diff(a) != 0) | (np.diff(b) != 1)) + 1
+        if best is None or len(cuts) < len(best[1]):
+            best = (order, cuts, along_epoch)
+    assert best is not None
+    order, cuts, along_epoch = best
+    pieces = []
+    for s, e in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist(), strict=True):
+        pieces += [(k, min(k + step, e)) for k in range(s, e, step)]
+    return order, pieces, along_epoch
+
+
+class _Sink:
+    """A binary file for h5py's file-object driver that keeps its first OSError and from then
+    on drops writes (so HDF5 never sees one fail); :meth:`raise_error` raises it."""
+
+    def __init__(self, fh: io.BufferedRandom) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def readinto(self, b: Any) -> int:
+        return self.fh.readinto(b)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.fh.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def write(self, b: Any) -> int:
+        n = memoryview(b).nbytes
+        if self.error is None:
+            try:
+                self.fh.write(b)
+            except OSError as exc:
+                self.error = exc
+        return n
+
+    def truncate(self, n: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.fh.truncate(n)
+            except OSError as exc:
+                self.error = exc
+        return self.fh.tell() if n is None else n
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.fh.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def raise_error(self) -> None:
+        self.flush()
+        if self.error is not None:
+            raise self.error
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new ``dst`` in the kernel (``copy_file_range``: a reflink on file
+    systems that have them, else no copy through user space; ``sendfile`` where it is
+    missing)."""
+    import errno
+    import shutil
+
+    with open(src, "rb") as a, open(dst, "wb") as b:
+        left = os.fstat(a.fileno()).st_size
+        try:
+            while left > 0:
+                n = os.copy_file_range(a.fileno(), b.fileno(), left)
+                if n == 0:
+                    break
+                left -= n
+            return
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (
+                    errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+    shutil.copyfile(src, dst)
+
+
+def set_attrs(attrs: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
+    """Make ``attrs`` hold exactly ``values``, rewriting only those that changed (a rewritten
+    attribute may leave its old space unused in the file)."""
+    for k in list(attrs):
+        if k not in values:
+            del attrs[k]
+    for k, v in values.items():
+        if k in attrs:
+            old = scalar(attrs[k])
+            if type(old) is type(v) and isinstance(v, (str, int, float)) and old == v:
+                continue
+        attrs[k] = v
+
+
+def _old_layout(path: Path) -> bool:
+    """A cube whose ``done`` datasets are compressed (written before 0.x): every in-place write
+    to them would leave space behind, so it is rewritten once in the current layout."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return any(is_probe(g) and "done" in g and g["done"].compression is not None
+                       for g in f.values())
+    except OSError:
+        return True
 
 
 def _table_names() -> list[str]:
@@ -559,11 +775,8 @@ def _rebuild_journal(cur: sqlite3.Cursor, path: Path) -> None:
             for key, arr in walk_inputs(g["inputs"]) if "inputs" in g else ():
                 cur.execute("INSERT INTO input VALUES (?, ?, ?, ?, ?)",
                             (name, key, *encode(arr)))
-            epochs, widths = g["epoch"][()].tolist(), g["width"][()].tolist()
-            data = {m: g[m][()] for m in names}
-            for i, j in zip(*np.nonzero(g["done"][()])):
+            for e, w, vals in iter_cells(g, names):  # in blocks: memory stays bounded
                 blob = b"".join(np.ascontiguousarray(
-                    data[m][i, j], dtype=data[m].dtype.newbyteorder("<")).tobytes()
-                    for m in names)
+                    vals[m], dtype=vals[m].dtype.newbyteorder("<")).tobytes() for m in names)
                 cur.execute("INSERT INTO cell (probe, epoch, width, data) VALUES (?, ?, ?, ?)",
-                            (name, int(epochs[i]), int(widths[j]), blob))
+                            (name, e, w, blob))

@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,16 @@ import numpy as np
 from .._atomic import check_output, fsync_dir, output_lock
 from ..errors import CkptError, UsageError
 from .identity import same_contents
-from .read import check_cube, is_probe, read_group, read_identities, scalar, text, walk_inputs
+from .read import (
+    check_cube,
+    is_probe,
+    iter_cells,
+    read_group,
+    read_identities,
+    scalar,
+    text,
+    walk_inputs,
+)
 from .schema import Decl, same_array, same_inputs
 
 IDENTITY = ("source", "run_json")
@@ -64,16 +73,61 @@ def _read_identity(path: Path) -> tuple[dict[str, Any], dict[str, _ProbeInfo]]:
     return root, probes
 
 
-def _cells(path: Path, probe: str) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+def _done_cells(path: Path, probe: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(epochs, widths, done)`` of a probe group (the mask only: no cell is read)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        g = f[probe]
+        return (np.asarray(g["epoch"][()], dtype=np.int64),
+                np.asarray(g["width"][()], dtype=np.int64), np.asarray(g["done"][()], dtype=bool))
+
+
+@dataclass
+class _Origins:
+    """Which input first holds each cell of one probe, on the union of the inputs' grids."""
+
+    epochs: np.ndarray
+    widths: np.ndarray
+    origin: np.ndarray  # (epoch, width) int32: index of the first input holding it, -1: none
+
+    def local(self, path: Path, probe: str, which: np.ndarray
+              ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """``which`` (union ``(i, j)`` pairs) as ``(epoch index, width index)`` in ``path``."""
+        e, w, _ = _done_cells(path, probe)
+        li = np.searchsorted(e, self.epochs[which[:, 0]])
+        lj = np.searchsorted(w, self.widths[which[:, 1]])
+        return np.stack([li, lj], axis=1), [(int(a), int(b)) for a, b in which.tolist()]
+
+
+def _origins(paths: Sequence[Path], probe: str
+             ) -> tuple[_Origins, list[tuple[int, int, np.ndarray]]]:
+    """The first input holding each cell, and the duplicates ``(input, earlier input, union
+    (i, j) pairs)``: cells an input holds that an earlier one holds too."""
+    masks = [_done_cells(p, probe) for p in paths]
+    epochs = np.unique(np.concatenate([m[0] for m in masks]))
+    widths = np.unique(np.concatenate([m[1] for m in masks]))
+    origin = np.full((len(epochs), len(widths)), -1, dtype=np.int32)
+    dups = []
+    for k, (e, w, done) in enumerate(masks):
+        full = np.zeros(origin.shape, dtype=bool)
+        full[np.ix_(np.searchsorted(epochs, e), np.searchsorted(widths, w))] = done
+        seen = full & (origin >= 0)
+        for q in np.unique(origin[seen]).tolist():
+            which = np.argwhere(seen & (origin == q))  # in iter_cells' order: width, epoch
+            dups.append((k, int(q), which[np.lexsort((which[:, 0], which[:, 1]))]))
+        origin[full & (origin < 0)] = k
+    return _Origins(epochs, widths, origin), dups
+
+
+def _read_cells(path: Path, probe: str, local: np.ndarray
+                ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     import h5py
 
     with h5py.File(path, "r") as f:
         g = f[probe]
         _, names = read_group(g)
-        epochs, widths = g["epoch"][()].tolist(), g["width"][()].tolist()
-        data = {m: g[m][()] for m in names}
-        return {(int(epochs[i]), int(widths[j])): {m: data[m][i, j] for m in names}
-                for i, j in zip(*np.nonzero(g["done"][()]))}
+        yield from iter_cells(g, names, local)
 
 
 def _failures(path: Path) -> list[dict[str, Any]]:
@@ -327,23 +381,27 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
 
     _, probes = _read_identity(paths[0])
     identities = merge_identities(paths)
-    cells: dict[str, dict[tuple[int, int], dict[str, np.ndarray]]] = {n: {} for n in probes}
-    origin: dict[tuple[str, int, int], Path] = {}
+    # Cells are never all in memory: the done masks say which input holds each cell first; only
+    # cells held twice are read here (in blocks) to check they are equal.
+    origins: dict[str, _Origins] = {}
     duplicates = 0
-    for p in paths:
-        for name in probes:
-            for key, values in _cells(p, name).items():
-                old = cells[name].get(key)
-                if old is not None:
+    for name in probes:
+        origins[name], dups = _origins(paths, name)
+        for k, earlier, which in sorted(dups, key=lambda d: d[0]):
+            cube_k, first = paths[k], paths[earlier]
+            for start in range(0, len(which), 256):
+                part = which[start:start + 256]
+                mine, _ = origins[name].local(cube_k, name, part)
+                theirs, _ = origins[name].local(first, name, part)
+                for (e, w, old), (_, _, values) in zip(
+                        _read_cells(first, name, theirs), _read_cells(cube_k, name, mine),
+                        strict=True):
                     for m in values:
                         if not same_array(np.asarray(old[m]), np.asarray(values[m])):
                             raise UsageError(
-                                f"cannot merge {p} with {origin[(name, *key)]}: probe '{name}' "
-                                f"cell epoch {key[0]} width {key[1]} differs (metric '{m}')")
-                    duplicates += 1
-                    continue
-                cells[name][key] = values
-                origin[(name, *key)] = p
+                                f"cannot merge {cube_k} with {first}: probe '{name}' cell epoch "
+                                f"{e} width {w} differs (metric '{m}')")
+        duplicates += sum(len(d[2]) for d in dups)
     # after the conflicts (which no flag overrides): the gaps --partial accepts
     gaps = shard_gaps(paths, sorted(probes))
     if gaps and not partial:
@@ -378,11 +436,19 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
                         if (fl["path"], fl.get("probe") or "") not in seen_fail:
                             cube.record_failure(fl.get("epoch"), fl.get("width"), fl["path"],
                                                 fl["error"], fl.get("probe"))
-                done = {n: cube.done(n) for n in probes}
-                for name, by_cell in cells.items():
-                    for (e, w), values in by_cell.items():
-                        if (e, w) not in done[name]:
-                            cube.record(name, e, w, values)
+                for name, o in origins.items():  # the first cube's cells are in already
+                    for k in range(1, len(paths)):
+                        which = np.argwhere(o.origin == k)
+                        if not len(which):
+                            continue
+                        local, _ = o.local(paths[k], name, which)
+                        batch: list[tuple[str, int, int, dict[str, np.ndarray]]] = []
+                        for e, w, values in _read_cells(paths[k], name, local):
+                            batch.append((name, e, w, values))
+                            if len(batch) >= 256:
+                                cube.record_many(batch)
+                                batch = []
+                        cube.record_many(batch)
                 if identities:
                     cube.set_extra("checkpoints", json.dumps(identities, sort_keys=True))
                 cube.set_root({"shard": None})  # the merge is no shard
@@ -406,6 +472,7 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
         finally:
             for leftover in temps:
                 leftover.unlink(missing_ok=True)
-    return {"cells": sum(len(c) for c in cells.values()), "probes": len(probes),
+    return {"cells": sum(int((o.origin >= 0).sum()) for o in origins.values()),
+            "probes": len(probes),
             "duplicates": duplicates, "failures": n_fail, "warnings": gaps,
             "checkpoints": len(identities)}

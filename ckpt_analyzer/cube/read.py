@@ -101,6 +101,39 @@ def walk_inputs(g: h5py.Group, prefix: str = "", read: bool = True
                 yield f"{prefix}{name}", np.asarray(obj[()])
 
 
+#: The most bytes of cells :func:`iter_cells` reads at once.
+READ_BLOCK_BYTES = 32 * 2**20
+
+
+def iter_cells(g: h5py.Group, names: Sequence[str], cells: Any = None,
+               max_bytes: int = READ_BLOCK_BYTES
+               ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """``(epoch, width, {metric: array})`` of every done cell of a probe group (or of the
+    ``(epoch index, width index)`` pairs of ``cells``), read width by width in contiguous runs of
+    epochs of at most ``max_bytes``: memory does not grow with the cube."""
+    epochs, widths = g["epoch"][()].tolist(), g["width"][()].tolist()
+    if cells is None:
+        ii, jj = np.nonzero(g["done"][()])
+    else:
+        pairs = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+        ii, jj = pairs[:, 0], pairs[:, 1]
+    if not len(ii):
+        return
+    cell = sum(max(1, int(np.prod(g[m].shape[2:], dtype=np.int64))) * g[m].dtype.itemsize
+               for m in names)
+    step = max(1, max_bytes // max(1, cell))
+    order = np.lexsort((ii, jj))
+    ii, jj = ii[order], jj[order]
+    cuts = np.flatnonzero((np.diff(jj) != 0) | (np.diff(ii) != 1)) + 1
+    for s, e in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(ii)].tolist(), strict=True):
+        for a in range(s, e, step):
+            b = min(a + step, e)
+            i0, j = int(ii[a]), int(jj[a])
+            data = {m: g[m][i0:i0 + b - a, j] for m in names}
+            for k in range(b - a):
+                yield int(epochs[i0 + k]), int(widths[j]), {m: data[m][k] for m in names}
+
+
 def read_identities(f: h5py.File) -> dict[str, list[Any]]:
     """``{"<width>/<epoch>": [size, mtime_ns, digest, ctime_ns, inode]}`` from a cube's
     ``checkpoints/`` group (:func:`~.hdf5.write_identities`); empty for cubes without one."""
@@ -182,11 +215,21 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
             "probes": probes, "failures": failures}
 
 
-def open_cube(path: str | os.PathLike[str], probe: str) -> xarray.Dataset:
-    """The probe's group as an in-memory :class:`xarray.Dataset` with labeled dims (epoch,
-    width, the probe's coordinates), ``done`` as a boolean mask, and in ``attrs`` the root
-    attributes (format, version, source, run_json, failures), the group's (probe_version,
-    config as JSON text, seed) and each config entry as ``config.<key>``."""
+#: ``open_cube`` loads a probe's group into memory up to this many bytes of metrics; a larger
+#: group is opened lazily (read chunk by chunk as it is indexed).
+LOAD_LIMIT = 2 * 2**30
+
+
+def open_cube(path: str | os.PathLike[str], probe: str,
+              lazy: bool | None = None) -> xarray.Dataset:
+    """The probe's group as an :class:`xarray.Dataset` with labeled dims (epoch, width, the
+    probe's coordinates), ``done`` as a boolean mask, and in ``attrs`` the root attributes
+    (format, version, source, run_json, failures), the group's (probe_version, config as JSON
+    text, seed) and each config entry as ``config.<key>``.
+
+    In memory, unless ``lazy`` (default: when its metrics exceed :data:`LOAD_LIMIT`): then the
+    arrays stay in the file and are read as they are indexed (``ds["A"].isel(width=3)`` reads
+    that width only); close the dataset (``with open_cube(...) as ds:``) when done."""
     try:
         import h5netcdf  # noqa: F401
         import xarray as xr
@@ -201,8 +244,14 @@ def open_cube(path: str | os.PathLike[str], probe: str) -> xarray.Dataset:
         raise UsageError(f"{p}: no probe '{probe}' in this cube{did_you_mean(probe, names)}")
     with h5py.File(p, "r") as f:
         root = {k: scalar(v) for k, v in f.attrs.items()}
-    with xr.open_dataset(p, group=probe, engine="h5netcdf") as ds:
-        ds = ds.load()
+        if lazy is None:
+            g = f[probe]
+            _, names = read_group(g)
+            lazy = sum(g[m].size * g[m].dtype.itemsize for m in names) > LOAD_LIMIT
+    ds = xr.open_dataset(p, group=probe, engine="h5netcdf")
+    if not lazy:
+        with ds:
+            ds = ds.load()
     ds["done"] = ds["done"].astype(bool)
     attrs: dict[str, Any] = dict(root)
     attrs.update(ds.attrs)

@@ -32,10 +32,11 @@ JOURNAL_FORMAT = "ckpt-analyzer.journal/1"
 AXES = ("epoch", "width")
 
 
-#: The most memory one probe's group of a cube may take. The writer builds a probe's arrays whole
-#: (epoch × width × the metric's own dimensions) when it materializes the HDF5 file, so a size
-#: parameter set far too high is refused before any checkpoint is read.
-MAX_GROUP_BYTES = 8 * 2**30
+#: The most bytes one probe's group of a cube may take (epoch × width × the metric's own
+#: dimensions). The writer streams cells in blocks (memory does not grow with the cube), so this
+#: bounds the disk, not the memory: a size parameter set far too high (a typo) is refused before
+#: any checkpoint is read, while a real sweep (256k checkpoints × a 40 kB landscape = 10 GB) runs.
+MAX_GROUP_BYTES = 1 * 2**40
 
 
 def group_size_problem(probe: str, outputs: Outputs, epochs: int, widths: int,
