@@ -164,7 +164,6 @@ def test_idle_timeout_and_unplanned_width(unfinished: Path) -> None:
 
 
 @pytest.mark.parametrize("extra, why", [
-    (["--workers", "2"], "--follow measures in this process"),
     (["--shard", "1/2"], "--follow: --shard"),
     (["--widths", "16"], "--widths: none of 16 is planned (run.json widths: 1, 4)"),
 ])
@@ -269,7 +268,7 @@ def test_a_run_replaced_during_a_round_drops_that_rounds_cells(digits_run: Path,
     from ckpt_analyzer.cube import Cube
     from ckpt_analyzer.cube.identity import run_identity
     from ckpt_analyzer.errors import CkptError
-    from ckpt_analyzer.runner.follow import _same_run
+    from ckpt_analyzer.runner.follow import same_run as _same_run
     from ckpt_analyzer.schema import Metric, Outputs
 
     run = tmp_path / "run"
