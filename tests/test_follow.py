@@ -94,13 +94,16 @@ def done_cells(cube: Path, probe: str) -> int:
         return 0
 
 
-def test_follow_a_live_run_equals_the_analysis_after_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], pytest.param(["--workers", "2"], marks=pytest.mark.slow)],
+                         ids=["in-process", "workers-2"])
+def test_follow_a_live_run_equals_the_analysis_after_it(tmp_path: Path, workers: list[str]) -> None:
+    """Also with --workers 2: the pool's workers start once and learn width 2 when it lands."""
     run, gate = tmp_path / "run", tmp_path / "go"
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
     cube = tmp_path / "live.h5"
     follower = subprocess.Popen([*ANALYZE, "run", str(run), "-o", str(cube), "--follow",
-                                 "--poll", "0.2", "--idle-timeout", "300", *PROBES],
+                                 "--poll", "0.2", "--idle-timeout", "300", *PROBES, *workers],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trainer = subprocess.Popen([sys.executable, str(script), str(run), str(gate)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
