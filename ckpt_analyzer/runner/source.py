@@ -248,9 +248,12 @@ class _FollowRounds:
         assert idle is not None
         first = True
         while True:
-            done = finished(src.run_dir, src.run or {}, src.opts.widths)  # before the look
+            # the markers before the look, so that it sees every file a marker covers (a width
+            # marked done between the look and the check would be measured without its last)
+            done = finished(src.run_dir, src.run or {}, src.opts.widths)
+            marked = {w: done or is_done(src.run_dir, w) for w in (src.run or {})["widths"]}
             failed_before = len(writer.summary.failed)
-            todo = self._look(done)
+            todo = self._look(done, marked)
             if todo:
                 if first:
                     writer.start(len(todo))
@@ -277,7 +280,7 @@ class _FollowRounds:
             else:
                 time.sleep(src.opts.poll)
 
-    def _look(self, done: bool) -> list[Task]:
+    def _look(self, done: bool, marked: Mapping[int, bool]) -> list[Task]:
         """One look at the folder: record what is new and bad, grow the plan, the tasks."""
         from ..cube.identity import check_checkpoints
 
@@ -306,7 +309,7 @@ class _FollowRounds:
         for r in refs:
             self.epochs.add(r.epoch)
             self.widths.add(r.width)
-        width_done = {w: done or is_done(src.run_dir, w) for w in {r.width for r in refs}}
+        width_done = {w: marked.get(w, done) for w in {r.width for r in refs}}
         return src._tasks(cube, self.prepared, refs, width_done, summary, self.attempted)
 
 
