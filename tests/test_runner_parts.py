@@ -230,3 +230,10 @@ def test_group_commit_collects_fast_outcomes_and_commits_slow_ones_at_once() -> 
     slow = _Cube()
     Writer(slow, RunSummary(cube="c"), None, delay=0.01).consume(_outcomes(3, 0.02), [0], [1])
     assert slow.transactions == [1, 1, 1]  # each took longer than the delay: durable at once
+
+
+def test_workers_auto_measures_a_short_run_in_this_process(digits_run: Path, tmp_path: Path) -> None:
+    """10 checkpoints of a tiny model on this machine: too few to pay for worker start-ups."""
+    summary = Runner(run_dir=str(digits_run), probes=["metrics"], workers="auto",
+                     output=str(tmp_path / "a.h5"), batch_size=64).run()
+    assert summary.executor == "local" and summary.computed == 10 and not summary.failed
