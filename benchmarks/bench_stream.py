@@ -5,9 +5,12 @@
    (target >= 0.9);
 2. 300 small checkpoints through ``metrics``: the run's wall time divided by the sum of the
    probe's compute time (target <= 1.2: loading, prefetch, journal and cube writes are hidden);
-3. peak memory (max RSS) of a run over 300 checkpoints against one over 30 (should be flat).
+3. peak memory (max RSS) of a run over 300 checkpoints against one over 30 (should be flat);
+4. the single writer's throughput with fsync on (issue 22 part 2): metrics-sized outcomes (two
+   metrics of 4 subsets) through ``runner.writer.Writer`` into a real cube, with group commit
+   and with one transaction per checkpoint (target >= 1,000 checkpoints/s grouped).
 
-    python benchmarks/bench_stream.py [--threads 2] [--keep DIR]
+    python benchmarks/bench_stream.py [--threads 2] [--keep DIR] [--writer-only]
 """
 
 from __future__ import annotations
@@ -67,11 +70,51 @@ def max_rss_of(cmd: list[str]) -> tuple[float, float, dict]:
     return float(wall), int(rss) / 1024, json.loads(rest)
 
 
+def writer_rate(n: int, max_cells: int) -> float:
+    """Checkpoints/s of the writer alone (fsync on): ``n`` metrics-sized outcomes that arrive
+    as fast as a cheap probe makes them, ``max_cells`` per transaction at most."""
+    import numpy as np
+
+    from ckpt_analyzer.checkpoints import CheckpointRef
+    from ckpt_analyzer.cube import Cube
+    from ckpt_analyzer.executors.work import Outcome, Task
+    from ckpt_analyzer.runner.summary import RunSummary
+    from ckpt_analyzer.runner.writer import Writer
+    from ckpt_analyzer.schema import Metric, Outputs
+
+    outs = Outputs(coords={"subset": ["train", "clean", "noisy", "test"]},
+                   metrics={"loss": Metric(("subset",)), "error": Metric(("subset",))})
+    widths = 8
+    epochs = list(range(n // widths))
+    res = {"loss": np.arange(4.0), "error": np.arange(4.0) / 10}
+
+    def outcomes():  # type: ignore[no-untyped-def]
+        for i in range(len(epochs) * widths):
+            ref = CheckpointRef(width=1 + i % widths, epoch=i // widths, path=f"e{i}")
+            yield [Outcome(Task(i, ref, ("cheap",)), results={"cheap": res})]
+
+    with tempfile.TemporaryDirectory() as d, Cube(Path(d) / "c.h5") as cube:
+        cube.begin_probe("cheap", "1", {}, 0, outs, {})
+        writer = Writer(cube, RunSummary(cube="c"), None, max_cells=max_cells)
+        t0 = time.perf_counter()
+        writer.consume(outcomes(), epochs, list(range(1, widths + 1)))
+        return len(epochs) * widths / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", default=None, help="reuse/keep the 300-checkpoint run here")
+    ap.add_argument("--writer-only", action="store_true", help="only part 4")
     args = ap.parse_args()
+
+    grouped = writer_rate(4096, 2048)
+    single = writer_rate(256, 1)
+    print(f"writer, fsync on, metrics-sized outcomes (materialize included): group commit "
+          f"{grouped:,.0f} checkpoints/s, one transaction each {single:,.0f}/s "
+          f"(target >= 1,000 grouped)")
+    if args.writer_only:
+        return
 
     torch.set_num_threads(1)
     probe, raw = spectrum_ratio()

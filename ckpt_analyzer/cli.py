@@ -123,10 +123,11 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
 @click.option("--width", "single_width", type=click.IntRange(min=1), default=1, show_default=True,
               help="Width of a --pattern without {width} (a single model).")
-@click.option("--workers", type=int, default=None,
-              help="Measure in N processes on this machine (or N Ray actors).")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Measure in N processes on this machine (or N Ray actors); auto: processes "
+                   "for a small model, else this process's threads.")
 @click.option("--executor", type=click.Choice(["local", "pool", "ray"]), default=None,
-              help="Where checkpoints are measured [local; pool with --workers].")
+              help="Where checkpoints are measured [local; pool with --workers N].")
 @click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
               help="Ray cluster to join (--executor ray) [a new local one].")
 @click.option("--devices", default=None, metavar="0,1",
@@ -153,7 +154,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         model: str | None, trust_code: bool, dataset: str | None, data_root: str | None,
         pattern: str | None, allow_pt: bool, prefix: str | None, single_width: int,
         replace_builtin: bool,
-        workers: int | None,
+        workers: str | None,
         executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
         follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
@@ -165,19 +166,21 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     check_seed(seed)
     if not follow and not Path(run_dir).is_dir():  # before torch loads: errors stay instant
         raise CkptError("no such run folder", run_dir)
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers: must be at least 1 (got {workers})")
-    if ray_address is not None and executor not in (None, "ray"):
-        raise UsageError("--ray-address: only with --executor ray")
-    kind = executor or ("ray" if ray_address else "pool" if workers or devices else "local")
-    if kind == "local" and workers is not None and workers > 1:
-        raise UsageError("--workers: --executor local runs in this process; use pool or ray")
+    from .executors.base import executor_kind
+
+    n_workers: int | str | None = workers
+    if workers is not None and workers != "auto":
+        try:
+            n_workers = int(workers)
+        except ValueError:
+            raise UsageError(f"--workers: a number or auto (got {workers})") from None
     dev_list = None
     if devices is not None:
         idx = parse_ints(devices, "--devices", 0) or []
         dev_list = [f"cuda:{i}" for i in idx]
-        if workers is None:
-            workers = len(dev_list)
+        if n_workers is None:
+            n_workers = len(dev_list)
+    kind = executor_kind(executor, n_workers, dev_list, ray_address)  # the Runner's rule too
     from .executors.shard import parse_shard
 
     shard_of = parse_shard(shard) if shard is not None else None
@@ -185,7 +188,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     from .probes import make_probes, parse_settings
 
     settings = parse_settings(sets, config_file)
-    make_probes(probes, settings)  # invalid names or parameters fail before torch loads
+    # built once, here (the Runner takes the instances as they are); bad names or parameters
+    # fail before torch loads
+    built = make_probes(probes, settings)
     from .runner import Runner
 
     bs = _batch_option(batch_size, ("auto",), "--batch-size")
@@ -209,13 +214,13 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
             click.echo(f"== {rd}", err=as_json)
             try:
                 _analyze_one(str(rd), Runner, dict(
-                    probes=probes, output=None, settings=settings, device=device, tf32=tf32,
+                    probes=built, output=None, settings=settings, device=device, tf32=tf32,
                     batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
                     epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
                     strict=strict, model=model, trust_code=trust_code, dataset=dataset,
                     data_root=data_root,
                     pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
-                    executor=kind, workers=None if kind == "local" else workers,
+                    executor=kind, workers=None if kind == "local" else n_workers,
                     devices=dev_list, ray_address=ray_address, shard=shard_of,
                     plugins=plugins), as_json, quiet)
             except SystemExit as exc:
@@ -227,13 +232,13 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
             sys.exit(1)
         return
     _analyze_one(run_dir, Runner, dict(
-        probes=probes, output=output, settings=settings,
+        probes=built, output=output, settings=settings,
         device=device, tf32=tf32, batch_size=bs, forward_batch_size=fbs,
         widths=parse_ints(widths, "--widths", 1),
         epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
         model=model, trust_code=trust_code, dataset=dataset, data_root=data_root,
         pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width, executor=kind,
-        workers=None if kind == "local" else workers, devices=dev_list, ray_address=ray_address,
+        workers=None if kind == "local" else n_workers, devices=dev_list, ray_address=ray_address,
         shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout),
         as_json, quiet)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,16 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     the last checkpoint of each width of ``run_dir``, or (without one) digits with 20%
     symmetric label noise and untrained ``mcnn`` models of widths 1 and 2 (seeded). The
     models and data are the same on every device (built on the CPU, then moved). The
-    context's ``initial_state`` / ``final_state`` give each width's first / last checkpoint
-    (without a run: the untrained models, their own last checkpoint at epoch 1). A run.json
-    ``arch`` naming code (``file.py:factory``) is refused unless ``trust_code``."""
+    context is built by the runner's own :meth:`~ckpt_analyzer.executors.work.Plan.context`:
+    its ``initial_state`` / ``final_state`` give each width's epoch-0 / last checkpoint, as in
+    ``ckpt-analyze run`` (without a run: the untrained models, their own last checkpoint at
+    epoch 1, kept in a temporary folder). A run.json ``arch`` naming code
+    (``file.py:factory``) is refused unless ``trust_code``."""
     import torch
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
     from .checkpoints.run_data import RunData, load_run_data
+    from .executors.work import Plan
     from .models import build_model
 
     dev = torch.device(device)
@@ -52,25 +54,12 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         refs = discover(run_dir)
         widths = tuple(sorted({r.width for r in refs}))
         last = {w: max((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
-        first = {w: min((r for r in refs if r.width == w), key=lambda r: r.epoch) for w in widths}
         arch = _arch(run_dir, trust_code)
-
-        def build(width: int) -> torch.nn.Module:
-            return build_model(arch, width, data.num_classes,
-                               int(data.x_train.shape[1])).to(dev).eval()
-
-        models = {}
-        for w, ref in last.items():
-            m = build(w)
-            load_state_into(m, read_state_dict(ref.path, dev), ref.path)
-            models[w] = (m, ref)
         epochs = tuple(sorted({r.epoch for r in refs}))
-
-        def initial(width: int) -> Mapping[str, torch.Tensor] | None:
-            return read_state_dict(first[width].path, dev)
-
-        def final(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
-            return last[width].epoch, read_state_dict(last[width].path, dev)
+        run = read_run_json(run_dir) or {}
+        initial = {r.width: r.path for r in refs if r.epoch == 0}
+        final = {w: (r.epoch, r.path, r.error) for w, r in last.items()}
+        root = str(run_dir)
     else:
         from .data import normalize
         from .data.digits import load_digits
@@ -84,28 +73,49 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
         norm = lambda x: normalize(x, mean, std)
         data = RunData(x_train=norm(digits.x_train), y_train=y, clean_labels=digits.y_train,
                        noisy_mask=mask, x_test=norm(digits.x_test), y_test=digits.y_test,
-                       mean=mean, std=std, num_classes=10)
-        widths, epochs = (1, 2), (0, 1)
+                       mean=mean, std=std, num_classes=10).to(dev)
+        widths, epochs, arch, run = (1, 2), (0, 1), "mcnn", {}
+        root = _untrained_folder(widths)
+        initial = {w: f"{root}/w{w}.safetensors" for w in widths}
+        final = {w: (1, p, None) for w, p in initial.items()}
+        last = {w: CheckpointRef(width=w, epoch=1, path=initial[w]) for w in widths}
+    meta = {"arch": arch, "num_classes": data.num_classes, "in_channels": int(data.x_train.shape[1])}
+    plan = Plan(run_dir=root, batch_size=batch_size, seed=seed, run=run, widths=widths,
+                epochs=epochs, width_meta={w: meta for w in widths}, initial=initial,
+                final=final, model=arch)
+    models = {}
+    for w, ref in last.items():
+        m = build_model(arch, w, data.num_classes, int(data.x_train.shape[1])).to(dev).eval()
+        load_state_into(m, read_state_dict(ref.path, dev), ref.path)
+        models[w] = (m, ref if run_dir is not None else CheckpointRef(
+            width=w, epoch=1, path="<untrained mcnn>"))
+    return plan.context(data, dev), models
 
-        def build(width: int) -> torch.nn.Module:
-            torch.manual_seed(1000 + width)
-            return build_model("mcnn", width, 10, 1).to(dev).eval()
 
-        data = data.to(dev)
-        inits = {w: {k: v.clone() for k, v in build(w).state_dict().items()} for w in widths}
-        models = {w: (build(w), CheckpointRef(width=w, epoch=1, path="<untrained mcnn>"))
-                  for w in widths}
+_UNTRAINED: dict[tuple[int, ...], str] = {}
 
-        def initial(width: int) -> Mapping[str, torch.Tensor] | None:
-            return inits[width]
 
-        def final(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
-            return 1, {k: v.clone() for k, v in models[width][0].state_dict().items()}
-    ctx = Context(data=data, device=dev, batch_size=batch_size, seed=seed,
-                  run={} if run_dir is None else (read_run_json(run_dir) or {}), widths=widths,
-                  epochs=epochs, build_model=build, initial_state=initial,
-                  final_state=final)
-    return ctx, models
+def _untrained_folder(widths: tuple[int, ...]) -> str:
+    """A temporary folder (removed at exit) with seeded untrained ``mcnn`` models, one file per
+    width, written once per process."""
+    if widths not in _UNTRAINED:
+        import atexit
+        import shutil
+        import tempfile
+
+        import torch
+        from safetensors.torch import save_file
+
+        from .models import build_model
+
+        root = tempfile.mkdtemp(prefix="ckpt-contract-")
+        atexit.register(shutil.rmtree, root, True)
+        for w in widths:
+            torch.manual_seed(1000 + w)
+            state = build_model("mcnn", w, 10, 1).state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, f"{root}/w{w}.safetensors")
+        _UNTRAINED[widths] = root
+    return _UNTRAINED[widths]
 
 
 def _arch(run_dir: str | Path, trust_code: bool = False) -> str:

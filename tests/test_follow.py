@@ -94,13 +94,16 @@ def done_cells(cube: Path, probe: str) -> int:
         return 0
 
 
-def test_follow_a_live_run_equals_the_analysis_after_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], pytest.param(["--workers", "2"], marks=pytest.mark.slow)],
+                         ids=["in-process", "workers-2"])
+def test_follow_a_live_run_equals_the_analysis_after_it(tmp_path: Path, workers: list[str]) -> None:
+    """Also with --workers 2: the pool's workers start once and learn width 2 when it lands."""
     run, gate = tmp_path / "run", tmp_path / "go"
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
     cube = tmp_path / "live.h5"
     follower = subprocess.Popen([*ANALYZE, "run", str(run), "-o", str(cube), "--follow",
-                                 "--poll", "0.2", "--idle-timeout", "300", *PROBES],
+                                 "--poll", "0.2", "--idle-timeout", "300", *PROBES, *workers],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trainer = subprocess.Popen([sys.executable, str(script), str(run), str(gate)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -164,7 +167,6 @@ def test_idle_timeout_and_unplanned_width(unfinished: Path) -> None:
 
 
 @pytest.mark.parametrize("extra, why", [
-    (["--workers", "2"], "--follow measures in this process"),
     (["--shard", "1/2"], "--follow: --shard"),
     (["--widths", "16"], "--widths: none of 16 is planned (run.json widths: 1, 4)"),
 ])
@@ -269,7 +271,7 @@ def test_a_run_replaced_during_a_round_drops_that_rounds_cells(digits_run: Path,
     from ckpt_analyzer.cube import Cube
     from ckpt_analyzer.cube.identity import run_identity
     from ckpt_analyzer.errors import CkptError
-    from ckpt_analyzer.runner.follow import _same_run
+    from ckpt_analyzer.runner.follow import same_run as _same_run
     from ckpt_analyzer.schema import Metric, Outputs
 
     run = tmp_path / "run"

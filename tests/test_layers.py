@@ -18,7 +18,7 @@ RANK: dict[str, float] = {
     "runner": 8, "train": 8,
     "study": 7.5,  # studies: several cubes through report and plot (below runner/train/cli)
     "report": 7, "plot": 7, "executors": 7, "export": 7,  # export: cubes to TensorBoard, W&B, tables
-    "testing": 6,
+    "testing": 7.2,  # the probe contract checker builds its Context with executors.work.Plan
     "probes": 5,
     "events": 3,
     "cube": 2, "checkpoints": 2, "data": 2, "models": 2,

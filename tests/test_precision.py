@@ -51,14 +51,14 @@ def test_tf32_flag_reaches_the_workers_plan(digits_run: object, tmp_path: object
     from ckpt_analyzer.runner import core
 
     plans = []
-    real = core.Runner._plan
+    real = core.with_probes
 
-    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        plan = real(self, *args, **kwargs)
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plan = real(*args, **kwargs)
         plans.append(plan)
         return plan
 
-    monkeypatch.setattr(core.Runner, "_plan", spy)
+    monkeypatch.setattr(core, "with_probes", spy)
     out = f"{tmp_path}/a.h5"
     analyze("run", str(digits_run), "--probe", "metrics", "--tf32", "--workers", "1",
                   "--device", "cpu", "-o", out, "--quiet")

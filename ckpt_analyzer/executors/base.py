@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from ..errors import UsageError
 from .work import Outcome, Plan, Task
 
 MAX_ATTEMPTS = 3  # a checkpoint whose worker dies is retried twice, then recorded as failed
@@ -20,11 +21,41 @@ class Executor(Protocol):
 
     An executor never writes the cube. Unexpected worker exceptions are re-raised from the
     iterator; a bad checkpoint or a worker that died too often comes back as ``Outcome.error``.
-    Closing the iterator early (Ctrl-C, SIGTERM) stops the workers."""
+    ``run`` is called once per round of the run (a batch run has one, ``--follow`` many); the
+    workers start on the first round and stay until :meth:`close` (the writer calls it at the
+    end of the run, also after an error or a signal), so a run pays their start-up once."""
 
     name: str
+    used: int  # the most workers measuring at once in this run
 
     def run(self, plan: Plan, tasks: Sequence[Task]) -> Iterator[list[Outcome]]: ...
+
+    def close(self) -> None: ...
+
+
+def executor_kind(executor: str | None, workers: int | str | None,
+                  devices: Sequence[str] | None = None, ray_address: str | None = None) -> str:
+    """The one rule for where checkpoints are measured: ``local``, ``pool``, ``ray`` or ``auto``
+    (``--workers auto``: decided by :func:`ckpt_analyzer.runner.plan.auto_workers` once the model is known). ``--workers
+    N`` without ``--executor`` means N processes; ``--executor local`` with N > 1 is refused
+    (local measures in this process)."""
+    if isinstance(workers, str) and workers != "auto":
+        raise UsageError(f"--workers: a number or auto (got {workers})")
+    if isinstance(workers, int) and workers < 1:
+        raise UsageError(f"--workers: must be at least 1 (got {workers})")
+    if ray_address is not None and executor not in (None, "ray"):
+        raise UsageError("--ray-address: only with --executor ray")
+    if workers == "auto":
+        if executor not in (None, "auto"):
+            raise UsageError("--workers auto chooses the executor: pass no --executor")
+        return "auto"
+    kind = executor or ("ray" if ray_address else "pool" if workers or devices else "local")
+    if kind == "local" and isinstance(workers, int) and workers > 1:
+        raise UsageError(f"--workers {workers}: --executor local measures in this process; "
+                         "pass --executor pool (or no --executor) for processes, or ray")
+    if kind not in ("local", "pool", "ray"):
+        raise UsageError(f"--executor: unknown executor '{kind}' (local, pool or ray)")
+    return kind
 
 
 def available_cores() -> int:

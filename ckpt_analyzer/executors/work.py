@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..checkpoints.run_data import RunData
     from ..probes.base import Context
     from .measure import PreparedProbe
 
@@ -39,10 +40,18 @@ KEEP_MODELS = 2  # models kept per worker (one per width, least recently used dr
 @dataclass(frozen=True)
 class Plan:
     """Everything a worker needs, picklable: the run folder, the prepared probes (pickled), the
-    data and device policy. Built once by the runner from the parent's prepared state."""
+    data and device policy, and what each width's model and its first/last checkpoint are.
+    Built once per run by :mod:`ckpt_analyzer.runner.plan`; ``--follow`` grows ``width_meta``,
+    ``initial``, ``final`` and ``sources`` between rounds (:meth:`delta`, :meth:`grown`).
+
+    The one builder of a probe's :class:`~ckpt_analyzer.probes.base.Context` (:meth:`context`):
+    the in-process path, the pool/Ray workers and :func:`ckpt_analyzer.testing.contract_context`
+    all build their model, epoch-0 state and last state through these methods, so a module
+    prefix is stripped, and a broken last checkpoint raises its recorded error, everywhere alike.
+    """
 
     run_dir: str
-    probes: bytes  # pickle of list[PreparedProbe], after prepare()
+    probes: bytes = b""  # pickle of list[PreparedProbe], after prepare() (pool/Ray only)
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
     tf32: bool = False  # CUDA: allow TF32 (device.set_precision)
@@ -54,7 +63,9 @@ class Plan:
     epochs: tuple[int, ...] = ()
     width_meta: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     initial: Mapping[int, str] = field(default_factory=dict)  # width -> epoch-0 checkpoint
-    final: Mapping[int, tuple[int, str]] = field(default_factory=dict)  # width -> last (epoch, path)
+    #: width -> its last checkpoint (epoch, path, recorded error or None)
+    final: Mapping[int, tuple[int, str, str | None]] = field(default_factory=dict)
+    sources: Mapping[int, str] = field(default_factory=dict)  # width -> a file named in errors
     model: str | None = None
     trust_code: bool = False  # --trust-code: the parent checked every arch; workers check again
     dataset: str | None = None
@@ -62,6 +73,65 @@ class Plan:
     allow_pt: bool = False
     prefix: str | None = None  # module prefix of the saved keys (None: found automatically)
     strict: bool = False  # a failing probe fails the whole checkpoint
+
+    #: the fields that --follow grows between rounds (sent to workers as a delta)
+    GROWING = ("width_meta", "initial", "final", "sources")
+
+    def delta(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.GROWING}
+
+    def grown(self, delta: Mapping[str, Any]) -> Plan:
+        import dataclasses
+
+        return dataclasses.replace(self, **{k: delta[k] for k in self.GROWING})
+
+    # -- the one rule for a width's model and states
+
+    def build_model(self, width: int, device: torch.device | str) -> nn.Module:
+        """A fresh model of ``width`` (eval mode, on ``device``): built from that width's
+        checkpoint metadata, else the first planned width's, else any width's."""
+        from ..checkpoints import build_model_for
+
+        meta = (self.width_meta.get(width)
+                or (self.width_meta.get(self.widths[0]) if self.widths else None)
+                or next(iter(self.width_meta.values())))
+        meta = {**meta, "width": width}
+        return build_model_for(meta, self.model, trust_code=self.trust_code,
+                               source=self.sources.get(width, self.run_dir)).to(device).eval()
+
+    def read_state(self, width: int, path: str, device: torch.device | str
+                   ) -> dict[str, torch.Tensor]:
+        """The model's tensors of the checkpoint at ``path``, module prefix stripped."""
+        from ..checkpoints import open_state, strip_prefix
+
+        return strip_prefix(open_state(path, device, self.allow_pt),
+                            self.build_model(width, device).state_dict(), self.prefix, path)
+
+    def initial_state(self, width: int, device: torch.device | str
+                      ) -> Mapping[str, torch.Tensor] | None:
+        path = self.initial.get(width)
+        return None if path is None else self.read_state(width, path, device)
+
+    def final_state(self, width: int, device: torch.device | str
+                    ) -> tuple[int, Mapping[str, torch.Tensor]] | None:
+        last = self.final.get(width)
+        if last is None:
+            return None
+        epoch, path, error = last
+        if error:  # the discovery's recorded cause, the same line in every process
+            raise CheckpointError(error.split(": ", 1)[-1], path)
+        return epoch, self.read_state(width, path, device)
+
+    def context(self, data: RunData, device: torch.device) -> Context:
+        """The probes' :class:`~ckpt_analyzer.probes.base.Context` under this plan."""
+        from ..probes.base import Context
+
+        return Context(data=data, device=device, batch_size=self.batch_size,
+                       forward_batch_size=self.forward_batch_size, seed=self.seed,
+                       run=dict(self.run), widths=tuple(self.widths), epochs=tuple(self.epochs),
+                       build_model=lambda w: self.build_model(w, device),
+                       initial_state=lambda w: self.initial_state(w, device),
+                       final_state=lambda w: self.final_state(w, device))
 
 
 @dataclass(frozen=True)
@@ -101,72 +171,53 @@ class Worker:
     """Measures tasks of one plan; keeps one model per width (LRU of :data:`KEEP_MODELS`) and
     the probes' prepared state between checkpoints.
 
-    ``Worker(plan)`` rebuilds the data and probes from the plan (pool processes, Ray actors);
-    :meth:`in_process` reuses the writer's already prepared context and probes (``local``).
+    ``Worker(plan)`` loads the data and unpickles the probes from the plan (pool processes, Ray
+    actors); :meth:`in_process` reuses the writer's loaded data and prepared probes (``local``).
+    Both build their context with :meth:`Plan.context`; :meth:`update` takes a grown plan
+    (``--follow``: a new width's metadata, first and last checkpoints) between rounds.
     """
 
     def __init__(self, plan: Plan, device: str | None = None, name: str = "") -> None:
         import torch
 
-        from ..checkpoints import build_model_for, open_state, strip_prefix
         from ..checkpoints.run_data import load_run_data
         from ..device import set_precision
         from ..probes import load_plugin
-        from ..probes.base import Context
 
-        self.plan = plan
-        self.name = name or f"pid {os.getpid()}"
         dev = torch.device(device or plan.device)
         set_precision(dev, plan.tf32)
         for spec in plan.plugins:
             load_plugin(spec, replace=True)  # the parent checked the names
         prepared: list[PreparedProbe] = pickle.loads(plan.probes)
         data = load_run_data(plan.run_dir, dev, plan.dataset, plan.data_root)
-
-        def build(width: int) -> nn.Module:
-            meta = dict(plan.width_meta.get(width) or plan.width_meta[plan.widths[0]])
-            meta["width"] = width
-            return build_model_for(meta, plan.model, trust_code=plan.trust_code,
-                                   source=plan.run_dir).to(dev).eval()
-
-        def read(width: int, path: str) -> dict[str, torch.Tensor]:
-            return strip_prefix(open_state(path, dev, plan.allow_pt),
-                                build(width).state_dict(), plan.prefix, path)
-
-        def initial_state(width: int) -> Mapping[str, torch.Tensor] | None:
-            path = plan.initial.get(width)
-            return None if path is None else read(width, path)
-
-        def final_state(width: int) -> tuple[int, Mapping[str, torch.Tensor]] | None:
-            last = plan.final.get(width)
-            return None if last is None else (last[0], read(width, last[1]))
-
-        ctx = Context(data=data, device=dev, batch_size=plan.batch_size,
-                      forward_batch_size=plan.forward_batch_size, seed=plan.seed,
-                      run=dict(plan.run), widths=tuple(plan.widths), epochs=tuple(plan.epochs),
-                      build_model=build, initial_state=initial_state, final_state=final_state)
-        self._setup(ctx, prepared, build, plan.allow_pt, plan.prefix, plan.strict)
+        self._setup(plan, data, dev, prepared, name or f"pid {os.getpid()}")
 
     @classmethod
-    def in_process(cls, ctx: Context, prepared: Sequence[PreparedProbe], build: Any,
-                   allow_pt: bool, prefix: str | None = None, strict: bool = False,
-                   name: str = "local") -> Worker:
+    def in_process(cls, plan: Plan, data: RunData, device: torch.device,
+                   prepared: Sequence[PreparedProbe], name: str = "local") -> Worker:
         self = cls.__new__(cls)
-        self.name = name
-        self._setup(ctx, prepared, build, allow_pt, prefix, strict)
+        self._setup(plan, data, device, prepared, name)
         return self
 
-    def _setup(self, ctx: Context, prepared: Sequence[PreparedProbe], build: Any,
-               allow_pt: bool, prefix: str | None, strict: bool) -> None:
-        self.ctx = ctx
-        self.prefix = prefix
-        self.strict = strict
+    def _setup(self, plan: Plan, data: RunData, device: torch.device,
+               prepared: Sequence[PreparedProbe], name: str) -> None:
+        self.name = name
+        self.data = data
+        self.device = device
         self.prepared = list(prepared)
-        self.build = build
-        self.allow_pt = allow_pt
         self.models: OrderedDict[int, nn.Module] = OrderedDict()
         #: width -> the model's state keys (what :meth:`load` reads ahead)
         self.keys: dict[int, list[str]] = {}
+        self.update(plan)
+
+    def update(self, plan: Plan) -> None:
+        """Measure under ``plan`` from now on (the same run; grown widths and states)."""
+        self.plan = plan
+        self.ctx = plan.context(self.data, self.device)
+        self.allow_pt, self.prefix, self.strict = plan.allow_pt, plan.prefix, plan.strict
+
+    def build(self, width: int) -> nn.Module:
+        return self.plan.build_model(width, self.device)
 
     # -- the two halves of one task (the local executor prefetches the first in a thread)
 
