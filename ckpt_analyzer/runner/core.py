@@ -33,6 +33,7 @@ from ..checkpoints import (
 )
 from ..config import config_to_dict
 from ..cube.identity import check_checkpoints, check_run, run_identity
+from ..data.preprocessing import parse_normalize, record
 from ..data.run import RunData, load_run_data
 from ..errors import CheckpointError, CkptError, UsageError
 from ..executors.local import LocalExecutor
@@ -42,6 +43,7 @@ from ..models import file_arch
 from ..probes import make_probes
 from ..probes.base import Context, Probe
 from .follow import FollowMixin, _Idle, _planned, _unplanned
+from .preprocessing import check_preprocessing, preprocessing_note
 from .summary import RunSummary, _Terminated
 
 MATERIALIZE_EVERY_S = 30.0
@@ -110,6 +112,8 @@ class Runner(FollowMixin):
     allow_pt: bool = False
     prefix: str | None = None
     width: int = 1
+    #: --normalize of a foreign folder: dataset | none | MEAN,STD (data/preprocessing.py)
+    normalize: str | None = None
     progress: Callable[[str, Any], None] | None = None
     # scale-out (docs/cube.md, "Shards"): where the unit of work runs; the cube is written here
     executor: str = "local"  # local | pool | ray
@@ -175,7 +179,8 @@ class Runner(FollowMixin):
             hint = "" if run is not None or self.pattern else " (foreign folder? pass --pattern)"
             pt = next((n.split(": ", 1)[1] for n in notes if "--allow-pt" in n), "")
             raise CkptError(f"no checkpoints{where}{hint}{'; ' + pt if pt else ''}", run_dir)
-        data = load_run_data(run_dir, dev, self.dataset, self.data_root)
+        norm = parse_normalize(self.normalize)
+        data = load_run_data(run_dir, dev, self.dataset, self.data_root, norm)
         meta_of = self._metadata_factory(run, data)
         refs, rejected = screen_widths(refs, meta_of, self.model)
         if not refs:
@@ -239,6 +244,9 @@ class Runner(FollowMixin):
                 raise CheckpointError(r.error.split(": ", 1)[-1], r.path)
             return r.epoch, read(width, r)
 
+        if run is None and idle is None:  # a foreign folder: does the preprocessing fit?
+            note = preprocessing_note(refs, norm, data, build, read, self.allow_pt)
+            notes.extend([note] if note else [])
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
             bs = auto_batch_size(build(widths[-1]), data.x_train, dev)
         else:
@@ -261,6 +269,8 @@ class Runner(FollowMixin):
         self._check_sizes(probes, ctx, len(grid_epochs), len(widths))
         with Cube(output) as cube:
             summary.warnings += cube.notes  # e.g. a damaged cube rebuilt from its journal
+            prep = None if run else record(norm, data.mean.tolist(), data.std.tolist())
+            check_preprocessing(cube, prep, self.overwrite)
             check_run(cube, run_dir, self.overwrite)  # a cube of another run is refused
             summary.warnings += check_checkpoints(cube, refs)  # replaced ones are measured again
             for r in rejected:
@@ -273,7 +283,8 @@ class Runner(FollowMixin):
                            else str((run or {}).get("time_unit", "epoch")),
                            "run_json": (run_dir / "run.json").read_text() if run else "",
                            "shard": None if self.shard is None  # merge checks the set
-                           else f"{self.shard[0]}/{self.shard[1]}"})
+                           else f"{self.shard[0]}/{self.shard[1]}",
+                           "normalize": prep})
             prepared = []
             for p in probes:
                 try:
@@ -410,6 +421,7 @@ class Runner(FollowMixin):
                     initial=dict(initial), final=dict(final), model=self.model,
                     trust_code=self.trust_code, dataset=self.dataset,
                     data_root=self.data_root, allow_pt=self.allow_pt, prefix=self.prefix,
+                    normalize=self.normalize,
                     strict=self.strict)
 
     def _stream(self, cube: Any, outcomes: Iterator[list[Outcome]], summary: RunSummary,
