@@ -452,6 +452,10 @@ def _format_summary(path: str, s: dict[str, Any]) -> str:
     root = s.get("root", {})
     lines.append(f"  format {root.get('format')}  version {root.get('version')}  "
                  f"source {root.get('source')}")
+    if root.get("normalize"):  # a foreign folder's --normalize
+        norm = json.loads(str(root["normalize"]))
+        lines.append(f"  preprocessing {norm['normalize']} (mean {norm['mean']}, std "
+                     f"{norm['std']})")
     ep, wd = s.get("epochs", []), s.get("widths", [])
     lines.append(f"  epochs {len(ep)} ({_span(ep)})  widths {len(wd)} ({_span(wd)})")
     for name, p in s.get("probes", {}).items():

@@ -21,11 +21,14 @@ def preprocessing_note(refs: Sequence[CheckpointRef], norm: Normalize | None, da
                        build: Callable[[int], nn.Module],
                        read: Callable[[int, CheckpointRef], Mapping[str, torch.Tensor]],
                        allow_pt: bool) -> str | None:
-    """One warning line when the first (else the last) checkpoint that records a test error
-    measures far from it with the preprocessing used; None when it fits, or when neither
-    records one or cannot be read (its failure is reported when it is measured)."""
+    """One warning line when the last checkpoint of the first width that records a test error
+    (the most trained one: at initialization every preprocessing gives chance error, so the
+    first checkpoint could not tell) measures far from it with the preprocessing used; None
+    when it fits, or when none records one or it cannot be read (its failure is reported when
+    it is measured)."""
     good = [r for r in refs if r.error is None]
-    for ref in good[:1] + good[-1:] if len(good) > 1 else good:
+    first = [r for r in good if r.width == good[0].width] if good else []
+    for ref in reversed(first[-4:]):  # a few looks at most: a .pt is read whole
         try:
             meta: dict[str, Any] = dict(ref.metadata) or checkpoint_scalars(ref.path, allow_pt)
             found = recorded_error(meta)
@@ -34,7 +37,7 @@ def preprocessing_note(refs: Sequence[CheckpointRef], norm: Normalize | None, da
             model = build(ref.width)
             model.load_state_dict(dict(read(ref.width, ref)), strict=True)
         except (CkptError, RuntimeError):
-            return None
+            return None  # a misfit is reported, file by file, when it is measured
         model.eval()
         used = (data.mean.tolist(), data.std.tolist())
         name = norm.spec() if norm else "dataset"
