@@ -21,14 +21,14 @@ def preprocessing_note(refs: Sequence[CheckpointRef], norm: Normalize | None, da
                        build: Callable[[int], nn.Module],
                        read: Callable[[int, CheckpointRef], Mapping[str, torch.Tensor]],
                        allow_pt: bool) -> str | None:
-    """One warning line when the last checkpoint of the first width that records a test error
-    (the most trained one: at initialization every preprocessing gives chance error, so the
+    """One warning line when the last checkpoint of the first width (else the one before it)
+    that records a test error (the most trained one: at initialization every preprocessing gives chance error, so the
     first checkpoint could not tell) measures far from it with the preprocessing used; None
     when it fits, or when none records one or it cannot be read (its failure is reported when
     it is measured)."""
     good = [r for r in refs if r.error is None]
     first = [r for r in good if r.width == good[0].width] if good else []
-    for ref in reversed(first[-4:]):  # a few looks at most: a .pt is read whole
+    for ref in reversed(first[-2:]):  # two looks at most: a .pt is read whole
         try:
             meta: dict[str, Any] = dict(ref.metadata) or checkpoint_scalars(ref.path, allow_pt)
             found = recorded_error(meta)
