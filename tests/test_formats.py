@@ -161,6 +161,31 @@ def test_run_on_sharded_folder(hf_sharded: Path, digits_run: Path) -> None:
     assert err[:, 0] == pytest.approx([recorded(digits_run, e) for e in EPOCHS], abs=1e-6)
 
 
+def test_sharded_bin_folder(digits_run: Path, tmp_path: Path) -> None:
+    """transformers' safe_serialization=False: pytorch_model.bin.index.json + .bin shards."""
+    from huggingface_hub import save_torch_state_dict
+
+    for e in EPOCHS:
+        d = tmp_path / f"checkpoint-{e}"
+        d.mkdir()
+        save_torch_state_dict(contract(digits_run, e), d, max_shard_size=20_000,
+                              safe_serialization=False)
+    assert len(list((tmp_path / "checkpoint-4").glob("pytorch_model-*.bin"))) >= 2
+    assert (tmp_path / "checkpoint-4" / "pytorch_model.bin.index.json").is_file()
+    with pytest.raises(CheckpointError, match="only with --allow-pt"):
+        open_state(tmp_path / "checkpoint-4")
+    model = build_model("mcnn", 4, 10, 1)
+    load_state_into(model, open_state(tmp_path / "checkpoint-4", allow_pt=True), "x")
+    want = contract(digits_run, 4)
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    notes: list[str] = []
+    assert discover(tmp_path, "checkpoint-{epoch}", warnings=notes) == []
+    assert any("3 folder checkpoint(s) of pickle-based files" in n for n in notes)
+    refs = discover(tmp_path, "checkpoint-{epoch}", allow_pt=True, width=4)
+    assert [(r.epoch, r.path, r.error) for r in refs] == [
+        (e, str(tmp_path / f"checkpoint-{e}"), None) for e in EPOCHS]
+
+
 # ---------------------------------------------------------------- DCP / FSDP sharded
 @pytest.fixture(scope="module")
 def dcp_run(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -192,7 +217,8 @@ def test_dcp_folder_reads_the_model(dcp_run: Path, digits_run: Path) -> None:
         assert torch.equal(v, want[k])
     notes: list[str] = []
     assert discover(dcp_run, "step_{epoch}", warnings=notes) == []
-    assert any("3 PyTorch distributed checkpoint (DCP) folder(s) not read" in n for n in notes)
+    assert any("3 folder checkpoint(s) of pickle-based files (a DCP .metadata, .bin shards) "
+               "not read (pass --allow-pt" in n for n in notes)
     refs = discover(dcp_run, "step_{epoch}", allow_pt=True, width=4)
     assert [(r.epoch, r.error) for r in refs] == [(e, None) for e in EPOCHS]
 

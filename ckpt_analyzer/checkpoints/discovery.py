@@ -15,6 +15,7 @@ from ..errors import CheckpointError, CkptError, UsageError
 if TYPE_CHECKING:
     pass
 from .files import (
+    BIN_INDEX_SUFFIX,
     CKPT_FORMAT,
     INDEX_SUFFIX,
     PICKLE_EXTS,
@@ -130,7 +131,7 @@ class Watcher:
                 m = _folder_match(self.rx, root, p, marker)
                 if m is None:
                     continue
-                if kind == "dcp" and not self.allow_pt:
+                if kind != "hf-sharded" and not self.allow_pt:
                     dcp_left += 1
                     continue
                 key, stamp = str(p), _folder_stamp(p)
@@ -180,24 +181,22 @@ class Watcher:
             notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
                          "them with torch.load(weights_only=True))")
         if dcp_left:
-            notes.append(f"{root}: {dcp_left} PyTorch distributed checkpoint (DCP) folder(s) "
-                         "not read (pass --allow-pt to read them: their .metadata is a pickle, "
-                         "read by a restricted unpickler)")
+            notes.append(f"{root}: {dcp_left} folder checkpoint(s) of pickle-based files (a DCP "
+                         ".metadata, .bin shards) not read (pass --allow-pt to read them: "
+                         "torch.load(weights_only=True), DCP's metadata by a restricted "
+                         "unpickler)")
         return refs, read
 
     def _read_folder(self, p: Path, kind: str, m: re.Match[str]) -> CheckpointRef:
         """A folder checkpoint's ref (validated: index and shard headers, or DCP metadata)."""
-        from .foreign import ShardedSafetensorsState, read_dcp_metadata
+        from .foreign import ShardedSafetensorsState, folder_metadata
 
         width, epoch = _match_fields(m, self.width)
         meta: dict[str, Any] = {}
         try:
-            if kind == "dcp":
-                read_dcp_metadata(p)
-            else:
-                state = ShardedSafetensorsState(p)
-                meta = {str(k): v if isinstance(v, str) else json.dumps(v)
-                        for k, v in state.metadata.items()}
+            raw = (ShardedSafetensorsState(p).metadata if kind == "hf-sharded"  # headers checked
+                   else folder_metadata(p))
+            meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
         except CheckpointError as exc:
             return CheckpointRef(width, epoch, str(p), {}, str(exc))
         return CheckpointRef(width, epoch, str(p), meta, None)
@@ -246,6 +245,8 @@ def _folder_checkpoints(listed: Iterable[Path]) -> dict[Path, tuple[str, Path]]:
             out[p.parent] = ("dcp", p)
         elif p.name.endswith(INDEX_SUFFIX) and out.get(p.parent, ("",))[0] != "dcp":
             out[p.parent] = ("hf-sharded", p)
+        elif p.name.endswith(BIN_INDEX_SUFFIX) and p.parent not in out:
+            out[p.parent] = ("hf-sharded-bin", p)
     # a folder checkpoint inside another (a DCP "model/" in an HF folder) is the outer's file
     return {d: v for d, v in out.items() if not any(q in out for q in d.parents)}
 

@@ -192,7 +192,7 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu",
         if not isinstance(obj, dict) or not obj:
             raise CheckpointError("not a state_dict of tensors", path)
         return obj
-    if Path(path).is_dir() or path.name.endswith(INDEX_SUFFIX):
+    if Path(path).is_dir() or path.name.endswith((INDEX_SUFFIX, BIN_INDEX_SUFFIX)):
         return dict(open_state(path, device, allow_pt))
     read_header(path)
     from safetensors.torch import load_file
@@ -384,6 +384,9 @@ class SafetensorsState(LazyState):
 INDEX_SUFFIX = ".safetensors.index.json"
 """A sharded Hugging Face checkpoint's index (``model.safetensors.index.json``)."""
 
+BIN_INDEX_SUFFIX = ".bin.index.json"
+"""The index of a sharded ``.bin`` checkpoint (``pytorch_model.bin.index.json``)."""
+
 
 def flatten_tensors(obj: Mapping[Any, Any], prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of nested dicts under dotted keys (``{"a": {"b": t}, "epoch": 3}`` ->
@@ -409,7 +412,7 @@ def open_state(path: str | Path, device: str | torch.device = "cpu", allow_pt: b
     path = Path(path)
     if path.suffix in PICKLE_EXTS:
         return read_state_dict(path, device, allow_pt)
-    if path.is_dir() or path.name.endswith(INDEX_SUFFIX):
+    if path.is_dir() or path.name.endswith((INDEX_SUFFIX, BIN_INDEX_SUFFIX)):
         from .foreign import open_folder
 
         return open_folder(path, device, allow_pt)
@@ -447,11 +450,8 @@ def checkpoint_scalars(path: str | Path, allow_pt: bool = False) -> dict[str, An
             return {}
         return {str(k): v for k, v in obj.items()
                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    if path.is_dir() or path.name.endswith(INDEX_SUFFIX):
-        from .foreign import folder_format
+    if path.is_dir() or path.name.endswith((INDEX_SUFFIX, BIN_INDEX_SUFFIX)):
+        from .foreign import folder_metadata
 
-        if folder_format(path) == "dcp":
-            return {}
-        state = open_state(path, "cpu", allow_pt)
-        return dict(getattr(state, "metadata", {}))
+        return folder_metadata(path)
     return dict(read_header(path)[1])

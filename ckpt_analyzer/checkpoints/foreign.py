@@ -1,7 +1,8 @@
 """Folder checkpoints of other trainers, read lazily: a sharded Hugging Face checkpoint
 (``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``) and a PyTorch
 distributed checkpoint (DCP: ``.metadata`` + ``*.distcp``, also what FSDP's sharded state dict
-is saved as).
+is saved as); and, whole, a sharded ``.bin`` one (``pytorch_model.bin.index.json`` + its
+shards, each through ``torch.load(weights_only=True)``, with ``--allow-pt``).
 
 DCP's ``.metadata`` is a pickle, and torch's own ``FileSystemReader.read_metadata`` reads it
 with plain ``pickle.load`` (any object, any code). It is read here by :class:`_MetadataUnpickler`
@@ -22,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
-from .files import INDEX_SUFFIX, LazyState, SafetensorsState, open_regular
+from .files import (
+    BIN_INDEX_SUFFIX,
+    INDEX_SUFFIX,
+    LazyState,
+    SafetensorsState,
+    open_regular,
+    read_state_dict,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -30,34 +38,41 @@ if TYPE_CHECKING:
 DCP_METADATA = ".metadata"
 
 
-def index_files(folder: Path) -> list[Path]:
-    """The ``*.safetensors.index.json`` files directly in ``folder``."""
+def index_files(folder: Path, suffix: str = INDEX_SUFFIX) -> list[Path]:
+    """The ``*.safetensors.index.json`` (``suffix``) files directly in ``folder``."""
     try:
-        return sorted(p for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
+        return sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
     except OSError:
         return []
 
 
 def folder_format(folder: str | Path) -> str | None:
     """``"dcp"`` for a folder holding a DCP ``.metadata``, ``"hf-sharded"`` for one holding a
-    ``*.safetensors.index.json``, else None."""
+    ``*.safetensors.index.json``, ``"hf-sharded-bin"`` for one holding only a
+    ``*.bin.index.json``, else None."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     if (folder / DCP_METADATA).is_file():
         return "dcp"
-    return "hf-sharded" if index_files(folder) else None
+    if index_files(folder):
+        return "hf-sharded"
+    return "hf-sharded-bin" if index_files(folder, BIN_INDEX_SUFFIX) else None
 
 
 def open_folder(path: str | Path, device: str | torch.device = "cpu", allow_pt: bool = False
                 ) -> LazyState:
     """The lazy state of a folder checkpoint (or of a ``*.safetensors.index.json`` file)."""
     path = Path(path)
-    if path.is_file():
-        return ShardedSafetensorsState(path, device)
-    kind = folder_format(path)
+    kind = folder_format(path) if path.is_dir() else (
+        "hf-sharded-bin" if path.name.endswith(BIN_INDEX_SUFFIX) else "hf-sharded")
     if kind == "hf-sharded":
         return ShardedSafetensorsState(path, device)
+    if kind == "hf-sharded-bin":
+        if not allow_pt:
+            raise CheckpointError("a folder of .bin shards is read only with --allow-pt "
+                                  "(torch.load(weights_only=True))", path)
+        return ShardedBinState(path, device)
     if kind == "dcp":
         if not allow_pt:
             raise CheckpointError("a PyTorch distributed checkpoint (DCP) folder is read only "
@@ -98,22 +113,12 @@ class ShardedSafetensorsState(LazyState):
     for the shapes), no tensor data is read before it is asked for."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
-        path = Path(path)
-        if path.is_dir():
-            found = index_files(path)
-            if len(found) != 1:
-                raise CheckpointError(f"{len(found)} files *{INDEX_SUFFIX} in one folder"
-                                      if found else f"no *{INDEX_SUFFIX} in this folder", path)
-            path = found[0]
+        path = _one_index(Path(path), INDEX_SUFFIX)
         self.path = path.parent
         self.index = path
         wmap, self.metadata = read_index(path)
-        self._shards: dict[str, SafetensorsState] = {}
-        for name in sorted(set(wmap.values())):
-            shard = path.parent / name
-            if not shard.exists() and not shard.is_symlink():
-                raise CheckpointError(f"shard {name} named by {path.name} is missing", path.parent)
-            self._shards[name] = SafetensorsState(shard, device)
+        self._shards = {name: SafetensorsState(shard, device)
+                        for name, shard in _shard_paths(path, wmap).items()}
         self._where = {}
         self._shapes = {}
         for key, name in wmap.items():
@@ -126,6 +131,62 @@ class ShardedSafetensorsState(LazyState):
 
     def _get(self, key: str) -> torch.Tensor:
         return self._where[key][key]
+
+
+def _one_index(path: Path, suffix: str) -> Path:
+    """The index of a folder (or the index file given)."""
+    if not path.is_dir():
+        return path
+    found = index_files(path, suffix)
+    if len(found) != 1:
+        raise CheckpointError(f"{len(found)} files *{suffix} in one folder"
+                              if found else f"no *{suffix} in this folder", path)
+    return found[0]
+
+
+def _shard_paths(index: Path, wmap: dict[str, str]) -> dict[str, Path]:
+    out = {}
+    for name in sorted(set(wmap.values())):
+        shard = index.parent / name
+        if not shard.exists() and not shard.is_symlink():
+            raise CheckpointError(f"shard {name} named by {index.name} is missing", index.parent)
+        out[name] = shard
+    return out
+
+
+def folder_metadata(path: str | Path) -> dict[str, Any]:
+    """A sharded folder's index ``metadata`` (validated index, shards present, none read); {}
+    for a DCP folder (its metadata validated)."""
+    path = Path(path)
+    kind = folder_format(path) if path.is_dir() else (
+        "hf-sharded-bin" if path.name.endswith(BIN_INDEX_SUFFIX) else "hf-sharded")
+    if kind == "dcp":
+        read_dcp_metadata(path)
+        return {}
+    index = _one_index(path, BIN_INDEX_SUFFIX if kind == "hf-sharded-bin" else INDEX_SUFFIX)
+    wmap, meta = read_index(index)
+    _shard_paths(index, wmap)
+    return meta
+
+
+class ShardedBinState(LazyState):
+    """A sharded ``.bin`` checkpoint (transformers with ``safe_serialization=False``): every
+    shard read whole when it is opened, through ``torch.load(weights_only=True)`` (a pickle
+    has no header to read shapes from), only the tensors its index names kept."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
+        index = _one_index(Path(path), BIN_INDEX_SUFFIX)
+        self.path = index.parent
+        self.index = index
+        wmap, self.metadata = read_index(index)
+        self._read = {}
+        for name, shard in _shard_paths(index, wmap).items():
+            tensors = read_state_dict(shard, device, allow_pt=True)
+            for key in (k for k, v in wmap.items() if v == name):
+                if key not in tensors:
+                    raise CheckpointError(f"tensor '{key}' is not in its shard {name}", index)
+                self._read[key] = tensors[key]
+        self._shapes = {k: tuple(int(d) for d in t.shape) for k, t in self._read.items()}
 
 
 _DCP_CLASSES = {
