@@ -43,6 +43,12 @@ REPLACE_OPT = click.option("--replace-builtin", is_flag=True,
                            help="Let a --plugin probe replace a built-in probe of the same name.")
 
 
+STATE_KEY_OPT = click.option(
+    "--state-key", default=None, metavar="KEY",
+    help="The entry of a saved dict that holds the model's state "
+         "({'epoch': ..., 'model_state_dict': ...}: model_state_dict) [found by its keys].")
+
+
 def _load_plugins(plugins: tuple[str, ...], replace: bool = False) -> None:
     from .probes import load_plugin
 
@@ -121,6 +127,14 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 @click.option("--allow-pt", is_flag=True,
               help="Also read .pt/.pth/.bin/.ckpt state_dicts (weights_only=True).")
 @click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
+@STATE_KEY_OPT
+@click.option("--normalize", default=None, metavar="MEAN,STD|none|dataset",
+              help="Foreign folder: the model's input preprocessing, (x - MEAN) / STD of pixels "
+                   "in [0, 1] (per channel: M1,..,MC,S1,..,SC), none, or the dataset's own "
+                   "statistics [dataset]. Recorded in the cube.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="For a checkpoint that does not fit the model: every missing, unexpected "
+                   "and mis-shaped key, the prefix and the width that fit.")
 @click.option("--width", "single_width", type=click.IntRange(min=1), default=1, show_default=True,
               help="Width of a --pattern without {width} (a single model).")
 @click.option("--workers", default=None, metavar="N|auto",
@@ -156,7 +170,9 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         replace_builtin: bool,
         workers: str | None,
         executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
-        follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool) -> None:
+        follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool,
+        state_key: str | None = None, normalize: str | None = None, verbose: bool = False
+        ) -> None:
     """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
     from pathlib import Path
 
@@ -184,6 +200,11 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     from .executors.shard import parse_shard
 
     shard_of = parse_shard(shard) if shard is not None else None
+    prefix = _state_prefix(state_key, prefix)
+    if normalize is not None:
+        from .data.preprocessing import parse_normalize
+
+        parse_normalize(normalize)  # a bad value fails before torch loads
     _load_plugins(plugins, replace_builtin)
     from .probes import make_probes, parse_settings
 
@@ -222,7 +243,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                     pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
                     executor=kind, workers=None if kind == "local" else n_workers,
                     devices=dev_list, ray_address=ray_address, shard=shard_of,
-                    plugins=plugins), as_json, quiet)
+                    plugins=plugins, normalize=normalize, verbose=verbose), as_json, quiet)
             except SystemExit as exc:
                 if exc.code:
                     failed_runs.append(str(rd))
@@ -239,13 +260,15 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         model=model, trust_code=trust_code, dataset=dataset, data_root=data_root,
         pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width, executor=kind,
         workers=None if kind == "local" else n_workers, devices=dev_list, ray_address=ray_address,
-        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout),
+        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout,
+        normalize=normalize, verbose=verbose),
         as_json, quiet)
 
 
 def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,
                  quiet: bool) -> None:
     """One ``Runner`` of one run folder, its summary printed; exits 1 on failures."""
+    verbose = kwargs.pop("verbose", False)
     prog, report = _progress(not quiet and sys.stderr.isatty())
     analysis = analysis_cls(run_dir=run_dir, progress=report, **kwargs)
     if prog is not None:
@@ -266,12 +289,104 @@ def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_jso
                    + (f", shard {summary.shard}" if summary.shard else "") + ")")
         for f in summary.failed:
             click.echo(f"  failed: {f['error']}")
+    misfit = next((f for f in summary.failed if "does not fit the model" in str(f["error"])), None)
+    if verbose and misfit is not None:
+        _key_details(misfit, run_dir, kwargs)
     if summary.stopped:
         sys.stderr.write(f"error: {summary.stopped}\n")
         sys.exit(1)
     if summary.failed:
         sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
                          f"failure(s) in all, recorded in {summary.cube})\n")
+        sys.exit(1)
+
+
+def _state_prefix(state_key: str | None, prefix: str | None) -> str | None:
+    """--state-key K (and --prefix P): the keys under 'K.' ('K.P.'): a saved dict's entries are
+    read as dotted keys (checkpoints.flatten_tensors)."""
+    if state_key is None:
+        return prefix
+    key = state_key.strip(".")
+    return f"{key}.{prefix.strip('.')}." if prefix else f"{key}."
+
+
+def _key_details(failure: dict[str, Any], run_dir: str, kw: dict[str, Any]) -> None:
+    """run -v: the key-matching report of the first checkpoint that did not fit the model."""
+    from .checkpoints import format_key_report, inspect_checkpoint, read_run_json
+
+    pattern = kw.get("pattern")
+    single = pattern is not None and "{width}" not in pattern
+    nc = ic = None
+    if read_run_json(run_dir) is None:
+        from .data import load_dataset
+
+        data = load_dataset(kw.get("dataset") or "digits", kw.get("data_root"))
+        nc, ic = data.num_classes, data.in_channels
+    info = inspect_checkpoint(failure["path"], kw.get("model"), failure.get("width"), nc, ic,
+                              kw.get("prefix"), bool(kw.get("allow_pt")),
+                              bool(kw.get("trust_code")),
+                              width_flag="--width" if single else "width")
+    sys.stderr.write(format_key_report(info["report"]) + "\n")
+
+
+@main.command("inspect-checkpoint", context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option("--model", default=None, metavar="SPEC",
+              help="Check the keys against this model (a name, module:factory, ...) [the "
+                   "arch its ckpt-analyzer metadata names].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Width of the model [its metadata's, else 1].")
+@click.option("--dataset", default=None,
+              help="Dataset giving num_classes and in_channels of a foreign file [digits].")
+@click.option("--data-root", default=None, help="Folder of the dataset.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@click.option("--in-channels", type=click.IntRange(min=1), default=None)
+@click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
+@STATE_KEY_OPT
+@click.option("--allow-pt", is_flag=True,
+              help="Also read .pt/.pth/.bin/.ckpt (weights_only=True) and DCP folders.")
+@click.option("--trust-code", is_flag=True, help="Build an arch the metadata names as code.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def inspect_checkpoint(path: str, model: str | None, width: int | None, dataset: str | None,
+                       data_root: str | None, num_classes: int | None, in_channels: int | None,
+                       prefix: str | None, state_key: str | None, allow_pt: bool,
+                       trust_code: bool, as_json: bool) -> None:
+    """Tensors and metadata of one checkpoint (a file, a sharded Hugging Face folder or a DCP
+    folder) and, with a model, how its keys fit it: missing, unexpected and mis-shaped keys,
+    the prefix and the width that would fit. Exits 1 when it does not fit."""
+    from .checkpoints import format_key_report
+    from .checkpoints import inspect_checkpoint as inspect_ckpt
+    from .checkpoints.files import CKPT_FORMAT
+
+    prefix = _state_prefix(state_key, prefix)
+    info = inspect_ckpt(path, None, None, None, None, prefix, allow_pt)  # the listing
+    contract = info["metadata"].get("format") == CKPT_FORMAT
+    if model is not None or contract:
+        if not contract and (num_classes is None or in_channels is None):
+            from .data import load_dataset
+
+            data = load_dataset(dataset or "digits", data_root)
+            num_classes = num_classes or data.num_classes
+            in_channels = in_channels or data.in_channels
+        info = inspect_ckpt(path, model, width, num_classes, in_channels, prefix, allow_pt,
+                            trust_code)
+    rep = info.get("report")
+    if as_json:
+        click.echo(json.dumps({**info, "report": rep.as_dict() if rep else None}, indent=2,
+                              default=str))
+    else:
+        click.echo(f"{path}: {info['format']}, {info['tensors']} tensor(s)")
+        meta = {k: v for k, v in info["metadata"].items() if len(str(v)) < 80}
+        if meta:
+            click.echo("  metadata " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+        for row in info["keys"][:20]:
+            click.echo(f"    {row['key']} {row['shape']}")
+        if len(info["keys"]) > 20:
+            click.echo(f"    ... {len(info['keys']) - 20} more (--json lists all)")
+        if rep is not None:
+            click.echo(format_key_report(rep))
+    if rep is not None and not rep.fits:
         sys.exit(1)
 
 
@@ -342,6 +457,10 @@ def _format_summary(path: str, s: dict[str, Any]) -> str:
     root = s.get("root", {})
     lines.append(f"  format {root.get('format')}  version {root.get('version')}  "
                  f"source {root.get('source')}")
+    if root.get("normalize"):  # a foreign folder's --normalize
+        norm = json.loads(str(root["normalize"]))
+        lines.append(f"  preprocessing {norm['normalize']} (mean {norm['mean']}, std "
+                     f"{norm['std']})")
     ep, wd = s.get("epochs", []), s.get("widths", [])
     lines.append(f"  epochs {len(ep)} ({_span(ep)})  widths {len(wd)} ({_span(wd)})")
     for name, p in s.get("probes", {}).items():

@@ -52,3 +52,18 @@ __all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "
     "read_header", "read_labels", "read_run_json", "read_state_dict",
     "remove_stale_start_files", "save_labels", "save_tensors", "screen_widths", "strip_prefix",
     "write_checkpoint"]
+
+# foreign formats and the key-matching report (issue 24)
+from .files import LazyState, checkpoint_scalars, flatten_tensors, key_map
+from .foreign import DCPState, ShardedSafetensorsState, folder_format
+from .key_report import (
+    KeyReport,
+    fitting_widths,
+    format_key_report,
+    inspect_checkpoint,
+    key_report,
+)
+
+__all__ += ["DCPState", "KeyReport", "LazyState", "ShardedSafetensorsState", "checkpoint_scalars",
+            "fitting_widths", "flatten_tensors", "folder_format", "format_key_report",
+            "inspect_checkpoint", "key_map", "key_report"]

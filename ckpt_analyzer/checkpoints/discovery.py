@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,15 @@ from ..errors import CheckpointError, CkptError, UsageError
 
 if TYPE_CHECKING:
     pass
-from .files import CKPT_FORMAT, PICKLE_EXTS, not_regular, parse_metadata, read_header
+from .files import (
+    BIN_INDEX_SUFFIX,
+    CKPT_FORMAT,
+    INDEX_SUFFIX,
+    PICKLE_EXTS,
+    not_regular,
+    parse_metadata,
+    read_header,
+)
 from .layout import CHECKPOINT_SUFFIX, CKPT_RE, checkpoint_path, is_temporary
 
 
@@ -92,6 +101,7 @@ class Watcher:
         self.root = Path(run_dir)
         self.pattern = pattern
         self.rx = pattern_regex(pattern) if pattern else CKPT_RE
+        self.allow_pt = allow_pt
         self.exts = (CHECKPOINT_SUFFIX, *PICKLE_EXTS) if allow_pt else (CHECKPOINT_SUFFIX,)
         self.width = width
         #: path -> ((size, mtime_ns), its ref, its notes) of every checkpoint file read so far
@@ -105,10 +115,31 @@ class Watcher:
             raise CkptError("no such run folder", root)
         notes: list[str] = [] if warnings is None else warnings
         files: list[CheckpointRef] = []
-        pickles = read = 0
+        pickles = read = dcp_left = 0
         present = set()
-        for p in sorted(root.rglob("*")):
+        listed = sorted(root.rglob("*"))
+        folders = _folder_checkpoints(listed) if self.pattern else {}
+        for p in listed:
             if is_temporary(p.name):
+                continue
+            if folders and any(parent in folders for parent in p.parents):
+                continue  # a shard or file of a folder checkpoint: the folder is the checkpoint
+            if p in folders:
+                kind, marker = folders[p]
+                m = _folder_match(self.rx, root, p, marker)
+                if m is None:
+                    continue
+                if kind != "hf-sharded" and not self.allow_pt:
+                    dcp_left += 1
+                    continue
+                key, stamp = str(p), _folder_stamp(p)
+                present.add(key)
+                seen = self._seen.get(key)
+                if seen is None or seen[0] != stamp:
+                    ref = self._read_folder(p, kind, m)
+                    seen = self._seen[key] = (stamp, ref, [])
+                    read += 1
+                files.append(seen[1])
                 continue
             if p.suffix not in self.exts:
                 pickles += p.suffix in PICKLE_EXTS and p.is_file()
@@ -147,7 +178,26 @@ class Watcher:
         if pickles:
             notes.append(f"{root}: {pickles} .pt/.pth file(s) not read (pass --allow-pt to read "
                          "them with torch.load(weights_only=True))")
+        if dcp_left:
+            notes.append(f"{root}: {dcp_left} folder checkpoint(s) of pickle-based files (a DCP "
+                         ".metadata, .bin shards) not read (pass --allow-pt to read them: "
+                         "torch.load(weights_only=True), DCP's metadata by a restricted "
+                         "unpickler)")
         return refs, read
+
+    def _read_folder(self, p: Path, kind: str, m: re.Match[str]) -> CheckpointRef:
+        """A folder checkpoint's ref (validated: index and shard headers, or DCP metadata)."""
+        from .foreign import ShardedSafetensorsState, folder_metadata
+
+        width, epoch = _match_fields(m, self.width)
+        meta: dict[str, Any] = {}
+        try:
+            raw = (ShardedSafetensorsState(p).metadata if kind == "hf-sharded"  # headers checked
+                   else folder_metadata(p))
+            meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+        except CheckpointError as exc:
+            return CheckpointRef(width, epoch, str(p), {}, str(exc))
+        return CheckpointRef(width, epoch, str(p), meta, None)
 
     def _unreadable(self, p: Path, m: re.Match[str], why: str) -> CheckpointRef:
         """The ref of a path named like a checkpoint that is no regular file (a FIFO, a device
@@ -179,6 +229,60 @@ class Watcher:
             except CheckpointError as exc:
                 error = str(exc)
         return CheckpointRef(width, epoch, str(p), meta, error)
+
+
+def _folder_checkpoints(listed: Iterable[Path]) -> dict[Path, tuple[str, Path]]:
+    """``{folder: (kind, marker file)}`` of the folder checkpoints among the listed paths: a
+    folder holding a DCP ``.metadata`` ("dcp") or one ``*.safetensors.index.json``
+    ("hf-sharded")."""
+    from .foreign import DCP_METADATA
+
+    out: dict[Path, tuple[str, Path]] = {}
+    for p in listed:
+        if p.name == DCP_METADATA:
+            out[p.parent] = ("dcp", p)
+        elif p.name.endswith(INDEX_SUFFIX) and out.get(p.parent, ("",))[0] != "dcp":
+            out[p.parent] = ("hf-sharded", p)
+        elif p.name.endswith(BIN_INDEX_SUFFIX) and p.parent not in out:
+            out[p.parent] = ("hf-sharded-bin", p)
+    # a folder checkpoint inside another (a DCP "model/" in an HF folder) is the outer's file
+    return {d: v for d, v in out.items() if not any(q in out for q in d.parents)}
+
+
+def _folder_match(rx: re.Pattern[str], root: Path, folder: Path, marker: Path
+                  ) -> re.Match[str] | None:
+    """The pattern's match of a folder checkpoint: of the folder's own path
+    (``checkpoint-{step}``), of its index or ``.metadata`` (``.../model.safetensors.index.json``)
+    or of a file in it (``checkpoint-{step}/*.safetensors`` names the shards: the folder is still
+    one checkpoint)."""
+    m = rx.match(folder.relative_to(root).as_posix()) or rx.match(
+        marker.relative_to(root).as_posix())
+    if m is None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:
+            children = []
+        m = next((c for c in (rx.match(q.relative_to(root).as_posix()) for q in children)
+                  if c is not None), None)
+    return m
+
+
+def _folder_stamp(folder: Path) -> tuple[int, int]:
+    """(total size, latest mtime_ns) of the files directly in a folder checkpoint (HF and DCP
+    folders are flat): it changes when a shard is rewritten."""
+    size = mtime = 0
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return -1, -1
+    for q in entries:
+        try:
+            st = q.stat()
+        except OSError:
+            continue
+        size += st.st_size
+        mtime = max(mtime, st.st_mtime_ns)
+    return size, mtime
 
 
 def _merge(files: Iterable[CheckpointRef], root: Path, pattern: str | None,

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data import denormalize, load_dataset, normalize
-from ..errors import CkptError
+from ..data.preprocessing import Normalize
+from ..errors import CkptError, UsageError
 from ..schema import SUBSETS
 from .layout import labels_path, run_json_path
 from .run_folder import check_labels, read_labels, read_run_json
@@ -78,13 +79,18 @@ class RunData:
 
 
 def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
-                  dataset: str | None = None, data_root: str | None = None) -> RunData:
+                  dataset: str | None = None, data_root: str | None = None,
+                  preprocessing: Normalize | None = None) -> RunData:
     """The data of a run on ``device``: contract runs from run.json and labels.safetensors,
-    foreign folders from ``dataset``/``data_root`` (no label noise)."""
+    foreign folders from ``dataset``/``data_root`` (no label noise), normalized as
+    ``preprocessing`` states (:mod:`.preprocessing`, ``--normalize``; the dataset's statistics by default)."""
     import torch
 
     run = read_run_json(run_dir)
     dev = torch.device(device)
+    if run is not None and preprocessing is not None:
+        raise UsageError(f"--normalize: {Path(run_dir) / 'run.json'} states the preprocessing "
+                         "of this run (dataset.mean/std); --normalize is for foreign folders")
     if run is not None:
         ds = run["dataset"]
         data = load_dataset(dataset or ds["name"], data_root or ds.get("root"), ds.get("split_seed", 0))
@@ -99,7 +105,8 @@ def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
         smoothing = run.get("label_smoothing")
     else:
         data = load_dataset(dataset or "digits", data_root, 0)
-        mean, std = data.mean, data.std
+        mean, std = (data.mean, data.std) if preprocessing is None else preprocessing.resolve(
+            data.mean, data.std)
         y_train = clean = data.y_train
         mask = torch.zeros(data.n_train, dtype=torch.bool)
         smoothing = None

@@ -72,6 +72,7 @@ class Plan:
     data_root: str | None = None
     allow_pt: bool = False
     prefix: str | None = None  # module prefix of the saved keys (None: found automatically)
+    normalize: str | None = None  # --normalize of a foreign folder (data/preprocessing.py)
     strict: bool = False  # a failing probe fails the whole checkpoint
 
     #: the fields that --follow grows between rounds (sent to workers as a delta)
@@ -189,7 +190,10 @@ class Worker:
         for spec in plan.plugins:
             load_plugin(spec, replace=True)  # the parent checked the names
         prepared: list[PreparedProbe] = pickle.loads(plan.probes)
-        data = load_run_data(plan.run_dir, dev, plan.dataset, plan.data_root)
+        from ..data.preprocessing import parse_normalize
+
+        data = load_run_data(plan.run_dir, dev, plan.dataset, plan.data_root,
+                             parse_normalize(plan.normalize))
         self._setup(plan, data, dev, prepared, name or f"pid {os.getpid()}")
 
     @classmethod

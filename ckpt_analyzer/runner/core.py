@@ -22,10 +22,12 @@ from torch import nn
 from .. import __version__
 from ..checkpoints import pattern_time_unit
 from ..config import config_to_dict
+from ..data.preprocessing import parse_normalize, record
 from ..errors import CkptError, UsageError
 from ..executors.base import executor_kind
 from ..executors.measure import one_line
 from .plan import ProbeSpec, build_plan, make_executor, prepare_probes, resolve_probes, with_probes
+from .preprocessing import check_preprocessing, preprocessing_note
 from .source import Source
 from .summary import RunSummary
 from .writer import Writer
@@ -96,6 +98,8 @@ class Runner:
     allow_pt: bool = False
     prefix: str | None = None
     width: int = 1
+    #: --normalize of a foreign folder: dataset | none | MEAN,STD (data/preprocessing.py)
+    normalize: str | None = None
     progress: Callable[[str, Any], None] | None = None
     # scale-out (docs/cube.md, "Shards"): where the unit of work runs; the cube is written here
     #: local | pool | ray; None: pool with ``workers`` (or ``devices``), ray with an address,
@@ -132,9 +136,16 @@ class Runner:
             check_address(self.ray_address)
         source = Source(self)
         source.open()
-        data = load_run_data(source.run_dir, dev, self.dataset, self.data_root)
+        norm = parse_normalize(self.normalize)
+        data = load_run_data(source.run_dir, dev, self.dataset, self.data_root, norm)
         source.screen(data)
         plan = build_plan(self, source, data, dev)
+        if source.run is None and not self.follow:  # a foreign folder: does the preprocessing fit?
+            note = preprocessing_note(source.refs, norm, data,
+                                      lambda w: plan.build_model(w, dev),
+                                      lambda w, r: plan.read_state(w, r.path, dev), self.allow_pt)
+            source.notes.extend([note] if note else [])
+        prep = None if source.run else record(norm, data.mean.tolist(), data.std.tolist())
         ready = prepare_probes(probes, plan.context(data, dev), len(plan.epochs),
                                len(plan.widths))
         units = [p.unit() for p in ready if p.error is None]
@@ -147,7 +158,7 @@ class Runner:
                              warnings=source.notes, executor=executor.name,
                              shard=None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}")
         try:
-            self._write(source, plan, ready, executor, summary)
+            self._write(source, plan, ready, executor, summary, prep)
         finally:
             executor.close()
         summary.workers = executor.used
@@ -160,7 +171,7 @@ class Runner:
             else f"analysis.shard-{self.shard[0]}-of-{self.shard[1]}.h5")
 
     def _write(self, source: Source, plan: Any, ready: list[Any], executor: Any,
-               summary: RunSummary) -> None:
+               summary: RunSummary, prep: str | None = None) -> None:
         """Open the cube, record the run's identity and probes, then every round's outcomes."""
         from ..cube import Cube
         from ..cube.identity import check_run
@@ -168,6 +179,7 @@ class Runner:
         run_dir = source.run_dir
         with Cube(Path(summary.cube)) as cube:
             summary.warnings += cube.notes  # e.g. a damaged cube rebuilt from its journal
+            check_preprocessing(cube, prep, self.overwrite)
             check_run(cube, run_dir, self.overwrite)  # a cube of another run is refused
             writer = Writer(cube, summary, self.progress, self.strict)
             source.begin(cube, writer)
@@ -177,7 +189,8 @@ class Runner:
                            else str((source.run or {}).get("time_unit", "epoch")),
                            "run_json": (run_dir / "run.json").read_text() if source.run else "",
                            "shard": None if self.shard is None  # merge checks the set
-                           else f"{self.shard[0]}/{self.shard[1]}"})
+                           else f"{self.shard[0]}/{self.shard[1]}",
+                           "normalize": prep})
             units = []
             for p in ready:
                 if p.error is not None:
