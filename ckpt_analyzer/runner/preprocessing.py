@@ -13,7 +13,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef, checkpoint_scalars
 from ..data import channel_stats
 from ..data.preprocessing import Normalize, changed, check_fit, recorded_error
-from ..data.run import RunData
+from ..checkpoints.run_data import RunData
 from ..errors import CkptError, UsageError
 
 
