@@ -89,7 +89,7 @@ def load_run_data(run_dir: str | Path, device: str | torch.device = "cpu",
     run = read_run_json(run_dir)
     dev = torch.device(device)
     if run is not None and preprocessing is not None:
-        raise UsageError(f"--normalize: {Path(run_dir) / 'run.json'} states the preprocessing "
+        raise UsageError(f"--normalize: {run_json_path(Path(run_dir))} states the preprocessing "
                          "of this run (dataset.mean/std); --normalize is for foreign folders")
     if run is not None:
         ds = run["dataset"]
