@@ -33,6 +33,7 @@ from ..checkpoints import (
 )
 from ..config import config_to_dict
 from ..cube.identity import check_checkpoints, check_run, run_identity
+from ..cube.plan import PLAN_ATTR, add_plan
 from ..data.run import RunData, load_run_data
 from ..errors import CheckpointError, CkptError, UsageError
 from ..executors.local import LocalExecutor
@@ -281,6 +282,8 @@ class Runner(FollowMixin):
                     outs = p.outputs()
                     cube.begin_probe(p.name, p.version, config_to_dict(p.resolved_config()),
                                      self.seed, outs, inputs, overwrite=self.overwrite)
+                    cube.set_root({PLAN_ATTR: add_plan(cube.root().get(PLAN_ATTR), p.name,
+                                                       grid_epochs, widths, self.overwrite)})
                 except UsageError:
                     raise
                 except (Exception, SystemExit) as exc:  # this probe is out; the others go on
@@ -444,6 +447,13 @@ class Runner(FollowMixin):
                         w[out.worker] = w.get(out.worker, 0.0) + out.cpu_seconds
                     for name, sec in out.probe_seconds.items():
                         summary.probe_seconds[name] = summary.probe_seconds.get(name, 0.0) + sec
+                    if self.progress and out.probe_seconds:
+                        self.progress("seconds", out.probe_seconds)
+                    for msg in out.warnings:  # once, however many workers warned
+                        if msg not in summary.warnings:
+                            summary.warnings.append(msg)
+                            if self.progress:
+                                self.progress("warn", msg)
                     if out.error is not None:
                         summary.failed.append({"path": ref.path, "width": ref.width,
                                                "epoch": ref.epoch, "error": out.error})
