@@ -592,7 +592,11 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
 
     <run> is the cube's file stem (its run folder's name for analysis.h5). Only measured
     cells are exported; NaN values are not written to TensorBoard/W&B. A folder argument
-    stands for the analysis.h5 of every run folder under it."""
+    stands for the analysis.h5 of every run folder under it.
+
+    --follow (tensorboard, wandb; one cube): export live while 'ckpt-analyze run' writes the
+    cube, only the cells new at each of its materializations, recorded in
+    DIR/.ckpt-live-<run>.json so that a restart writes no step twice."""
     from .export import MAX_SCALARS, check_target
     from .export import export as run_export
     from .study.runs import expand_cubes
@@ -604,6 +608,9 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
     for flag, (used, targets) in given.items():
         if used and target not in targets:
             raise UsageError(f"{flag}: not with --to {target}")
+    for flag, used in (("--poll", poll != 5.0), ("--idle-timeout", idle_timeout != 3600.0)):
+        if used and not follow:
+            raise UsageError(f"{flag}: only with --follow")
     if follow:
         _export_follow(cubes, target, out_dir, probes, widths, max_scalars, overwrite,
                        wandb_project, wandb_run, wandb_mode, poll, idle_timeout)
