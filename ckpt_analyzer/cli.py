@@ -99,15 +99,17 @@ def _eta(total: float | None, done: float, first: float | None, last: float | No
     length; rich's own estimate only looks at the last 30 s and shows ``-:--:--`` when a
     checkpoint takes longer), counted down since the last checkpoint finished."""
     if total is None or first is None or last is None or done <= 0:
-        return "after the first checkpoint"
+        return "after the 1st"
     per = (last - first) / done
     return _clock((total - done) * per - (now - last))
 
 
-def _probe_line(seconds: dict[str, float], counts: dict[str, int]) -> str:
-    """Each probe's mean seconds per checkpoint so far, slowest first."""
+def _probe_line(seconds: dict[str, float], counts: dict[str, int], most: int = 3) -> str:
+    """The ``most`` slowest probes' mean seconds per checkpoint so far, slowest first."""
     means = sorted(((seconds[n] / counts[n], n) for n in seconds if counts.get(n)), reverse=True)
-    return ", ".join(f"{n} {m:.1f} s" if m < 60 else f"{n} {_clock(m)}" for m, n in means)
+    line = ", ".join(f"{n} {m:.1f} s" if m < 60 else f"{n} {_clock(m)}"
+                     for m, n in means[:most])
+    return line + (f", +{len(means) - most}" if len(means) > most else "")
 
 
 def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
@@ -132,6 +134,7 @@ def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
         TextColumn,
         TimeElapsedColumn,
     )
+    from rich.table import Column
     from rich.text import Text
 
     state: dict[str, Any] = {"first": None, "last": None}
@@ -146,8 +149,13 @@ def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
                                       time.monotonic()), style="progress.remaining")
 
     console = Console(stderr=True)
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), EtaColumn(), TextColumn("{task.fields[probes]}"),
+    prog = Progress(TextColumn("{task.description}", table_column=Column(min_width=11)),
+                    BarColumn(bar_width=20),
+                    MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                    TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+                    EtaColumn(table_column=Column(no_wrap=True, min_width=17)),
+                    TextColumn("{task.fields[probes]}", table_column=Column(
+                        no_wrap=True, overflow="ellipsis", max_width=60)),
                     console=console, transient=True)
 
     def report(kind: str, arg: Any) -> None:

@@ -56,7 +56,7 @@ class Warner(Probe):
 
 def test_eta_from_the_mean_checkpoint_time() -> None:
     # a 2-minute checkpoint: rich's own estimate (a 30 s window) has no speed and shows -:--:--
-    assert _eta(80, 0, 0.0, None, 60.0) == "after the first checkpoint"
+    assert _eta(80, 0, 0.0, None, 60.0) == "after the 1st"
     assert _eta(80, 1, 0.0, 120.0, 120.0) == "2:38:00"  # 79 more of 120 s each
     assert _eta(80, 1, 0.0, 120.0, 130.0) == "2:37:50"  # counts down between checkpoints
     assert _eta(80, 2, 0.0, 200.0, 200.0) == "2:10:00"  # the mean over both: 100 s
