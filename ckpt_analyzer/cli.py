@@ -56,35 +56,134 @@ def _load_plugins(plugins: tuple[str, ...], replace: bool = False) -> None:
         load_plugin(spec, replace)
 
 
-def _progress(enabled: bool) -> tuple[Any, Any]:
+class _Warnings:
+    """Warnings as one line each (``warning: <message>``, no file, line or source), each text
+    shown once per command however many runs, workers or checkpoints raise it.
+
+    ``install()`` replaces :func:`warnings.showwarning` (the probes' ``warnings.warn`` in this
+    process) until ``restore()``; the runner's ``progress("warn", msg)`` (warnings raised in
+    workers) and the summary's warnings go through :meth:`emit` too."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._old: Any = None
+
+    def emit(self, message: str, category: type[Warning] | None = None) -> None:
+        text = " ".join(str(message).split())
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        kind = "" if category in (None, UserWarning) else f" ({category.__name__})"
+        sys.stderr.write(f"warning{kind}: {text}\n")
+
+    def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: Any = None, line: str | None = None) -> None:
+        self.emit(str(message), category)
+
+    def install(self) -> None:
+        import warnings
+
+        self._old = warnings.showwarning
+        warnings.showwarning = self._show
+
+    def restore(self) -> None:
+        import warnings
+
+        if self._old is not None:
+            warnings.showwarning = self._old
+            self._old = None
+
+
+def _clock(seconds: float) -> str:
+    s = round(max(seconds, 0.0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _eta(total: float | None, done: float, first: float | None, last: float | None,
+         now: float) -> str:
+    """Time left from the mean wall time per checkpoint so far (whatever the checkpoints'
+    length; rich's own estimate only looks at the last 30 s and shows ``-:--:--`` when a
+    checkpoint takes longer), counted down since the last checkpoint finished."""
+    if total is None or first is None or last is None or done <= 0:
+        return "after the 1st"
+    per = (last - first) / done
+    return _clock((total - done) * per - (now - last))
+
+
+def _probe_line(seconds: dict[str, float], counts: dict[str, int], most: int = 3) -> str:
+    """The ``most`` slowest probes' mean seconds per checkpoint so far, slowest first."""
+    means = sorted(((seconds[n] / counts[n], n) for n in seconds if counts.get(n)), reverse=True)
+    line = ", ".join(f"{n} {m:.1f} s" if m < 60 else f"{n} {_clock(m)}"
+                     for m, n in means[:most])
+    return line + (f", +{len(means) - most}" if len(means) > most else "")
+
+
+def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
+    """A rich progress display (None when not ``enabled``) and the runner's callback: per
+    checkpoint, the ETA of :func:`_eta` and each probe's mean seconds per checkpoint; warnings
+    of the workers through ``warns``."""
+    import time
+
+    def warn(msg: str) -> None:
+        if warns is not None:
+            warns.emit(msg)
+
     if not enabled:
-        return None, None
+        return None, (lambda kind, arg: warn(arg) if kind == "warn" else None)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
+        Task,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
+    from rich.table import Column
+    from rich.text import Text
+
+    state: dict[str, Any] = {"first": None, "last": None}
+    seconds: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    class EtaColumn(ProgressColumn):
+        max_refresh = 1.0
+
+        def render(self, task: Task) -> Text:
+            return Text("eta " + _eta(task.total, task.completed, state["first"], state["last"],
+                                      time.monotonic()), style="progress.remaining")
 
     console = Console(stderr=True)
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    prog = Progress(TextColumn("{task.description}", table_column=Column(min_width=11)),
+                    BarColumn(bar_width=20),
+                    MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                    TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+                    EtaColumn(table_column=Column(no_wrap=True, min_width=17)),
+                    TextColumn("{task.fields[probes]}", table_column=Column(
+                        no_wrap=True, overflow="ellipsis", max_width=60)),
                     console=console, transient=True)
-    state: dict[str, Any] = {}
 
     def report(kind: str, arg: Any) -> None:
         if kind == "start":
-            state["task"] = prog.add_task("checkpoints", total=arg)
+            state["task"] = prog.add_task("checkpoints", total=arg, probes="")
+            state["first"] = time.monotonic()
         elif kind == "grow":  # run --follow: a new round of checkpoints
             prog.update(state["task"], total=prog.tasks[0].total + arg)
+        elif kind == "seconds":  # one checkpoint's seconds per probe
+            for name, sec in arg.items():
+                seconds[name] = seconds.get(name, 0.0) + sec
+                counts[name] = counts.get(name, 0) + 1
         elif kind == "advance":
-            prog.update(state["task"], advance=1, description=f"w{arg.width} e{arg.epoch}")
+            state["last"] = time.monotonic()
+            prog.update(state["task"], advance=1, description=f"w{arg.width} e{arg.epoch}",
+                        probes=_probe_line(seconds, counts))
         elif kind == "fail":
+            state["last"] = time.monotonic()
             prog.update(state["task"], advance=1)
             console.print(f"[yellow]skipped[/] {arg}")
+        elif kind == "warn":
+            warn(arg)
 
     return prog, report
 
@@ -231,6 +330,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                                  f"{len(study_runs)} run folders, each analyzed into its own "
                                  "analysis.h5)")
         failed_runs = []
+        warns = _Warnings()  # a warning of every run is shown once
         for rd in study_runs:
             click.echo(f"== {rd}", err=as_json)
             try:
@@ -243,7 +343,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                     pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
                     executor=kind, workers=None if kind == "local" else n_workers,
                     devices=dev_list, ray_address=ray_address, shard=shard_of,
-                    plugins=plugins, normalize=normalize, verbose=verbose), as_json, quiet)
+                    plugins=plugins, normalize=normalize, verbose=verbose), as_json, quiet, warns)
             except SystemExit as exc:
                 if exc.code:
                     failed_runs.append(str(rd))
@@ -266,18 +366,24 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
 
 
 def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,
-                 quiet: bool) -> None:
-    """One ``Runner`` of one run folder, its summary printed; exits 1 on failures."""
+                 quiet: bool, warns: _Warnings | None = None) -> None:
+    """One ``Runner`` of one run folder, its summary printed; exits 1 on failures. ``warns``:
+    the command's warnings shown so far (a study root's runs share it)."""
     verbose = kwargs.pop("verbose", False)
-    prog, report = _progress(not quiet and sys.stderr.isatty())
+    warns = warns or _Warnings()
+    prog, report = _progress(not quiet and sys.stderr.isatty(), warns)
     analysis = analysis_cls(run_dir=run_dir, progress=report, **kwargs)
-    if prog is not None:
-        with prog:
+    warns.install()
+    try:
+        if prog is not None:
+            with prog:
+                summary = analysis.run()
+        else:
             summary = analysis.run()
-    else:
-        summary = analysis.run()
+    finally:
+        warns.restore()
     for w in summary.warnings:
-        sys.stderr.write(f"warning: {w}\n")
+        warns.emit(w)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -594,10 +700,20 @@ def _layers_report(cubes: tuple[str, ...], as_json: bool, width: int | None, epo
                    "one cube and one width.")
 @click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline",
               show_default=True, help="wandb: offline writes DIR/wandb for 'wandb sync'.")
+@click.option("--follow", is_flag=True,
+              help="tensorboard/wandb: export one CUBE live, while 'ckpt-analyze run' writes it: "
+                   "every materialization's new cells (steps appended, W&B runs resumed), until "
+                   "no run writes the cube.")
+@click.option("--poll", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="--follow: seconds between looks at the cube.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="--follow: give up (exit 1) after this many seconds without a change; 0 "
+                   "waits for ever.")
 @handle_errors
 def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str, ...],
            widths: str | None, max_scalars: int | None, overwrite: bool, wandb_project: str,
-           wandb_run: str | None, wandb_mode: str) -> None:
+           wandb_run: str | None, wandb_mode: str, follow: bool, poll: float,
+           idle_timeout: float) -> None:
     """Export cubes to TensorBoard, W&B, CSV or Parquet under DIR.
 
     \b
@@ -608,7 +724,11 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
 
     <run> is the cube's file stem (its run folder's name for analysis.h5). Only measured
     cells are exported; NaN values are not written to TensorBoard/W&B. A folder argument
-    stands for the analysis.h5 of every run folder under it."""
+    stands for the analysis.h5 of every run folder under it.
+
+    --follow (tensorboard, wandb; one cube): export live while 'ckpt-analyze run' writes the
+    cube, only the cells new at each of its materializations, recorded in
+    DIR/.ckpt-live-<run>.json so that a restart writes no step twice."""
     from .export import MAX_SCALARS, check_target
     from .export import export as run_export
     from .study.runs import expand_cubes
@@ -620,6 +740,13 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
     for flag, (used, targets) in given.items():
         if used and target not in targets:
             raise UsageError(f"{flag}: not with --to {target}")
+    for flag, used in (("--poll", poll != 5.0), ("--idle-timeout", idle_timeout != 3600.0)):
+        if used and not follow:
+            raise UsageError(f"{flag}: only with --follow")
+    if follow:
+        _export_follow(cubes, target, out_dir, probes, widths, max_scalars, overwrite,
+                       wandb_project, wandb_run, wandb_mode, poll, idle_timeout)
+        return
     res = run_export(expand_cubes(cubes), target, out_dir, probes=list(probes) or None,
                      widths=parse_ints(widths, "--widths", 1),
                      max_scalars=MAX_SCALARS if max_scalars is None else max_scalars,
@@ -638,6 +765,37 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
                                    else ""))
     else:
         click.echo(f"{res['files'][0]}: {res['rows']} row(s)")
+
+
+def _export_follow(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str, ...],
+                   widths: str | None, max_scalars: int | None, overwrite: bool,
+                   wandb_project: str, wandb_run: str | None, wandb_mode: str, poll: float,
+                   idle_timeout: float) -> None:
+    """``export --follow``: one cube exported live (``export.live``)."""
+    from .export import MAX_SCALARS
+    from .export.live import LiveExporter, follow
+
+    if len(cubes) != 1:
+        raise UsageError(f"--follow: takes one cube ({len(cubes)} given)")
+    if wandb_run is not None:
+        raise UsageError("--wandb-run: not with --follow (it makes one W&B run per width)")
+    exporter = LiveExporter(target, out_dir, probes=list(probes) or None,
+                            widths=parse_ints(widths, "--widths", 1),
+                            max_scalars=MAX_SCALARS if max_scalars is None else max_scalars,
+                            overwrite=overwrite, wandb_project=wandb_project,
+                            wandb_mode=wandb_mode)
+    notes: set[str] = set()
+
+    def shown(res: dict[str, Any]) -> None:
+        for note in res["notes"]:
+            if note not in notes:
+                notes.add(note)
+                sys.stderr.write(f"note: {note}\n")
+        sys.stderr.write(f"exported {res['cells']} new cell(s), {res['scalars']} scalar(s)\n")
+
+    with exporter:
+        n = follow(exporter, cubes[0], poll, idle_timeout, shown)
+    click.echo(f"{out_dir}: {cubes[0]} exported live to {target} ({n} update(s))")
 
 
 @main.command(context_settings=CONTEXT, epilog="\b\nKinds:\n" + kinds_help())

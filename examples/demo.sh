@@ -36,8 +36,10 @@ done
 # one run's figures of every kind (seed 0)
 RUN0="$OUT/noise0.2-seed0"
 ckpt-analyze report "$RUN0/analysis.h5" > "$OUT/report-seed0.txt"
+# its per-layer table (module names; alpha, spectral norm, layer norms) at width 8, epoch 300
+ckpt-analyze report "$RUN0/analysis.h5" --layers > "$OUT/layers-seed0.txt"
 for kind in double-descent spectrum sharpness interpolation normalization hessian landscape \
     weights-spectrum; do
   ckpt-analyze plot "$RUN0/analysis.h5" --kind "$kind" -o "$OUT/figures/$kind.png"
 done
-echo "report: $OUT/report.html ($OUT/report.txt), figures in $OUT/figures/"
+echo "report: $OUT/report.html ($OUT/report.txt, per layer $OUT/layers-seed0.txt), figures in $OUT/figures/"

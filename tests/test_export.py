@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import analyze, write_cube
 
+from ckpt_analyzer.cli import main
+from ckpt_analyzer.cube import Cube
 from ckpt_analyzer.schema import Metric, Outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,3 +458,158 @@ def test_import_stays_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- live export (export.live.LiveExporter, export --follow)
+
+
+def _grow(path: Path, epochs: tuple[int, ...]) -> None:
+    """Record the cells of ``epochs`` (metrics and wsp, as make_cube) and materialize, as the
+    runner's writer does after each batch of checkpoints."""
+    with Cube(path) as cube:
+        for e in epochs:
+            for w in WIDTHS:
+                cube.record("metrics", e, w, {
+                    "error": np.array([metric_value(e, w, 0), metric_value(e, w, 1)]),
+                    "loss": np.array(2.0 * e + w)})
+                cube.record("wsp", e, w, {"alpha": np.array([2.0 + e + w, np.nan, 4.0 + w]),
+                                          "histogram": np.eye(3, 5)})
+        cube.materialize()
+
+
+def _growing_cube(path: Path) -> Path:
+    with Cube(path) as cube:
+        cube.set_root({"source": "/runs/live-run"})
+        cube.begin_probe("metrics", "1", {"a": 1}, 0, Outputs(
+            coords={"subset": ["train", "test"]},
+            metrics={"error": Metric(("subset",)), "loss": Metric(())}), {})
+        cube.begin_probe("wsp", "1", {}, 0, Outputs(
+            coords={"layer": list(LAYERS), "bin": list(BINS)},
+            metrics={"alpha": Metric(("layer",)), "histogram": Metric(("layer", "bin"))}), {})
+    _grow(path, (0, 2))
+    return path
+
+
+def test_live_tensorboard_appends_only_new_steps(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from ckpt_analyzer.export.live import LiveExporter, state_path
+
+    path = _growing_cube(tmp_path / "live.h5")
+    out = tmp_path / "tb"
+    with LiveExporter("tensorboard", out) as live:
+        first = live(path)
+        assert first["cells"] == 2 * 2 * len(WIDTHS)  # 2 probes x 2 epochs x 2 widths
+        assert live(path)["cells"] == 0  # nothing new: nothing written
+        _grow(path, (5, 9))
+        second = live(path)
+        assert second["cells"] == 2 * 2 * len(WIDTHS)
+    # a restarted follow (a new exporter) resumes from the record: no step twice
+    _grow(path, (12,))
+    with LiveExporter("tensorboard", out) as again:
+        assert again(path)["cells"] == 2 * len(WIDTHS)
+    assert json.loads(state_path(out, "live").read_text())["exported"]["3"]["metrics"] == [
+        0, 2, 5, 9, 12]
+    for w in WIDTHS:
+        # the restart's event file may be read first (two files of one second): sort by step
+        acc = _accumulator(out / "live" / f"w{w}")
+        for s, sub in enumerate(("train", "test")):
+            ev = sorted(acc.Scalars(f"metrics/error/{sub}"), key=lambda x: x.step)
+            assert [x.step for x in ev] == [0, 2, 5, 9, 12]  # each step once
+            np.testing.assert_allclose([x.value for x in ev],
+                                       [metric_value(e, w, s) for e in (0, 2, 5, 9, 12)],
+                                       rtol=1e-6)
+        assert sorted(h.step for h in acc.Histograms("wsp/histogram/features.0")) == [
+            0, 2, 5, 9, 12]
+        assert "wsp/alpha/features.3" not in acc.Tags()["scalars"]  # NaN: not a point
+
+
+def test_live_export_refuses_a_batch_export_and_tables(cube: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from ckpt_analyzer.errors import CkptError, UsageError
+    from ckpt_analyzer.export.live import LiveExporter
+
+    out = tmp_path / "tb"
+    assert CliRunner().invoke(main, ["export", str(cube), "--to", "tensorboard",
+                                     str(out)]).exit_code == 0
+    with pytest.raises(CkptError, match="holds an earlier export"):
+        LiveExporter("tensorboard", out)(cube)
+    with LiveExporter("tensorboard", out, overwrite=True) as live:  # starts afresh
+        assert live(cube)["cells"] > 0
+    acc = _accumulator(out / "digits" / "w1")
+    assert [x.step for x in acc.Scalars("metrics/loss")] == list(EPOCHS)
+    with pytest.raises(UsageError, match="tensorboard or wandb only"):
+        LiveExporter("csv", out)
+
+
+def test_live_wandb_resumes_its_run_and_logs_new_epochs_only(tmp_path: Path,
+                                                             fake_wandb: list[Any]) -> None:
+    from ckpt_analyzer.export.live import LiveExporter
+
+    path = _growing_cube(tmp_path / "live.h5")
+    out = tmp_path / "wb"
+    live = LiveExporter("wandb", out, probes=["metrics"], widths=[3])
+    live(path)
+    _grow(path, (5,))
+    live(path)
+    inits = [c[1] for c in fake_wandb if c[0] == "init"]
+    assert len(inits) == 2 and inits[0]["name"] == "live/w3" and "id" not in inits[0]
+    assert inits[1]["id"] == "new" and inits[1]["resume"] == "allow"  # the first run's id
+    logs = [c[1] for c in fake_wandb if c[0] == "log"]
+    assert [r["epoch"] for r in logs] == [0, 2, 5]
+    assert logs[2]["metrics/error/test"] == pytest.approx(metric_value(5, 3, 1))
+    assert ("define_metric", "metrics/*", {"step_metric": "epoch"}) in fake_wandb
+
+
+def test_export_follow_exports_and_ends_when_no_run_writes(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    path = _growing_cube(tmp_path / "live.h5")
+    out = tmp_path / "tb"
+    res = CliRunner().invoke(main, ["export", str(path), "--to", "tensorboard", str(out),
+                                    "--follow", "--poll", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert "exported live to tensorboard (1 update(s))" in res.output
+    assert [x.step for x in _accumulator(out / "live" / "w1").Scalars("metrics/loss")] == [0, 2]
+    res = CliRunner().invoke(main, ["export", str(path), "--to", "csv", str(out), "--follow"])
+    assert res.exit_code == 2 and "tensorboard or wandb only" in res.output
+
+
+def test_follow_exports_every_materialization_while_the_writer_holds_the_cube(
+        tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    import threading
+    import time
+
+    from ckpt_analyzer.export.live import LiveExporter, cube_busy, follow
+
+    path = _growing_cube(tmp_path / "live.h5")
+    out = tmp_path / "tb"
+    results: list[dict[str, Any]] = []
+    held, caught_up = threading.Event(), threading.Semaphore(0)
+
+    def exported(res: dict[str, Any]) -> None:
+        results.append(res)
+        caught_up.release()
+
+    def writer() -> None:  # a run: holds the journal, materializes twice, then ends
+        with Cube(path) as cube:
+            held.set()
+            for e in (5, 9):
+                assert caught_up.acquire(timeout=60)  # the exporter saw the previous state
+                time.sleep(0.05)  # another modification time
+                for w in WIDTHS:
+                    cube.record("metrics", e, w, {"error": np.zeros(2), "loss": np.array(e)})
+                cube.materialize()
+            assert caught_up.acquire(timeout=60)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait()
+    assert cube_busy(path)
+    with LiveExporter("tensorboard", out, probes=["metrics"]) as live:
+        n = follow(live, path, 0.05, 120, exported)
+    t.join()
+    assert not cube_busy(path)
+    assert n == len(results) == 3  # the cube as found, then each materialization
+    assert [r["cells"] for r in results] == [4, 2, 2]
+    assert [x.step for x in _accumulator(out / "live" / "w3").Scalars("metrics/loss")] == [
+        0, 2, 5, 9]

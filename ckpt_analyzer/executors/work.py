@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class Outcome:
     probe_seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     cpu_seconds: float = 0.0  # CPU time of the worker's process on this task (load + probes)
+    warnings: list[str] = field(default_factory=list)  # the probes' warnings, for the writer
 
 
 def set_threads(threads: int | None) -> None:
@@ -262,11 +264,14 @@ class Worker:
             model.to(self.ctx.device)
             plist = [p for p in self.prepared if p.probe.name in task.probes]
             failures: dict[str, str] = {}
-            results = measure(model, ref, plist, self.ctx, timings, failures, self.strict)
+            with warnings.catch_warnings(record=True) as caught:  # shown once, by the writer
+                warnings.simplefilter("always")
+                results = measure(model, ref, plist, self.ctx, timings, failures, self.strict)
         except CheckpointError as exc:
             return Outcome(task, error=str(exc), probe_seconds=timings, worker=self.name)
         return Outcome(task, results=results, probe_failures=failures, probe_seconds=timings,
-                       worker=self.name)
+                       worker=self.name, warnings=list(dict.fromkeys(str(w.message)
+                                                                    for w in caught)))
 
     def run(self, task: Task) -> Outcome:
         cpu = time.process_time()

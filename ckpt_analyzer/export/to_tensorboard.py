@@ -72,6 +72,9 @@ class _Writer:
             self._file.add_event(self._event(wall_time=time.time(), step=int(step),
                                              summary=self._summary.Summary(value=values)))
 
+    def flush(self) -> None:
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 

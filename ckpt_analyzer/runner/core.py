@@ -22,6 +22,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoints import pattern_time_unit
 from ..config import config_to_dict
+from ..cube.plan import PLAN_ATTR, add_plan
 from ..data.preprocessing import parse_normalize, record
 from ..errors import CkptError, UsageError
 from ..executors.base import executor_kind
@@ -200,6 +201,9 @@ class Runner:
                     cube.begin_probe(p.probe.name, p.probe.version,
                                      config_to_dict(p.probe.resolved_config()), self.seed,
                                      p.outputs, p.inputs, overwrite=self.overwrite)
+                    cube.set_root({PLAN_ATTR: add_plan(cube.root().get(PLAN_ATTR), p.probe.name,
+                                                       list(plan.epochs), list(plan.widths),
+                                                       self.overwrite)})
                 except UsageError:
                     raise
                 except (Exception, SystemExit) as exc:  # this probe is out; the others go on

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef, checkpoint_scalars
+from ..checkpoints.run_data import RunData
 from ..data import channel_stats
 from ..data.preprocessing import Normalize, changed, check_fit, recorded_error
-from ..checkpoints.run_data import RunData
 from ..errors import CkptError, UsageError
 
 

@@ -99,7 +99,7 @@ class Writer:
                 if time.monotonic() - self.last_flush > MATERIALIZE_EVERY_S:
                     self._commit(buf)
                     buf = []
-                    self.cube.materialize(epochs, widths)
+                    self.cube.materialize(epochs, widths, when_due=True)  # amortized on big cubes
                     self.last_flush = time.monotonic()
             self._commit(buf)
         finally:
@@ -129,6 +129,13 @@ class Writer:
                                                     + out.cpu_seconds)
             for name, sec in out.probe_seconds.items():
                 s.probe_seconds[name] = s.probe_seconds.get(name, 0.0) + sec
+            if self.progress and out.probe_seconds:
+                self.progress("seconds", out.probe_seconds)
+            for msg in out.warnings:  # once, however many workers warned
+                if msg not in s.warnings:
+                    s.warnings.append(msg)
+                    if self.progress:
+                        self.progress("warn", msg)
             if out.error is not None:
                 self.fail(ref.path, out.error, width=ref.width, epoch=ref.epoch, strict=True)
                 continue

@@ -185,6 +185,7 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
     subset)."""
     from ..cube.read import read_summary
     from ..report import build_report, read_cube_info
+    from ..report.status import coverage, is_complete
 
     paths = [Path(c) for c in cubes]
     runs: list[dict[str, Any]] = []
@@ -192,8 +193,8 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
         info = read_cube_info(p)
         summary = read_summary(p)
         ident = run_identity(info.run)
-        cov = {n: pr["coverage"] for n, pr in summary["probes"].items()}
-        complete = all(c["done"] >= c["total"] for c in cov.values())
+        cov = coverage(p)  # against each probe's planned cells, not the whole grid
+        complete = is_complete(cov)
         writing = Path(f"{p}.journal").is_file() and _journal_busy(p)
         runs.append({"cube": str(p), "name": info.name, "source": info.source,
                      "description": info.describe(), **ident,
@@ -204,8 +205,8 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
     notes = check_together(runs, allow_mixed)
     for r in runs:
         if r["being_written"] or not r["complete"]:
-            done = sum(c["done"] for c in r["coverage"].values())
-            total = sum(c["total"] for c in r["coverage"].values())
+            done = sum(c["planned_done"] for c in r["coverage"].values())
+            total = sum(c["planned"] for c in r["coverage"].values())
             why = "is still being written" if r["being_written"] else "is incomplete"
             notes.append(f"{r['cube']} {why} ({done} of {total} cells done): using the cells "
                          "finished so far")

@@ -10,14 +10,15 @@
 
 * ``hessian``: (a) the top Hessian eigenvalue at the last checkpoint against width, mean ±
   std band over seeds per noise rate, each rate's model-wise Hessian peak (agreement over
-  seeds) marked; (b) the top eigenvalue over epochs of one width (default the largest) with its
-  band and the mean T_H,peak and T_E,peak of the report. Subset ``train`` by default.
+  seeds) marked and its test-error peak width as a dotted line; (b) the top eigenvalue over
+  epochs of one width (default the largest) with its band and the mean T_H,peak and T_E,peak
+  of the report. Subset ``train`` by default.
 
 * ``sharpness``: Gamba et al.'s input-space Jacobian and tangent Hessian norms against width
   (each width at the last epoch its sharpness was measured), one panel per metric and subset
   (clean and noisy by default), mean ± std band over seeds per noise rate for the largest
   volume (solid) and the points themselves (volume 0, dashed), each rate's agreed peak width
-  of the largest volume marked.
+  of the largest volume marked and its agreed interpolation threshold as a dotted line.
 
 * ``interpolation``: Fridovich-Keil et al.'s mean softmax change ``cdn`` along the paths
   against λ for one width (default the largest) at each run's last measured epoch, and the

@@ -1,11 +1,14 @@
 """One self-contained HTML report of a study (``ckpt-analyze report ... --html report.html``).
 
-The page holds the run configuration and provenance (package version, cubes, source run
-folders, probe configs), the event tables (mean ± std over seeds per noise rate, model-wise
-agreement, the pooled fits with their confidence interval), every study figure as an embedded
-base64 PNG (``data:`` URI) and, under each figure, what the paper claims and whether this study
-shows it. Nothing is loaded from elsewhere: no scripts, no style sheets, no fonts, no links to
-files; it opens in a browser from disk.
+The page starts with the results: the event tables (mean ± std over seeds per noise rate,
+model-wise agreement, the pooled fits with their confidence interval), every study figure as an
+embedded base64 PNG (``data:`` URI) and, under each figure, what the paper claims and whether
+the figure shows it in this study; then, folded in a ``<details>`` block, the runs (complete:
+every planned cell of every probe measured), the run configuration and provenance (package
+version, cubes, source run folders, probe configs), with paths relative to the page's folder or
+by their last two parts, never the machine's absolute paths. Nothing is loaded from
+elsewhere: no scripts, no style sheets, no fonts, no links to files; it opens in a browser
+from disk.
 """
 
 from __future__ import annotations
@@ -77,19 +80,35 @@ def verdict_double_descent(study: dict[str, Any]) -> tuple[str, str]:
     return best, "; ".join(parts)
 
 
+def _figure_width(study: dict[str, Any]) -> int | None:
+    """The width the one-width study figures draw: the largest width every group has."""
+    sets = [{int(r["width"]) for r in g["per_width"]} for g in study["groups"]]
+    common = set.intersection(*sets) if sets else set()
+    return max(common) if common else None
+
+
 def verdict_spectrum(study: dict[str, Any]) -> tuple[str, str]:
-    """R_t peak: shown if most runs find a T_R,peak at most widths."""
+    """R_t peak at the width the figure draws (the largest): shown if, for some noise rate,
+    most runs find a T_R,peak there; the other widths are counted for information only (the
+    figure does not draw them)."""
+    width = _figure_width(study)
     found = total = 0
+    parts, best = [], "not"
     for g in study["groups"]:
         n = len(g["runs"])
         for row in g["per_width"]:
             total += 1
             found += 2 * row["T_R_peak"]["n"] > n
-    if total == 0:
+            if row["width"] == width:
+                k = row["T_R_peak"]["n"]
+                parts.append(f"noise {g['noise']}: found in {k} of {n} runs")
+                if 2 * k > n:
+                    best = "shown"
+    if total == 0 or width is None:
         return "unknown", "no spectrum events"
-    state = "shown" if 2 * found > total else "not"
-    return state, (f"a T_R,peak (R_t rising again after its minimum) is found in most runs at "
-                   f"{found} of {total} (noise rate, width) combinations")
+    return best, (f"at width {width} (drawn), a T_R,peak (R_t rising again after its minimum): "
+                  f"{'; '.join(parts)}; over all widths (not drawn) most runs find one at "
+                  f"{found} of {total} (noise rate, width) combinations")
 
 
 def verdict_fit(study: dict[str, Any]) -> tuple[str, str]:
@@ -205,39 +224,68 @@ def _figures(study: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
     return out
 
 
-def render_html(study: dict[str, Any], figures: bool = True) -> str:
-    """The study as one self-contained HTML page (see the module docstring)."""
+class _Paths:
+    """How the page names the machine's paths: relative to ``base`` (the report's folder) when
+    under it, else the last two parts (``run/analysis.h5``); never an absolute path."""
+
+    def __init__(self, study: dict[str, Any], base: str | os.PathLike[str] | None) -> None:
+        self.base = Path(base).resolve() if base is not None else None
+        known = {str(x) for r in study["runs"] for x in (r.get("cube"), r.get("source")) if x}
+        self.subs: list[tuple[str, str]] = []
+        for path in known:
+            shown = self.show(path)
+            for form in {path, str(Path(path).resolve())}:
+                if form != shown and len(form) > 1:
+                    self.subs.append((form, shown))
+        self.subs.sort(key=lambda t: -len(t[0]))  # the longest first: a cube inside its source
+
+    def show(self, path: Any) -> str:
+        if path is None:
+            return ""
+        p = Path(str(path))
+        full = p.resolve()
+        if self.base is not None and full.is_relative_to(self.base):
+            return str(full.relative_to(self.base)) or "."
+        if not p.is_absolute() and not str(p).startswith(".."):
+            return str(p)
+        return str(Path(*full.parts[-2:])) if len(full.parts) > 2 else full.name
+
+    def text(self, s: str) -> str:
+        """``s`` with every known path (cubes, run folders) in its shown form."""
+        for old, new in self.subs:
+            s = s.replace(old, new)
+        return s
+
+    def json(self, value: Any) -> Any:
+        """``value`` (JSON-like) with absolute path strings shown as :meth:`show` does."""
+        if isinstance(value, dict):
+            return {k: self.json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json(v) for v in value]
+        if isinstance(value, str):
+            if os.path.isabs(value) and os.sep in value.strip(os.sep):
+                return self.show(value)
+            return self.text(value)
+        return value
+
+
+def render_html(study: dict[str, Any], figures: bool = True,
+                base: str | os.PathLike[str] | None = None) -> str:
+    """The study as one self-contained HTML page (see the module docstring): the results
+    first (event tables, figures with their verdicts, notes), then the runs, configuration and
+    provenance folded in a ``<details>`` block. Paths are shown relative to ``base`` (the
+    page's folder) or by their last two parts, never as the machine's absolute paths."""
     runs = study["runs"]
     prov = study["provenance"]
+    paths = _Paths(study, base)
+    n_complete = sum(1 for r in runs if r.get("complete", True) and not r.get("being_written"))
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<title>ckpt-analyzer study report</title>", f"<style>{CSS}</style></head><body>",
              f"<h1>Study of {study['n_runs']} run(s)</h1>"]
-    # -- configuration and provenance
-    parts.append("<h2>Runs</h2>")
-    parts.append(_table(["run", "seed", "label noise", "dataset", "arch", "complete", "cube",
-                         "source run folder"],
-                        [[r.get("name"), r.get("seed"), r.get("noise"), r.get("dataset"),
-                          r.get("arch"),
-                          "yes" if r.get("complete", True) and not r.get("being_written")
-                          else "partial", r.get("cube"), r.get("source")] for r in runs],
-                        left=1))
-    first = next((r.get("run_json") for r in runs if r.get("run_json")), None)
-    if first:
-        common = {k: v for k, v in first.items()
-                  if all((r.get("run_json") or {}).get(k) == v for r in runs)}
-        differ = ", ".join(sorted(set(first) - set(common))) or "none"
-        parts.append("<h3>Run configuration</h3>"
-                     f"<p>Settings shared by every run (differing: {escape(differ)}):</p>"
-                     f"<pre>{escape(json.dumps(common, indent=2, default=str), quote=False)}"
-                     "</pre>")
-    parts.append("<h3>Provenance</h3>")
-    parts.append(_table(["", "value"], [["ckpt-analyzer version (this report)", prov["version"]],
-                                         ["cubes", "; ".join(map(str, prov["cubes"]))],
-                                         ["source run folders",
-                                          "; ".join(map(str, prov["sources"]))]]))
-    configs = json.dumps(prov["probe_configs"], indent=2, sort_keys=True)
-    parts.append("<p>Probe configs (identical in every cube that has the probe):</p>"
-                 f"<pre>{escape(configs, quote=False)}</pre>")
+    names = ", ".join(str(r.get("name")) for r in runs)
+    parts.append(f"<p>{escape(names)}: {n_complete} of {len(runs)} complete (every planned "
+                 "cell of every probe measured). Runs, configuration and provenance are at the "
+                 "end of the page.</p>")
     p = study.get("parameters") or {}
     parts.append(f"<p>Events: patience T = {escape(str(p.get('patience')))} epochs, window "
                  f"ΔT = {escape(str(p.get('window')))} epochs, R_t on the "
@@ -279,13 +327,46 @@ def render_html(study: dict[str, Any], figures: bool = True) -> str:
             claim, judge = CLAIMS[kind]
             state, text = judge(study)
             img = (f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>" if png
-                   else f"<p><em>not drawn: {escape(why)}</em></p>")
+                   else f"<p><em>not drawn: {escape(paths.text(why))}</em></p>")
+            if not png and state == "shown":  # no figure shows it here
+                state = "unknown"
             parts.append(f"<figure id='fig-{kind}'><h3>{escape(title)}</h3>{img}"
                          f"<figcaption class='claim'><p><b>The paper:</b> {escape(claim)}</p>"
-                         f"<p>{_verdict(state, text)}</p></figcaption></figure>")
+                         f"<p>{_verdict(state, paths.text(text))}</p></figcaption></figure>")
     if study["notes"]:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>"
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(paths.text(n))}</li>"
                                                      for n in study["notes"]) + "</ul>")
+    # -- configuration and provenance, folded
+    parts.append("<details id='configuration'><summary><b>Runs, configuration and "
+                 "provenance</b></summary>")
+    parts.append("<h2>Runs</h2>")
+    parts.append(_table(["run", "seed", "label noise", "dataset", "arch", "complete", "cube",
+                         "source run folder"],
+                        [[r.get("name"), r.get("seed"), r.get("noise"), r.get("dataset"),
+                          r.get("arch"),
+                          "yes" if r.get("complete", True) and not r.get("being_written")
+                          else "partial", paths.show(r.get("cube")),
+                          paths.show(r.get("source"))] for r in runs],
+                        left=1))
+    first = next((r.get("run_json") for r in runs if r.get("run_json")), None)
+    if first:
+        common = {k: v for k, v in first.items()
+                  if all((r.get("run_json") or {}).get(k) == v for r in runs)}
+        differ = ", ".join(sorted(set(first) - set(common))) or "none"
+        shown = json.dumps(paths.json(common), indent=2, default=str)
+        parts.append("<h3>Run configuration</h3>"
+                     f"<p>Settings shared by every run (differing: {escape(differ)}):</p>"
+                     f"<pre>{escape(shown, quote=False)}</pre>")
+    parts.append("<h3>Provenance</h3>")
+    parts.append(_table(["", "value"], [["ckpt-analyzer version (this report)", prov["version"]],
+                                         ["cubes", "; ".join(paths.show(c)
+                                                             for c in prov["cubes"])],
+                                         ["source run folders",
+                                          "; ".join(paths.show(c) for c in prov["sources"])]]))
+    configs = json.dumps(paths.json(prov["probe_configs"]), indent=2, sort_keys=True)
+    parts.append("<p>Probe configs (identical in every cube that has the probe):</p>"
+                 f"<pre>{escape(configs, quote=False)}</pre>")
+    parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -295,7 +376,7 @@ def write_html(study: dict[str, Any], output: str | os.PathLike[str],
     """Write :func:`render_html` to ``output`` atomically; refuses (UsageError) an ``output``
     that is one of ``inputs`` or an existing file that is not an HTML page."""
     out = check_output(output, "html", inputs, "--html")
-    page = render_html(study)
+    page = render_html(study, base=out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out, tmp=out.with_name(f".{out.name}.tmp")) as tmp:

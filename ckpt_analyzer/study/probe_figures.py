@@ -29,6 +29,16 @@ from .text import mean_std
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+def _mark_width(ax: Any, agree: dict[str, Any], color: Any, what: str) -> None:
+    """A model-wise event of the report (``agreement`` dict) as a dotted vertical line at its
+    agreed width, so a verdict that compares it with the figure's curves can be checked on the
+    figure."""
+    if agree.get("value") is None:
+        return
+    ax.axvline(float(agree["value"]), color=color, ls=":", lw=1.5,
+               label=f"{what} w = {agree['value']} ({agree['count']}/{agree['of']} runs)")
+
+
 def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
     from .. import events as an
 
@@ -58,6 +68,7 @@ def draw_hessian(study: dict[str, Any], opts: PlotOptions) -> Figure:
         g = next(g for g in study["groups"] if g["noise"] == noise)
         if subset == "train":  # the report's model-wise Hessian peak is on the train subset
             _mark_peak(a1, g["model_wise"]["hessian_peak_width"], all_widths, final, color)
+            _mark_width(a1, g["model_wise"]["test_error_peak_width"], color, "test error peak")
         _band(a2, epochs.astype(float), curves, color, label)
         row = next((r for r in g["per_width"] if r["width"] == width), None)
         for key, ls in (("T_H_peak", ":"), ("T_E_peak", "--")):
@@ -138,6 +149,9 @@ def draw_sharpness(study: dict[str, Any], opts: PlotOptions) -> Figure:
                 _band(ax, x, last, color, f"noise {noise} ({runs}): largest volume", marker="o")
                 _band(ax, x, at_points, color, "at the points (volume 0)", ls="--")
                 _mark_peak(ax, agreed[noise], all_widths, last, color)
+                g = next(g for g in study["groups"] if g["noise"] == noise)
+                _mark_width(ax, g["model_wise"]["interpolation_threshold"], color,
+                            "interpolation threshold")
             width_axis(ax, all_widths)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
