@@ -242,7 +242,7 @@ def test_spectrum_verdict_judges_the_width_its_figure_draws() -> None:
 def test_hessian_and_sharpness_figures_draw_what_their_verdicts_compare(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from ckpt_analyzer.plot import PlotOptions
-    from ckpt_analyzer.study.figures import draw_hessian, draw_sharpness
+    from ckpt_analyzer.study.probe_figures import draw_hessian, draw_sharpness
     from ckpt_analyzer.study.html import verdict_hessian, verdict_sharpness
 
     study = load_study(_study_cubes(tmp_path), **SHORT)
