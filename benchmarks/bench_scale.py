@@ -14,12 +14,16 @@ times, one run each in the same process (the parent's torch import is paid once,
    ``--workers 1`` vs ``--workers 2`` vs ``--executor ray --workers 2`` (on a local cluster
    started before, its start-up time reported apart).
 2. Trainer: ``--widths 6,8,10,12 --epochs 40 --save log:10``, serial vs ``--workers 2``.
-3. Writer: ``Runner._stream`` fed outcomes that are ready at once (no probe work), committed
-   with the default durable journal (fsync per transaction), in batches of 1, 8 and 32 ready
-   checkpoints (the group commit: a batch is what arrived while the last commit synced).
+3. Writer: ``runner.writer.Writer`` fed outcomes that are ready at once (no probe work),
+   committed with the default durable journal (fsync per transaction), in groups of 1, 8 and
+   32 checkpoints (``max_cells``; the run's own group commit adds a 0.2 s bound).
 4. Scheduling overhead: a probe that returns at once over the 33 checkpoints; the mean time per
    checkpoint from the first result to the last, per executor (x workers for the pool/Ray: the
    time one worker spends per checkpoint outside the probe).
+5. ``--threads-vs-workers`` (issue 22): when do worker processes pay off? The same analyzer job
+   in this process with one torch thread, in this process with all cores' threads (what
+   ``ckpt-analyze run`` does by default), with ``--workers N`` (N = cores, one thread each) and
+   with ``--workers auto``; wall seconds and the ratios, one run each in turn.
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ def writer_rate(tmp: Path, n: int, batch: int) -> float:
     from ckpt_analyzer.checkpoints import CheckpointRef
     from ckpt_analyzer.cube import Cube
     from ckpt_analyzer.executors.work import Outcome, Task
-    from ckpt_analyzer.runner import Runner, RunSummary
+    from ckpt_analyzer.runner import RunSummary
+    from ckpt_analyzer.runner.writer import Writer
     from ckpt_analyzer.schema import Metric, Outputs
 
     path = tmp / f"writer-{batch}.h5"
@@ -114,22 +119,40 @@ def writer_rate(tmp: Path, n: int, batch: int) -> float:
                                                             "b": Metric(dims=())}), {})
 
         def outcomes() -> Any:
-            items = []
             for i in range(n):
                 ref = CheckpointRef(width=widths[i % 10], epoch=i // 10, path=f"x{i}")
-                items.append(Outcome(Task(i, ref, ("p",)),
-                                     results={"p": {"a": np.full(64, i, float),
-                                                    "b": np.array(1.0)}}))
-                if len(items) == batch:
-                    yield items
-                    items = []
-            if items:
-                yield items
+                yield [Outcome(Task(i, ref, ("p",)),
+                               results={"p": {"a": np.full(64, i, float), "b": np.array(1.0)}})]
 
         t0 = time.perf_counter()
-        Runner(run_dir=".", probes=["metrics"])._stream(
-            cube, outcomes(), RunSummary(cube=str(path)), list(range(n // 10 + 1)), widths, n)
+        writer = Writer(cube, RunSummary(cube=str(path)), None, delay=1e9, max_cells=batch)
+        writer.consume(outcomes(), list(range(n // 10 + 1)), widths)
         return n / (time.perf_counter() - t0)
+
+
+def threads_vs_workers(run: Path, tmp: Path) -> None:
+    """Section 5: one thread, all threads, N processes, auto (wall s, one run each)."""
+    from ckpt_analyzer.executors.base import available_cores
+    from ckpt_analyzer.runner import Runner
+
+    cores = available_cores()
+    rows: dict[str, float] = {}
+    for label, threads, kw in [("1 thread", 1, {}), (f"{cores} threads", cores, {}),
+                               (f"--workers {cores}", 1, {"workers": cores}),
+                               ("--workers auto", cores, {"workers": "auto"})]:
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        s = Runner(run_dir=str(run), probes=PROBES, output=str(tmp / f"tvw-{len(rows)}.h5"),
+                   settings=SETTINGS, **kw).run()
+        rows[label] = time.perf_counter() - t0
+        print(f"  {label:16s} wall {rows[label]:6.1f} s ({s.computed} checkpoints, "
+              f"{s.executor} x{s.workers})")
+    one, many = rows["1 thread"], rows[f"{cores} threads"]
+    w = rows[f"--workers {cores}"]
+    print(f"  --workers {cores} over 1 thread: {one / w:.2f}x; over {cores} threads: "
+          f"{many / w:.2f}x; --workers auto over {cores} threads: "
+          f"{many / rows['--workers auto']:.2f}x")
+    torch.set_num_threads(1)
 
 
 def main() -> None:
@@ -137,10 +160,19 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="analyzer run (default: train one)")
     ap.add_argument("--skip-train", action="store_true", help="skip the trainer comparison")
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--threads-vs-workers", action="store_true",
+                    help="only section 5: this process's threads against worker processes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
+        if args.threads_vs_workers:
+            run = Path(args.run) if args.run else tmp / "run"
+            if not args.run:
+                print(f"training the analyzer's run: {train(run, (4, 8, 16), 10):.1f} s")
+            print("\n5. threads against workers, spectrum + sharpness (wall s)")
+            threads_vs_workers(run, tmp)
+            return
         ray = None
         if not args.no_ray:
             try:
