@@ -579,7 +579,8 @@ def test_follow_exports_every_materialization_while_the_writer_holds_the_cube(
     import threading
     import time
 
-    from ckpt_analyzer.export.live import LiveExporter, cube_busy, follow
+    from ckpt_analyzer.cube.journal import cube_busy
+    from ckpt_analyzer.export.live import LiveExporter, follow
 
     path = _growing_cube(tmp_path / "live.h5")
     out = tmp_path / "tb"

@@ -242,8 +242,8 @@ def test_spectrum_verdict_judges_the_width_its_figure_draws() -> None:
 def test_hessian_and_sharpness_figures_draw_what_their_verdicts_compare(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from ckpt_analyzer.plot import PlotOptions
-    from ckpt_analyzer.study.probe_figures import draw_hessian, draw_sharpness
     from ckpt_analyzer.study.html import verdict_hessian, verdict_sharpness
+    from ckpt_analyzer.study.probe_figures import draw_hessian, draw_sharpness
 
     study = load_study(_study_cubes(tmp_path), **SHORT)
     labels = [ln.get_label() for ln in draw_hessian(study, PlotOptions()).axes[0].get_lines()]

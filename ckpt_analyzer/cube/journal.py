@@ -780,3 +780,20 @@ def _rebuild_journal(cur: sqlite3.Cursor, path: Path) -> None:
                     vals[m], dtype=vals[m].dtype.newbyteorder("<")).tobytes() for m in names)
                 cur.execute("INSERT INTO cell (probe, epoch, width, data) VALUES (?, ?, ?, ?)",
                             (name, e, w, blob))
+
+
+def cube_busy(cube: str | os.PathLike[str]) -> bool:
+    """True while a ``ckpt-analyze run`` writes ``cube``: the writer holds the cube's journal in
+    exclusive locking mode, so that even reading it is refused (no journal: False)."""
+    journal = Path(f"{cube}.journal")
+    if not journal.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=0.05)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return True
+    return False

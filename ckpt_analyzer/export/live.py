@@ -34,25 +34,6 @@ def state_path(out_dir: Path, label: str) -> Path:
     return out_dir / f".ckpt-live-{label}.json"
 
 
-def cube_busy(cube: str | os.PathLike[str]) -> bool:
-    """True while a ``ckpt-analyze run`` writes ``cube`` (it holds the cube's journal in
-    exclusive locking mode, so that even reading it is refused)."""
-    import sqlite3
-
-    journal = Path(f"{cube}.journal")
-    if not journal.is_file():
-        return False
-    try:
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=0.05)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return True
-    return False
-
-
 def follow(exporter: LiveExporter, cube: str | os.PathLike[str], poll: float,
            idle_timeout: float, on_export: Any = None) -> int:
     """``export --follow``: export ``cube`` with ``exporter`` whenever its file changes (each
@@ -61,6 +42,8 @@ def follow(exporter: LiveExporter, cube: str | os.PathLike[str], poll: float,
     does not exist yet, for at most ``idle_timeout`` seconds (0: for ever) without a change.
     ``on_export(result)`` is called after each export that wrote cells."""
     import time
+
+    from ..cube.journal import cube_busy
 
     path = Path(cube)
     seen: tuple[int, int] | None = None

@@ -183,6 +183,7 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
 
     ``report_args`` go to :func:`ckpt_analyzer.report.build_report` (patience, window,
     subset)."""
+    from ..cube.journal import cube_busy
     from ..cube.read import read_summary
     from ..report import build_report, read_cube_info
     from ..report.status import coverage, is_complete
@@ -195,7 +196,7 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
         ident = run_identity(info.run)
         cov = coverage(p)  # against each probe's planned cells, not the whole grid
         complete = is_complete(cov)
-        writing = Path(f"{p}.journal").is_file() and _journal_busy(p)
+        writing = cube_busy(p)
         runs.append({"cube": str(p), "name": info.name, "source": info.source,
                      "description": info.describe(), **ident,
                      "configs": {n: pr["config"] for n, pr in summary["probes"].items()},
@@ -212,21 +213,6 @@ def load_study(cubes: Sequence[str | os.PathLike[str]], allow_mixed: bool = Fals
                          "finished so far")
     reports = [build_report(p, **report_args) for p in paths]
     return aggregate(reports, runs, notes)
-
-
-def _journal_busy(cube: Path) -> bool:
-    """True if another process holds the cube's journal (a ``ckpt-analyze run`` writing it)."""
-    import sqlite3
-
-    try:  # the writer holds its journal in exclusive locking mode: even reads are refused
-        db = sqlite3.connect(f"file:{cube}.journal?mode=ro", uri=True, timeout=0.05)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return True
-    return False
 
 
 # ---------------------------------------------------------------- aggregation
