@@ -53,10 +53,9 @@ INTERPOLATION_ROWS = (200 * 10 + 200 * 45) * 70
 
 
 def parse_size(text: str) -> int:
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    mult = units.get(t[-1:], 1)
-    return int(float(t[:-1] if t[-1:] in units else t) * mult)
+    from ckpt_analyzer.selection import parse_size as size
+
+    return 0 if text.strip() == "0" else size(text)
 
 
 def rss_mib() -> float:

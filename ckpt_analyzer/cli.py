@@ -14,7 +14,7 @@ import click
 
 from .errors import UsageError, handle_errors
 from .plot import KINDS, kinds_help
-from .selection import parse_ints
+from .selection import parse_ints, parse_size
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -204,6 +204,9 @@ def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
               help="Samples per forward-only batch (metrics, normalization, spectrum, "
                    "interpolation, landscape): same (as --batch-size, bit-identical), auto or "
                    "an integer; larger is faster on a GPU and may change the last bits.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory the probes' batches may take on the device, e.g. 8G: batches are "
+                   "lowered to fit (the numbers of that smaller --batch-size) [no budget].")
 @click.option("--widths", default=None, help="Widths: one, a list or a range a:b.")
 @click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
@@ -261,7 +264,7 @@ def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
 @handle_errors
 def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[str, ...],
         config_file: str | None, device: str, tf32: bool, batch_size: str,
-        forward_batch_size: str,
+        forward_batch_size: str, max_memory: str | None,
         widths: str | None,
         epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
         model: str | None, trust_code: bool, dataset: str | None, data_root: str | None,
@@ -316,6 +319,15 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
     bs = _batch_option(batch_size, ("auto",), "--batch-size")
     fwd = _batch_option(forward_batch_size, ("same", "auto"), "--forward-batch-size")
     fbs = None if fwd == "same" else fwd
+    options = dict(  # one run folder's Runner options (a study root's runs share them)
+        probes=built, settings=settings, device=device, tf32=tf32, batch_size=bs,
+        forward_batch_size=fbs, max_memory=None if max_memory is None else parse_size(max_memory),
+        widths=parse_ints(widths, "--widths", 1), epochs=parse_ints(epochs, "--epochs", 0),
+        seed=seed, overwrite=overwrite, strict=strict, model=model, trust_code=trust_code,
+        dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt, prefix=prefix,
+        width=single_width, executor=kind, workers=None if kind == "local" else n_workers,
+        devices=dev_list, ray_address=ray_address, shard=shard_of, plugins=plugins,
+        normalize=normalize, verbose=verbose)
     from pathlib import Path
 
     from .study.runs import find_runs
@@ -334,16 +346,7 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
         for rd in study_runs:
             click.echo(f"== {rd}", err=as_json)
             try:
-                _analyze_one(str(rd), Runner, dict(
-                    probes=built, output=None, settings=settings, device=device, tf32=tf32,
-                    batch_size=bs, forward_batch_size=fbs, widths=parse_ints(widths, "--widths", 1),
-                    epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite,
-                    strict=strict, model=model, trust_code=trust_code, dataset=dataset,
-                    data_root=data_root,
-                    pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width,
-                    executor=kind, workers=None if kind == "local" else n_workers,
-                    devices=dev_list, ray_address=ray_address, shard=shard_of,
-                    plugins=plugins, normalize=normalize, verbose=verbose), as_json, quiet, warns)
+                _analyze_one(str(rd), Runner, dict(options, output=None), as_json, quiet, warns)
             except SystemExit as exc:
                 if exc.code:
                     failed_runs.append(str(rd))
@@ -352,17 +355,8 @@ def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[s
                              f"failures: {', '.join(failed_runs)}\n")
             sys.exit(1)
         return
-    _analyze_one(run_dir, Runner, dict(
-        probes=built, output=output, settings=settings,
-        device=device, tf32=tf32, batch_size=bs, forward_batch_size=fbs,
-        widths=parse_ints(widths, "--widths", 1),
-        epochs=parse_ints(epochs, "--epochs", 0), seed=seed, overwrite=overwrite, strict=strict,
-        model=model, trust_code=trust_code, dataset=dataset, data_root=data_root,
-        pattern=pattern, allow_pt=allow_pt, prefix=prefix, width=single_width, executor=kind,
-        workers=None if kind == "local" else n_workers, devices=dev_list, ray_address=ray_address,
-        shard=shard_of, plugins=plugins, follow=follow, poll=poll, idle_timeout=idle_timeout,
-        normalize=normalize, verbose=verbose),
-        as_json, quiet)
+    _analyze_one(run_dir, Runner, dict(options, output=output, follow=follow, poll=poll,
+                                       idle_timeout=idle_timeout), as_json, quiet)
 
 
 def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,

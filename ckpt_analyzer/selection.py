@@ -1,4 +1,5 @@
-"""Integer selections on the command line: ``--widths 1,2,4``, ``--epochs 0:100``."""
+"""Selections and sizes on the command line: ``--widths 1,2,4``, ``--epochs 0:100``,
+``--max-memory 8G``."""
 
 from __future__ import annotations
 
@@ -47,3 +48,17 @@ def parse_ints(text: str | Sequence[int] | None, what: str, minimum: int = 0) ->
         kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
         raise UsageError(f"{what}: must be {kind} (got {bad[0]})")
     return sorted(set(values))
+
+
+def parse_size(text: str, what: str = "--max-memory") -> int:
+    """``'512M'``, ``'8G'``, ``'1.5GiB'``, ``'1000000'`` -> bytes (binary units k, M, G, T)."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    mult = units.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in units else t) * mult
+    except ValueError:
+        raise UsageError(f"{what}: not a size (got '{text}'; e.g. 512M, 8G)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"{what}: must be a positive size (got '{text}')")
+    return int(value)

@@ -235,3 +235,39 @@ def test_workers_auto_measures_a_short_run_in_this_process(digits_run: Path, tmp
     summary = Runner(run_dir=str(digits_run), probes=["metrics"], workers="auto",
                      output=str(tmp_path / "a.h5"), batch_size=64).run()
     assert summary.executor == "local" and summary.computed == 10 and not summary.failed
+
+
+def test_max_memory_reaches_the_probes_context_in_process_and_in_workers(
+        digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-memory SIZE is parsed once (one line for a bad size), lands in the Plan (so pool and
+    Ray workers get it) and in every probe's Context; the budget's own effect on batches is
+    tested in test_big_model.py."""
+    from click.testing import CliRunner
+
+    from ckpt_analyzer.cli import main
+    from ckpt_analyzer.runner import plan as plan_mod
+    from ckpt_analyzer.selection import parse_size
+
+    assert parse_size("512M") == 512 * 2**20 and parse_size("1.5GiB") == 3 * 2**29
+    for bad in ("lots", "0", "-1G"):
+        with pytest.raises(UsageError, match="--max-memory"):
+            parse_size(bad)
+    seen: list[int | None] = []
+    real = plan_mod.prepare_probes
+
+    def spy(probes: Any, ctx: Any, *a: Any) -> Any:
+        seen.append(ctx.max_memory)
+        return real(probes, ctx, *a)
+
+    monkeypatch.setattr("ckpt_analyzer.runner.core.prepare_probes", spy)
+    res = CliRunner().invoke(main, ["run", str(digits_run), "--probe", "metrics", "--epochs", "0",
+                                    "--max-memory", "1G", "-o", str(tmp_path / "a.h5"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert seen == [2**30]
+    res = CliRunner().invoke(main, ["run", str(digits_run), "--probe", "metrics",
+                                    "--max-memory", "lots", "-o", str(tmp_path / "b.h5")])
+    assert res.exit_code == 2 and "--max-memory: not a size" in res.output
+    import pickle
+
+    worker = Worker(_plan(digits_run, probes=pickle.dumps([]), max_memory=123))  # as in a worker
+    assert worker.ctx.max_memory == 123

@@ -58,6 +58,7 @@ class Plan:
     tf32: bool = False  # CUDA: allow TF32 (device.set_precision)
     batch_size: int = 512
     forward_batch_size: int | None = None  # forward-only batch (None: batch_size)
+    max_memory: int | None = None  # --max-memory: bytes a probe's batches may take (Context)
     seed: int = 0
     run: Mapping[str, Any] = field(default_factory=dict)
     widths: tuple[int, ...] = ()
@@ -133,7 +134,8 @@ class Plan:
                        run=dict(self.run), widths=tuple(self.widths), epochs=tuple(self.epochs),
                        build_model=lambda w: self.build_model(w, device),
                        initial_state=lambda w: self.initial_state(w, device),
-                       final_state=lambda w: self.final_state(w, device))
+                       final_state=lambda w: self.final_state(w, device),
+                       max_memory=self.max_memory)
 
 
 @dataclass(frozen=True)

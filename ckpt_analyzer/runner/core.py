@@ -85,6 +85,9 @@ class Runner:
     batch_size: str | int = "auto"
     #: forward-only batch: None = batch_size (bit-identical), "auto" or an int (opt-in)
     forward_batch_size: str | int | None = None
+    #: bytes the probes' batches may take on the device (None: no budget); the batches are
+    #: lowered to fit (probes/_budget.py), exactly as a smaller --batch-size would
+    max_memory: int | None = None
     widths: Sequence[int] | None = None
     epochs: Sequence[int] | None = None
     seed: int = 0

@@ -94,7 +94,8 @@ def build_plan(opts: Runner, source: Source, data: RunData, dev: torch.device) -
                 widths=tuple(source.grid_widths), epochs=tuple(source.grid_epochs),
                 model=opts.model, trust_code=opts.trust_code, dataset=opts.dataset,
                 data_root=opts.data_root, allow_pt=opts.allow_pt, prefix=opts.prefix,
-                normalize=opts.normalize, strict=opts.strict).grown(source.delta())
+                normalize=opts.normalize, max_memory=opts.max_memory,
+                strict=opts.strict).grown(source.delta())
 
     def largest() -> nn.Module:
         return plan.build_model(plan.widths[-1], dev)
