@@ -316,3 +316,42 @@ def test_report_says_unresolved_instead_of_a_number(tmp_path: Path) -> None:
     assert pw["T_E_peak"]["reasons"][0].startswith("unresolved (saves 40 epochs")
     assert pw["T_E_min"]["unresolved"] == 0 and pw["T_E_min"]["mean"] == 5
     assert "unresolved (2/2)" in format_study(study)
+
+
+def test_an_absent_event_is_unresolved_only_where_the_grid_has_a_gap_wider_than_patience() -> None:
+    from ckpt_analyzer.events import unresolved_absence
+
+    epochs = np.arange(0, 61)
+    # no event anywhere on a grid saved every epoch: the absence is resolved
+    assert unresolved_absence(epochs, np.linspace(1, 0, 61), patience=10) is None
+    # the same curve on a log grid: a gap of 16 > 10 after epoch 44 cannot rule one out
+    log = np.array(save_epochs("log:15", 60))
+    u = unresolved_absence(log, np.linspace(1, 0, log.size), patience=10)
+    assert u is not None and u.absent and (u.epoch, u.spacing, u.patience) == (44, 16, 10)
+    assert u.reason() == ("unresolved (none found, but saves 16 epochs apart after epoch 44 "
+                          "cannot rule one out; patience 10)")
+    # a peak is searched after its minimum: gaps before it do not count
+    assert unresolved_absence(log, np.linspace(1, 0, log.size), patience=10, after=60) is None
+    assert unresolved_absence(log, np.linspace(1, 0, log.size), patience=20) is None
+    # NaN (unmeasured) saves do not count as saves
+    v = np.linspace(1, 0, 61)
+    v[20:35] = np.nan
+    u = unresolved_absence(epochs, v, patience=10)
+    assert u is not None and (u.epoch, u.spacing) == (19, 16)
+
+
+def test_a_peak_in_a_coarse_gap_is_reported_unresolved_not_absent() -> None:
+    """A rise and fall within the patience, between two saves further apart than it: saved
+    every epoch the peak is found; on the coarse grid the search sees a straight line, and the
+    report says the grid cannot tell instead of 'none'."""
+    epochs = np.arange(0, 61)
+    test = np.interp(epochs, [0, 20, 26, 32, 60], [0.9, 0.3, 0.5, 0.3, 0.1])
+    r = np.tile(np.linspace(1, 2, 4), (61, 1))
+    noisy = np.linspace(0.9, 0.1, 61)
+    dense, _, bad = A.width_events(epochs, test, r, noisy, patience=10, window=2)
+    assert dense["T_E_peak"] == 26 and "T_E_peak" not in bad
+    coarse = np.array([0, 5, 10, 15, 20, 35, 40, 45, 50, 55, 60])
+    events, found, bad = A.width_events(coarse, test[coarse], r[coarse], noisy[coarse],
+                                        patience=10, window=2)
+    assert found["T_E_peak"] is None and events["T_E_peak"] is None
+    assert bad["T_E_peak"].absent and bad["T_E_peak"].spacing == 15

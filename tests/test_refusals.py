@@ -364,8 +364,8 @@ def test_an_unused_huge_tensor_is_never_read(run: Path, tmp_path: Path,
         assert f["metrics/done"][()].all()
         np.testing.assert_array_equal(f["metrics/loss"][()], g["metrics/loss"][()])
     read: list[str] = []
-    real = ck.SafetensorsState.__getitem__
-    monkeypatch.setattr(ck.SafetensorsState, "__getitem__",
+    real = ck.SafetensorsState._get
+    monkeypatch.setattr(ck.SafetensorsState, "_get",
                         lambda self, key: read.append(key) or real(self, key))
     analyze("run", str(run), "--probe", "metrics", "--quiet", "-o",
                 str(tmp_path / "in.h5"), "--widths", "4")
@@ -378,13 +378,13 @@ def test_load_model_reads_only_the_models_tensors(run: Path, tmp_path: Path,
     state = {k: v.clone() for k, v in ck.read_state_dict(path).items()}  # before rewriting
     write_with_unused(path, state, ck.read_header(path)[1], "model.", 1 << 30)
     read: list[str] = []
-    real = ck.SafetensorsState.__getitem__
+    real = ck.SafetensorsState._get  # the one read from the file (lookups are cached)
 
     def counting(self: ck.SafetensorsState, key: str) -> object:
         read.append(key)
         return real(self, key)
 
-    monkeypatch.setattr(ck.SafetensorsState, "__getitem__", counting)
+    monkeypatch.setattr(ck.SafetensorsState, "_get", counting)
     model = ck.load_model(path)
     assert sorted(read) == sorted("model." + k for k in state)
     for k, v in model.state_dict().items():
@@ -397,8 +397,8 @@ def test_unexpected_top_level_tensor_is_refused_unread(run: Path, tmp_path: Path
     state = {k: v.clone() for k, v in ck.read_state_dict(path).items()}  # before rewriting
     write_with_unused(path, state, ck.read_header(path)[1], "", 1 << 30)
     read: list[str] = []
-    real = ck.SafetensorsState.__getitem__
-    monkeypatch.setattr(ck.SafetensorsState, "__getitem__",
+    real = ck.SafetensorsState._get
+    monkeypatch.setattr(ck.SafetensorsState, "_get",
                         lambda self, key: read.append(key) or real(self, key))
     with pytest.raises(CkptError, match="does not fit the model: unexpected tensor "
                                         "'teacher.unused'"):

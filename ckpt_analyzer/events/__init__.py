@@ -59,7 +59,7 @@ from .model_wise import (
 )
 from .peaks import EpochSeries, combined_R, decrease_rate, decrease_rate_peak, peak_epochs, peak_with_patience
 from .per_width import events_for_width, width_events
-from .resolution import Unresolved, save_spacing, unresolved
+from .resolution import Unresolved, save_spacing, unresolved, unresolved_absence
 
 __all__ = ["DEFAULT_PATIENCE", "DEFAULT_PCC_WINDOW", "DEFAULT_WINDOW", "EVENT_KEYS",
     "AnalysisTypeError", "AnalysisValueError", "EpochSeries", "LinearFit", "ThresholdDistance",
@@ -67,4 +67,4 @@ __all__ = ["DEFAULT_PATIENCE", "DEFAULT_PCC_WINDOW", "DEFAULT_WINDOW", "EVENT_KE
     "events_for_width",
     "interpolation_threshold", "last_finite", "linear_fit", "model_wise_peak", "peak_epochs",
     "peak_width", "peak_with_patience", "pearson", "save_spacing", "short_time_pearson",
-    "threshold_distance", "unresolved", "width_events"]
+    "threshold_distance", "unresolved", "unresolved_absence", "width_events"]

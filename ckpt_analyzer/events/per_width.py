@@ -18,7 +18,7 @@ from .common import (
     _int_arg,
 )
 from .peaks import combined_R, decrease_rate_peak, peak_epochs
-from .resolution import Unresolved, unresolved
+from .resolution import Unresolved, unresolved, unresolved_absence
 
 
 def events_for_width(
@@ -120,8 +120,10 @@ def width_events(
     ``unresolved`` maps those events' keys to :class:`Unresolved`. An event is unresolved when
     the saved epochs near it (where its curve is finite, on the searched epochs) are more than
     ``patience`` epochs apart (:func:`~ckpt_analyzer.events.resolution.save_spacing`: the gaps
-    either side of T_min / T_peak, the gaps overlapping the ΔP̄ window of T_ΔP,peak). With
-    ``patience=None`` nothing is unresolved.
+    either side of T_min / T_peak, the gaps overlapping the ΔP̄ window of T_ΔP,peak), and an
+    event *not* found is unresolved when its curve's saves (after its minimum, for a peak)
+    leave a gap wider than ``patience`` (:func:`~ckpt_analyzer.events.resolution.unresolved_absence`:
+    the grid cannot rule it out). With ``patience=None`` nothing is unresolved.
     """
     e, curves, patience = _prepare(epochs, test_error, R, noisy_error, patience, window, alphas,
                                    k_min, same_epochs)
@@ -131,6 +133,9 @@ def width_events(
         name = "P" if key == "T_dP_peak" else key[2]
         u = unresolved(e, curves[name], found[key], patience,
                        window if name == "P" else None) if name in curves else None
+        if u is None and found[key] is None and name in curves:  # none found: can the grid say?
+            start = found.get(f"T_{name}_min") if key.endswith("_peak") and name != "P" else None
+            u = unresolved_absence(e, curves[name], patience, start)
         if u is not None:
             bad[key] = u
     events = {k: (None if k in bad else v) for k, v in found.items()}

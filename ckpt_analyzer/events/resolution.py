@@ -28,9 +28,16 @@ class Unresolved(NamedTuple):
     epoch: int
     spacing: int
     patience: int
+    #: not found, but the grid cannot rule it out: ``epoch`` starts a gap wider than the patience
+    absent: bool = False
 
     def reason(self, unit: str = "epoch") -> str:
-        """``unresolved (saves 40 epochs apart near epoch 120; patience 30)``."""
+        """``unresolved (saves 40 epochs apart near epoch 120; patience 30)``; for an event not
+        found: ``unresolved (none found, but saves 40 epochs apart after epoch 120 cannot rule
+        one out; patience 30)``."""
+        if self.absent:
+            return (f"unresolved (none found, but saves {self.spacing} {unit}s apart after "
+                    f"{unit} {self.epoch} cannot rule one out; patience {self.patience})")
         return (f"unresolved (saves {self.spacing} {unit}s apart near {unit} {self.epoch}; "
                 f"patience {self.patience})")
 
@@ -74,3 +81,26 @@ def unresolved(epochs: ArrayLike, values: ArrayLike, t: int | None, patience: in
         return None
     gap = save_spacing(epochs, values, t, window)
     return Unresolved(int(t), gap, patience) if gap > patience else None
+
+
+def unresolved_absence(epochs: ArrayLike, values: ArrayLike, patience: int | None,
+                       after: int | None = None) -> Unresolved | None:
+    """:class:`Unresolved` (``absent=True``) for an event that was *not* found when the saved
+    epochs where ``values`` is finite (from ``after`` on: a peak is searched after its minimum)
+    leave a gap wider than ``patience`` somewhere: in that gap a rise and fall within T epochs
+    is a straight line to the search, so "none" would be a claim of the grid, not of the
+    curve. ``epoch`` is where the widest such gap starts. ``None`` when every gap is within
+    the patience (the absence is resolved) or ``patience=None``."""
+    patience = _check_patience(patience)
+    if patience is None:
+        return None
+    v = _curve(values, "values")
+    e = _epochs(epochs, v.shape[0])
+    knots = e[np.isfinite(v)]
+    if after is not None:
+        knots = knots[knots >= after]
+    if knots.size < 2:
+        return None
+    gaps = np.diff(knots)
+    i = int(np.argmax(gaps))
+    return Unresolved(int(knots[i]), int(gaps[i]), patience, True) if gaps[i] > patience else None

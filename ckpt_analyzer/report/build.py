@@ -238,6 +238,9 @@ def build_report(cube_path: str | os.PathLike[str],
         raw["T_H_min"], raw["T_H_peak"] = found or (None, None)
         for key in ("T_H_min", "T_H_peak"):
             u = an.unresolved(epochs, h_w, raw[key], patience) if h_w is not None else None
+            if u is None and h_w is not None and raw[key] is None:  # none found: can the grid say?
+                u = an.unresolved_absence(epochs, h_w, patience,
+                                          raw["T_H_min"] if key == "T_H_peak" else None)
             if u is not None:
                 bad[key] = u
             row[key] = None if u is not None else raw[key]

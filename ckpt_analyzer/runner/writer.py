@@ -84,6 +84,12 @@ class Writer:
         on ``epochs`` x ``widths`` (also after an error: the journal holds every finished cell)."""
         buf: list[Outcome] = []
         oldest = last = time.monotonic()
+
+        def commit() -> None:
+            todo = buf[:]
+            buf.clear()  # taken: an error while committing does not commit them twice
+            self._commit(todo)
+
         try:
             for batch in batches:
                 now = time.monotonic()
@@ -91,22 +97,25 @@ class Writer:
                 last = now
                 if not buf:
                     oldest = now
-                buf += batch
+                buf.extend(batch)
                 cells = sum(len(o.results or {}) for o in buf)
                 if slow or now - oldest >= self.delay or cells >= self.max_cells:
-                    self._commit(buf)
-                    buf = []
+                    commit()
                 if time.monotonic() - self.last_flush > MATERIALIZE_EVERY_S:
-                    self._commit(buf)
-                    buf = []
+                    commit()
                     self.cube.materialize(epochs, widths, when_due=True)  # amortized on big cubes
                     self.last_flush = time.monotonic()
-            self._commit(buf)
+            commit()
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # stops a prefetching thread
             in_flight = sys.exc_info()[1]
+            if buf:  # stopped (SIGTERM, a fault, --strict) before the group's commit: its
+                try:  # finished outcomes are kept, as every finished checkpoint is
+                    self._commit(buf[:])
+                except Exception:  # the stop's own cause is the line
+                    pass
             try:
                 self.cube.materialize(epochs, widths)
             except CkptError:
