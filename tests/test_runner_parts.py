@@ -74,9 +74,11 @@ def test_runner_and_cli_agree_on_local_with_workers(digits_run: Path, tmp_path: 
 
 
 def test_workers_auto_rule() -> None:
-    assert auto_workers(params=10_000, checkpoints=100, cores=2) == 2
+    assert auto_workers(params=10_000, checkpoints=100, cores=4) == 4
+    assert auto_workers(params=10_000, checkpoints=100, cores=2) is None  # threads win on 2
     assert auto_workers(params=10_000, checkpoints=100, cores=1) is None
-    assert auto_workers(params=10_000, checkpoints=10, cores=2) is None  # start-up dominates
+    assert auto_workers(params=10_000, checkpoints=20, cores=4) == 2
+    assert auto_workers(params=10_000, checkpoints=10, cores=4) is None  # start-up dominates
     assert auto_workers(params=11_000_000, checkpoints=10_000, cores=16) is None
     assert auto_workers(params=10_000, checkpoints=1000, cores=16) == 16
 

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 AUTO_MAX_PARAMS = 1_000_000
 #: ... and only with at least this many checkpoints per worker (each pays its start-up)
 AUTO_MIN_PER_WORKER = 8
+#: fewest cores for which ``--workers auto`` starts processes: on 2 idle cores --workers 2 was
+#: 0.79x of this process's 2 threads on a 33-checkpoint digits job and 1.03-1.13x on a
+#: one-minute one (benchmarks/bench_scale.py section 5; issue 22), so 2 cores stay in-process
+AUTO_MIN_CORES = 4
 
 ProbeSpec = Any  # a registered name, a Probe class or a Probe instance
 
@@ -76,7 +80,7 @@ def auto_workers(params: int, checkpoints: int, cores: int) -> int | None:
     """``--workers auto``: the number of worker processes, or None for in-process threads.
     Processes pay off for small models (a forward is too short for torch's threads to share
     it, while each process gets a whole core) and enough checkpoints to hide their start-up."""
-    if cores < 2 or params > AUTO_MAX_PARAMS:
+    if cores < AUTO_MIN_CORES or params > AUTO_MAX_PARAMS:
         return None
     n = min(cores, checkpoints // AUTO_MIN_PER_WORKER)
     return n if n >= 2 else None
