@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
     import xarray
 
-    from .checkpoints.writer import RunWriter
+    from .integrations.writer import RunWriter
 
 
 def load_model(path: str, device: str = "cpu", model: str | None = None,
@@ -87,7 +87,7 @@ def to_dataframe(cube: str, probe: str | list[str] | None = None, *, layers: boo
 
 def __getattr__(name: str) -> Any:
     if name == "RunWriter":
-        from .checkpoints.writer import RunWriter
+        from .integrations.writer import RunWriter
 
         return RunWriter
     if name == "functional":

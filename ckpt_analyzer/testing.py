@@ -36,7 +36,7 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
     the last checkpoint of each width of ``run_dir``, or (without one) digits with 20%
     symmetric label noise and untrained ``mcnn`` models of widths 1 and 2 (seeded). The
     models and data are the same on every device (built on the CPU, then moved). The
-    context is built by the runner's own :meth:`~ckpt_analyzer.executors.work.Plan.context`:
+    context is built by the runner's own :meth:`~ckpt_analyzer.probes.plan.Plan.context`:
     its ``initial_state`` / ``final_state`` give each width's epoch-0 / last checkpoint, as in
     ``ckpt-analyze run`` (without a run: the untrained models, their own last checkpoint at
     epoch 1, kept in a temporary folder). A run.json ``arch`` naming code
@@ -45,8 +45,8 @@ def contract_context(run_dir: str | Path | None = None, seed: int = 0, batch_siz
 
     from .checkpoints import CheckpointRef, discover, load_state_into, read_run_json, read_state_dict
     from .checkpoints.run_data import RunData, load_run_data
-    from .executors.work import Plan
     from .models import build_model
+    from .probes.plan import Plan
 
     dev = torch.device(device)
     if run_dir is not None:

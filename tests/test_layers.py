@@ -18,13 +18,10 @@ RANK: dict[str, float] = {
     "runner": 8, "train": 8,
     "study": 7.5,  # studies: several cubes through report and plot (below runner/train/cli)
     "report": 7, "plot": 7, "executors": 7, "export": 7,  # export: cubes to TensorBoard, W&B, tables
-    "testing": 7.2,  # the probe contract checker builds its Context with executors.work.Plan
+    "testing": 6,  # the probe contract checker builds its Context with probes.plan.Plan
     "probes": 5,
-    "events": 3,
+    "functional": 3, "events": 3,
     "cube": 2, "checkpoints": 2, "data": 2, "models": 2,
-    # pure tensor maths imports nothing of the package: below the run folder, whose writers
-    # evaluate the checkpoint metadata's loss and error with it (functional/loss_error.py)
-    "functional": 1.5,
     "registry": 1, "schema": 1, "config": 1, "_atomic": 1,
     "device": 1, "seeds": 1, "selection": 1,  # util.py split by job (issue 23)
     "errors": 0,

@@ -1,6 +1,6 @@
 """The checkpoint contract and the run folder (docs/checkpoints.md): its layout (every path
 rule), files, discovery, run.json/labels/done markers, the writer lock, writing checkpoints
-(:func:`write_checkpoint`, :class:`RunWriter`), the run's data, models, prefetch.
+(:func:`write_checkpoint`, under ``RunWriter`` and the trainer), the run's data, models, prefetch.
 
 Importing this package imports neither torch nor h5py."""
 
@@ -40,13 +40,12 @@ from .run_folder import (
     save_labels,
 )
 from .write import checkpoint_metadata, write_checkpoint
-from .writer import RunWriter, factory_spec
 
 __all__ = ["CKPT_FORMAT", "CKPT_RE", "DONE_FILE", "INT_META", "LABELS_FORMAT", "LOCK_FILE",
     "PICKLE_EXTS", "REQUIRED_META", "RUN_FORMAT", "CheckpointRef", "RunData", "RunLock",
-    "RunWriter", "SafetensorsState", "Watcher", "build_model_for", "check_labels",
+    "SafetensorsState", "Watcher", "build_model_for", "check_labels",
     "check_manifest", "checkpoint_metadata", "checkpoint_path", "create_run_json",
-    "dataset_manifest", "discover", "factory_spec", "is_done", "load_model", "load_run_data",
+    "dataset_manifest", "discover", "is_done", "load_model", "load_run_data",
     "load_state_into", "load_subset", "mark_done", "model_keys", "only_start_files",
     "open_state", "parse_metadata", "pattern_regex", "pattern_time_unit", "prefetch",
     "read_header", "read_labels", "read_run_json", "read_state_dict",

@@ -30,8 +30,8 @@ except ImportError:  # pragma: no cover - the older distribution
         raise ImportError("ckpt_analyzer.integrations.lightning needs Lightning: "
                           "pip install 'ckpt-analyzer[lightning]'") from None
 
-from ..checkpoints.writer import RunWriter
 from ..errors import CkptError
+from .writer import RunWriter
 
 __all__ = ["ContractCheckpoint"]
 

@@ -1,4 +1,4 @@
-"""Options -> the run's :class:`~ckpt_analyzer.executors.work.Plan`, its probes and its executor.
+"""Options -> the run's :class:`~ckpt_analyzer.probes.plan.Plan`, its probes and its executor.
 
 One owner per rule: the probes are built once (:func:`resolve_probes`: names, classes or
 instances) and prepared once (:func:`prepare_probes`); the plan is the one builder of every

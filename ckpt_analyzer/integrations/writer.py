@@ -46,14 +46,26 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..checkpoints.files import RUN_FORMAT, strip_prefix
+from ..checkpoints.layout import (
+    checkpoint_epochs,
+    checkpoint_path,
+    done_path,
+    run_json_path,
+    width_dir,
+)
+from ..checkpoints.lock import RunLock, create_run_json, only_start_files, remove_stale_start_files
+from ..checkpoints.run_folder import (
+    dataset_manifest,
+    is_done,
+    mark_done,
+    read_run_json,
+    save_labels,
+)
+from ..checkpoints.schedule import save_epochs
+from ..checkpoints.write import write_checkpoint
 from ..config import settings_diff
 from ..errors import CkptError, UsageError
-from .files import RUN_FORMAT, strip_prefix
-from .layout import checkpoint_epochs, checkpoint_path, done_path, run_json_path, width_dir
-from .lock import RunLock, create_run_json, only_start_files, remove_stale_start_files
-from .run_folder import dataset_manifest, is_done, mark_done, read_run_json, save_labels
-from .schedule import save_epochs
-from .write import write_checkpoint
 
 if TYPE_CHECKING:
     import torch
