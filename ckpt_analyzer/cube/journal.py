@@ -9,7 +9,6 @@ complete, readable earlier state.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -28,6 +27,7 @@ from ..config import settings_diff
 from ..errors import CkptError, UsageError, write_error
 from .faults import ELSEWHERE as _ELSEWHERE
 from .faults import journal_error as _journal_error
+from .filewrite import Sink, cell_blocks, copy_file, old_layout, set_attrs
 from .hdf5 import (
     IDENTITIES,
     Block,
@@ -37,16 +37,8 @@ from .hdf5 import (
     write_probe,
 )
 from .identity import identities_of
-from .read import (
-    check_cube,
-    is_probe,
-    iter_cells,
-    read_group,
-    read_identities,
-    scalar,
-    text,
-    walk_inputs,
-)
+from .read import check_cube
+from .rebuild import file_stat, rebuild_journal
 from .schema import (
     AXES,
     CUBE_FORMAT,
@@ -63,8 +55,6 @@ from .schema import (
 
 if TYPE_CHECKING:
     from typing import Self
-
-    import h5py
 
     from ..schema import Outputs
 
@@ -211,7 +201,7 @@ class Cube:
                             cur.execute(stmt)
                     cur.execute("INSERT INTO meta VALUES ('format', ?)", (JOURNAL_FORMAT,))
                     if self.path.exists():
-                        _rebuild_journal(cur, self.path)
+                        rebuild_journal(cur, self.path)
         except BaseException:
             self.close()
             raise
@@ -504,9 +494,9 @@ class Cube:
             identities = identities_of(_meta(cur, f"extra:{IDENTITIES}"))
         since = None
         if (not rewrite and last is not None and last["layout"] == layout
-                and self.path.exists() and last["stat"] == _stat(self.path)
+                and self.path.exists() and last["stat"] == file_stat(self.path)
                 and all(last[a] == grid[a][:len(last[a])].tolist() for a in AXES)
-                and not _old_layout(self.path)):
+                and not old_layout(self.path)):
             since = last["seq"]
         root["failures"] = json.dumps(failures)
         # HDF5 writes through a Python file object that keeps the first OSError (a full disk, a
@@ -518,7 +508,7 @@ class Cube:
                 if since is not None:
                     copy_file(self.path, tmp)
                 with open(tmp, "r+b" if since is not None else "w+b") as fh:
-                    sink = _Sink(fh)
+                    sink = Sink(fh)
                     try:
                         with h5py.File(sink, "r+" if since is not None else "w",
                                        track_order=True) as f:
@@ -542,7 +532,7 @@ class Cube:
             raise CkptError(f"cannot write the cube ({why}); the previous cube is unchanged and "
                             "the journal keeps every cell: re-run when there is room",
                             self.path) from None
-        state = {"layout": layout, "seq": upto, "stat": _stat(self.path),
+        state = {"layout": layout, "seq": upto, "stat": file_stat(self.path),
                  **{a: grid[a].tolist() for a in AXES}}
         with self._tx() as cur:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('materialized', ?)",
@@ -556,170 +546,9 @@ class Cube:
 
     def _blocks(self, name: str, decl: Decl, grid: dict[str, np.ndarray], since: int,
                 upto: int, max_bytes: int | None = None) -> Iterator[Block]:
-        """The cells of ``name`` with ``since < seq <= upto`` in contiguous blocks: runs of
-        consecutive epochs at one width (or of widths at one epoch, whichever gives fewer
-        runs), each at most ``max_bytes`` (:data:`BLOCK_BYTES`); only a block's cells are in
-        memory at a time."""
-        layout = []
-        offset = 0
-        for m, d, t, _ in decl.metrics:
-            dt = np.dtype(t).newbyteorder("<")
-            shape = decl.shape(d)
-            count = int(np.prod(shape, dtype=np.int64))
-            layout.append((m, dt, count, shape, offset, np.dtype(t)))
-            offset += count * dt.itemsize
-        with self._tx() as cur:  # a rowid range: proportional to what is new
-            rows = np.array(cur.execute(
-                "SELECT seq, epoch, width FROM cell WHERE seq > ? AND seq <= ? AND +probe = ?",
-                (since, upto, name)).fetchall(), dtype=np.int64).reshape(-1, 3)
-        if not len(rows):
-            return
-        i = np.searchsorted(grid["epoch"], rows[:, 1])
-        j = np.searchsorted(grid["width"], rows[:, 2])
-        order, pieces, along_epoch = _runs(i, j, max(1, (max_bytes or BLOCK_BYTES)
-                                                     // max(1, offset)))
-        for start, stop in pieces:
-            sel = order[start:stop]
-            seqs = rows[sel, 0].tolist()
-            blobs: dict[int, bytes] = {}
-            with self._tx() as cur:
-                for k in range(0, len(seqs), 500):
-                    part = seqs[k:k + 500]
-                    blobs.update(cur.execute(
-                        f"SELECT seq, data FROM cell WHERE seq IN ({','.join('?' * len(part))})",
-                        part).fetchall())
-            n = stop - start
-            values = {}
-            for m, dt, count, shape, off, native in layout:
-                arr = np.empty((n, *shape), dtype=native)
-                for k, seq in enumerate(seqs):
-                    arr[k] = np.frombuffer(blobs[seq], dt, count, off).reshape(shape)
-                values[m] = arr
-            a, b = int(i[sel[0]]), int(j[sel[0]])
-            index: tuple[int | slice, int | slice] = (
-                (slice(a, a + n), b) if along_epoch else (a, slice(b, b + n)))
-            yield index, values
+        """:func:`~ckpt_analyzer.cube.filewrite.cell_blocks` of this journal."""
+        return cell_blocks(self._tx, name, decl, grid, since, upto, max_bytes or BLOCK_BYTES)
 
-
-
-def _runs(i: np.ndarray, j: np.ndarray, step: int
-          ) -> tuple[np.ndarray, list[tuple[int, int]], bool]:
-    """Order cells at (epoch index ``i``, width index ``j``) into contiguous runs of at most
-    ``step``: ``(order, [(start, stop)] into order, along_epoch)``."""
-    best = None
-    for along_epoch in (True, False):
-        major, minor = (j, i) if along_epoch else (i, j)
-        order = np.lexsort((minor, major))
-        a, b = major[order], minor[order]
-        cuts = np.flatnonzero((np.diff(a) != 0) | (np.diff(b) != 1)) + 1
-        if best is None or len(cuts) < len(best[1]):
-            best = (order, cuts, along_epoch)
-    assert best is not None
-    order, cuts, along_epoch = best
-    pieces = []
-    for s, e in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist(), strict=True):
-        pieces += [(k, min(k + step, e)) for k in range(s, e, step)]
-    return order, pieces, along_epoch
-
-
-class _Sink:
-    """A binary file for h5py's file-object driver that keeps its first OSError and from then
-    on drops writes (so HDF5 never sees one fail); :meth:`raise_error` raises it."""
-
-    def __init__(self, fh: io.BufferedRandom) -> None:
-        self.fh = fh
-        self.error: OSError | None = None
-
-    def readinto(self, b: Any) -> int:
-        return self.fh.readinto(b)
-
-    def read(self, n: int = -1) -> bytes:
-        return self.fh.read(n)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.fh.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.fh.tell()
-
-    def write(self, b: Any) -> int:
-        n = memoryview(b).nbytes
-        if self.error is None:
-            try:
-                self.fh.write(b)
-            except OSError as exc:
-                self.error = exc
-        return n
-
-    def truncate(self, n: int | None = None) -> int:
-        if self.error is None:
-            try:
-                return self.fh.truncate(n)
-            except OSError as exc:
-                self.error = exc
-        return self.fh.tell() if n is None else n
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.fh.flush()
-            except OSError as exc:
-                self.error = exc
-
-    def raise_error(self) -> None:
-        self.flush()
-        if self.error is not None:
-            raise self.error
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy ``src`` to a new ``dst`` in the kernel (``copy_file_range``: a reflink on file
-    systems that have them, else no copy through user space; ``sendfile`` where it is
-    missing)."""
-    import errno
-    import shutil
-
-    with open(src, "rb") as a, open(dst, "wb") as b:
-        left = os.fstat(a.fileno()).st_size
-        try:
-            while left > 0:
-                n = os.copy_file_range(a.fileno(), b.fileno(), left)
-                if n == 0:
-                    break
-                left -= n
-            return
-        except (AttributeError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in (
-                    errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-    shutil.copyfile(src, dst)
-
-
-def set_attrs(attrs: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
-    """Make ``attrs`` hold exactly ``values``, rewriting only those that changed (a rewritten
-    attribute may leave its old space unused in the file)."""
-    for k in list(attrs):
-        if k not in values:
-            del attrs[k]
-    for k, v in values.items():
-        if k in attrs:
-            old = scalar(attrs[k])
-            if type(old) is type(v) and isinstance(v, (str, int, float)) and old == v:
-                continue
-        attrs[k] = v
-
-
-def _old_layout(path: Path) -> bool:
-    """A cube whose ``done`` datasets are compressed (written before 0.x): every in-place write
-    to them would leave space behind, so it is rewritten once in the current layout."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return any(is_probe(g) and "done" in g and g["done"].compression is not None
-                       for g in f.values())
-    except OSError:
-        return True
 
 
 def _table_names() -> list[str]:
@@ -740,46 +569,6 @@ def _meta(cur: sqlite3.Cursor, key: str) -> str | None:
 def _bump_layout(cur: sqlite3.Cursor) -> None:
     gen = int(_meta(cur, "layout") or "0") + 1
     cur.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (str(gen),))
-
-
-def _stat(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-
-def _rebuild_journal(cur: sqlite3.Cursor, path: Path) -> None:
-    """Fill an empty journal from a materialized cube (bit-exact cell values)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        root = {k: scalar(v) for k, v in f.attrs.items() if k not in ("format", "failures")}
-        cur.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (json.dumps(root),))
-        for a in AXES:
-            vals = f[a][()].tolist() if a in f else []
-            cur.executemany("INSERT OR IGNORE INTO axis VALUES (?, ?)", [(a, v) for v in vals])
-        identities = read_identities(f)
-        if identities:
-            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        (f"extra:{IDENTITIES}", json.dumps(identities, sort_keys=True)))
-        for fl in json.loads(text(f.attrs.get("failures", "[]"))):
-            cur.execute("INSERT OR REPLACE INTO failure VALUES (?, ?, ?, ?, ?)",
-                        (fl["path"], fl.get("probe") or "", fl["epoch"], fl["width"],
-                         fl["error"]))
-        for name, g in f.items():
-            if not is_probe(g):
-                continue
-            decl, names = read_group(g)
-            cur.execute("INSERT INTO probe VALUES (?, ?, ?, ?, ?)",
-                        (name, str(text(g.attrs["probe_version"])), text(g.attrs["config"]),
-                         int(g.attrs["seed"]), decl.to_json()))
-            for key, arr in walk_inputs(g["inputs"]) if "inputs" in g else ():
-                cur.execute("INSERT INTO input VALUES (?, ?, ?, ?, ?)",
-                            (name, key, *encode(arr)))
-            for e, w, vals in iter_cells(g, names):  # in blocks: memory stays bounded
-                blob = b"".join(np.ascontiguousarray(
-                    vals[m], dtype=vals[m].dtype.newbyteorder("<")).tobytes() for m in names)
-                cur.execute("INSERT INTO cell (probe, epoch, width, data) VALUES (?, ?, ?, ?)",
-                            (name, e, w, blob))
 
 
 def cube_busy(cube: str | os.PathLike[str]) -> bool:
