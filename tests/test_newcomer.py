@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from test_study import SHORT, WIDTHS, N, make_cube
 
-from ckpt_analyzer.cli import _eta, _probe_line, _progress, main
+from ckpt_analyzer.cli import main
+from ckpt_analyzer.cli.progress import _eta, _probe_line, _progress
 from ckpt_analyzer.cube import Cube
 from ckpt_analyzer.cube.plan import PLAN_ATTR, add_plan, planned_cells
 from ckpt_analyzer.probes.base import Metric, Outputs

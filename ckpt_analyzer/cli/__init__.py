@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from .errors import UsageError, handle_errors
-from .plot import KINDS, kinds_help
-from .selection import parse_ints, parse_size
+from ..errors import UsageError, handle_errors
+from ..plot import KINDS, kinds_help
+from ..selection import parse_ints
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -50,355 +50,10 @@ STATE_KEY_OPT = click.option(
 
 
 def _load_plugins(plugins: tuple[str, ...], replace: bool = False) -> None:
-    from .probes import load_plugin
+    from ..probes import load_plugin
 
     for spec in plugins:
         load_plugin(spec, replace)
-
-
-class _Warnings:
-    """Warnings as one line each (``warning: <message>``, no file, line or source), each text
-    shown once per command however many runs, workers or checkpoints raise it.
-
-    ``install()`` replaces :func:`warnings.showwarning` (the probes' ``warnings.warn`` in this
-    process) until ``restore()``; the runner's ``progress("warn", msg)`` (warnings raised in
-    workers) and the summary's warnings go through :meth:`emit` too."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self._old: Any = None
-
-    def emit(self, message: str, category: type[Warning] | None = None) -> None:
-        text = " ".join(str(message).split())
-        if text in self.seen:
-            return
-        self.seen.add(text)
-        kind = "" if category in (None, UserWarning) else f" ({category.__name__})"
-        sys.stderr.write(f"warning{kind}: {text}\n")
-
-    def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
-              file: Any = None, line: str | None = None) -> None:
-        self.emit(str(message), category)
-
-    def install(self) -> None:
-        import warnings
-
-        self._old = warnings.showwarning
-        warnings.showwarning = self._show
-
-    def restore(self) -> None:
-        import warnings
-
-        if self._old is not None:
-            warnings.showwarning = self._old
-            self._old = None
-
-
-def _clock(seconds: float) -> str:
-    s = round(max(seconds, 0.0))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _eta(total: float | None, done: float, first: float | None, last: float | None,
-         now: float) -> str:
-    """Time left from the mean wall time per checkpoint so far (whatever the checkpoints'
-    length; rich's own estimate only looks at the last 30 s and shows ``-:--:--`` when a
-    checkpoint takes longer), counted down since the last checkpoint finished."""
-    if total is None or first is None or last is None or done <= 0:
-        return "after the 1st"
-    per = (last - first) / done
-    return _clock((total - done) * per - (now - last))
-
-
-def _probe_line(seconds: dict[str, float], counts: dict[str, int], most: int = 3) -> str:
-    """The ``most`` slowest probes' mean seconds per checkpoint so far, slowest first."""
-    means = sorted(((seconds[n] / counts[n], n) for n in seconds if counts.get(n)), reverse=True)
-    line = ", ".join(f"{n} {m:.1f} s" if m < 60 else f"{n} {_clock(m)}"
-                     for m, n in means[:most])
-    return line + (f", +{len(means) - most}" if len(means) > most else "")
-
-
-def _progress(enabled: bool, warns: _Warnings | None = None) -> tuple[Any, Any]:
-    """A rich progress display (None when not ``enabled``) and the runner's callback: per
-    checkpoint, the ETA of :func:`_eta` and each probe's mean seconds per checkpoint; warnings
-    of the workers through ``warns``."""
-    import time
-
-    def warn(msg: str) -> None:
-        if warns is not None:
-            warns.emit(msg)
-
-    if not enabled:
-        return None, (lambda kind, arg: warn(arg) if kind == "warn" else None)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.table import Column
-    from rich.text import Text
-
-    state: dict[str, Any] = {"first": None, "last": None}
-    seconds: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    class EtaColumn(ProgressColumn):
-        max_refresh = 1.0
-
-        def render(self, task: Task) -> Text:
-            return Text("eta " + _eta(task.total, task.completed, state["first"], state["last"],
-                                      time.monotonic()), style="progress.remaining")
-
-    console = Console(stderr=True)
-    prog = Progress(TextColumn("{task.description}", table_column=Column(min_width=11)),
-                    BarColumn(bar_width=20),
-                    MofNCompleteColumn(table_column=Column(no_wrap=True)),
-                    TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
-                    EtaColumn(table_column=Column(no_wrap=True, min_width=17)),
-                    TextColumn("{task.fields[probes]}", table_column=Column(
-                        no_wrap=True, overflow="ellipsis", max_width=60)),
-                    console=console, transient=True)
-
-    def report(kind: str, arg: Any) -> None:
-        if kind == "start":
-            state["task"] = prog.add_task("checkpoints", total=arg, probes="")
-            state["first"] = time.monotonic()
-        elif kind == "grow":  # run --follow: a new round of checkpoints
-            prog.update(state["task"], total=prog.tasks[0].total + arg)
-        elif kind == "seconds":  # one checkpoint's seconds per probe
-            for name, sec in arg.items():
-                seconds[name] = seconds.get(name, 0.0) + sec
-                counts[name] = counts.get(name, 0) + 1
-        elif kind == "advance":
-            state["last"] = time.monotonic()
-            prog.update(state["task"], advance=1, description=f"w{arg.width} e{arg.epoch}",
-                        probes=_probe_line(seconds, counts))
-        elif kind == "fail":
-            state["last"] = time.monotonic()
-            prog.update(state["task"], advance=1)
-            console.print(f"[yellow]skipped[/] {arg}")
-        elif kind == "warn":
-            warn(arg)
-
-    return prog, report
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path())
-@click.option("--probe", "probes", multiple=True, required=True,
-              help="Probe to run (repeat, or 'all').")
-@click.option("-o", "--output", default=None, help="Cube path [RUN_DIR/analysis.h5].")
-@click.option("--set", "sets", multiple=True, metavar="PROBE.PARAM=VALUE", help="Probe parameter.")
-@click.option("--config", "config_file", default=None, help="TOML file with a table per probe.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda:N.")
-@click.option("--tf32", is_flag=True,
-              help="CUDA: allow TF32 matmuls and convolutions (faster, ~3 decimal digits); "
-                   "off by default: full float32 and deterministic cuDNN.")
-@click.option("--batch-size", default="auto", show_default=True, help="auto or samples per batch.")
-@click.option("--forward-batch-size", default="same", show_default=True,
-              help="Samples per forward-only batch (metrics, normalization, spectrum, "
-                   "interpolation, landscape): same (as --batch-size, bit-identical), auto or "
-                   "an integer; larger is faster on a GPU and may change the last bits.")
-@click.option("--max-memory", default=None, metavar="SIZE",
-              help="Memory the probes' batches may take on the device, e.g. 8G: batches are "
-                   "lowered to fit (the numbers of that smaller --batch-size) [no budget].")
-@click.option("--widths", default=None, help="Widths: one, a list or a range a:b.")
-@click.option("--epochs", default=None, help="Epochs: one, a list or a range a:b.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the probes' inputs.")
-@click.option("--plugin", "plugins", multiple=True, help="Probe plugin: a .py file or a module.")
-@REPLACE_OPT
-@click.option("--overwrite", is_flag=True,
-              help="Recompute a probe whose config changed; start afresh a cube of another run.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint or failing probe.")
-@click.option("--model", default=None, metavar="MODULE:FACTORY",
-              help="Model of foreign checkpoints: a name, module:factory, file.py:factory, "
-                   "torchvision:NAME or timm:NAME.")
-@click.option("--trust-code", is_flag=True,
-              help="Build an arch that the checkpoints name as code (module:factory, "
-                   "file.py:factory): imports and runs it. Only for folders you trust.")
-@click.option("--dataset", default=None, help="Dataset of foreign checkpoints [digits].")
-@click.option("--data-root", default=None, help="Folder of the dataset.")
-@click.option("--pattern", default=None,
-              help="Foreign layout, e.g. 'w{width}/ckpt_{epoch}.safetensors' or "
-                   "'checkpoint-{step}/model.safetensors'.")
-@click.option("--allow-pt", is_flag=True,
-              help="Also read .pt/.pth/.bin/.ckpt state_dicts (weights_only=True).")
-@click.option("--prefix", default=None, help="Module prefix of the saved keys to strip [auto].")
-@STATE_KEY_OPT
-@click.option("--normalize", default=None, metavar="MEAN,STD|none|dataset",
-              help="Foreign folder: the model's input preprocessing, (x - MEAN) / STD of pixels "
-                   "in [0, 1] (per channel: M1,..,MC,S1,..,SC), none, or the dataset's own "
-                   "statistics [dataset]. Recorded in the cube.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="For a checkpoint that does not fit the model: every missing, unexpected "
-                   "and mis-shaped key, the prefix and the width that fit.")
-@click.option("--width", "single_width", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Width of a --pattern without {width} (a single model).")
-@click.option("--workers", default=None, metavar="N|auto",
-              help="Measure in N processes on this machine (or N Ray actors); auto: processes "
-                   "for a small model, else this process's threads.")
-@click.option("--executor", type=click.Choice(["local", "pool", "ray"]), default=None,
-              help="Where checkpoints are measured [local; pool with --workers N].")
-@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
-              help="Ray cluster to join (--executor ray) [a new local one].")
-@click.option("--devices", default=None, metavar="0,1",
-              help="CUDA devices of the pool workers, one worker each [all visible].")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Measure only share I of N of the cells, into its own cube (see merge).")
-@click.option("--follow", is_flag=True,
-              help="Analyze a run while it trains: pick up new checkpoints and widths until the "
-                   "trainer marks the run done.")
-@click.option("--poll", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, help="--follow: seconds between looks at the run folder.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0), default=3600.0,
-              show_default=True,
-              help="--follow: give up (exit 1) after this many seconds in which the trainer "
-                   "wrote nothing; 0 waits for ever.")
-@click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@handle_errors
-def run(run_dir: str, probes: tuple[str, ...], output: str | None, sets: tuple[str, ...],
-        config_file: str | None, device: str, tf32: bool, batch_size: str,
-        forward_batch_size: str, max_memory: str | None,
-        widths: str | None,
-        epochs: str | None, seed: int, plugins: tuple[str, ...], overwrite: bool, strict: bool,
-        model: str | None, trust_code: bool, dataset: str | None, data_root: str | None,
-        pattern: str | None, allow_pt: bool, prefix: str | None, single_width: int,
-        replace_builtin: bool,
-        workers: str | None,
-        executor: str | None, ray_address: str | None, devices: str | None, shard: str | None,
-        follow: bool, poll: float, idle_timeout: float, as_json: bool, quiet: bool,
-        state_key: str | None = None, normalize: str | None = None, verbose: bool = False
-        ) -> None:
-    """Run probes over every checkpoint of RUN_DIR into a cube; re-runs compute what is missing."""
-    from pathlib import Path
-
-    from .errors import CkptError
-    from .seeds import check_seed
-
-    check_seed(seed)
-    if not follow and not Path(run_dir).is_dir():  # before torch loads: errors stay instant
-        raise CkptError("no such run folder", run_dir)
-    from .executors.base import executor_kind
-
-    n_workers: int | str | None = workers
-    if workers is not None and workers != "auto":
-        try:
-            n_workers = int(workers)
-        except ValueError:
-            raise UsageError(f"--workers: a number or auto (got {workers})") from None
-    dev_list = None
-    if devices is not None:
-        idx = parse_ints(devices, "--devices", 0) or []
-        dev_list = [f"cuda:{i}" for i in idx]
-        if n_workers is None:
-            n_workers = len(dev_list)
-    kind = executor_kind(executor, n_workers, dev_list, ray_address)  # the Runner's rule too
-    from .executors.shard import parse_shard
-
-    shard_of = parse_shard(shard) if shard is not None else None
-    prefix = _state_prefix(state_key, prefix)
-    if normalize is not None:
-        from .data.preprocessing import parse_normalize
-
-        parse_normalize(normalize)  # a bad value fails before torch loads
-    _load_plugins(plugins, replace_builtin)
-    from .probes import make_probes, parse_settings
-
-    settings = parse_settings(sets, config_file)
-    # built once, here (the Runner takes the instances as they are); bad names or parameters
-    # fail before torch loads
-    built = make_probes(probes, settings)
-    from .runner import Runner
-
-    bs = _batch_option(batch_size, ("auto",), "--batch-size")
-    fwd = _batch_option(forward_batch_size, ("same", "auto"), "--forward-batch-size")
-    fbs = None if fwd == "same" else fwd
-    options = dict(  # one run folder's Runner options (a study root's runs share them)
-        probes=built, settings=settings, device=device, tf32=tf32, batch_size=bs,
-        forward_batch_size=fbs, max_memory=None if max_memory is None else parse_size(max_memory),
-        widths=parse_ints(widths, "--widths", 1), epochs=parse_ints(epochs, "--epochs", 0),
-        seed=seed, overwrite=overwrite, strict=strict, model=model, trust_code=trust_code,
-        dataset=dataset, data_root=data_root, pattern=pattern, allow_pt=allow_pt, prefix=prefix,
-        width=single_width, executor=kind, workers=None if kind == "local" else n_workers,
-        devices=dev_list, ray_address=ray_address, shard=shard_of, plugins=plugins,
-        normalize=normalize, verbose=verbose)
-    from pathlib import Path
-
-    from .study.runs import find_runs
-
-    study_runs = ([] if (Path(run_dir) / "run.json").is_file() or not Path(run_dir).is_dir()
-                  or pattern is not None else find_runs(run_dir))
-    if study_runs:
-        # a study root: every run folder under it, one cube each (its own analysis.h5)
-        for flag, value in (("-o", output), ("--shard", shard)):
-            if value is not None:
-                raise UsageError(f"{flag}: not with a study root ({run_dir} holds "
-                                 f"{len(study_runs)} run folders, each analyzed into its own "
-                                 "analysis.h5)")
-        failed_runs = []
-        warns = _Warnings()  # a warning of every run is shown once
-        for rd in study_runs:
-            click.echo(f"== {rd}", err=as_json)
-            try:
-                _analyze_one(str(rd), Runner, dict(options, output=None), as_json, quiet, warns)
-            except SystemExit as exc:
-                if exc.code:
-                    failed_runs.append(str(rd))
-        if failed_runs:
-            sys.stderr.write(f"error: {len(failed_runs)} of {len(study_runs)} run(s) had "
-                             f"failures: {', '.join(failed_runs)}\n")
-            sys.exit(1)
-        return
-    _analyze_one(run_dir, Runner, dict(options, output=output, follow=follow, poll=poll,
-                                       idle_timeout=idle_timeout), as_json, quiet)
-
-
-def _analyze_one(run_dir: str, analysis_cls: Any, kwargs: dict[str, Any], as_json: bool,
-                 quiet: bool, warns: _Warnings | None = None) -> None:
-    """One ``Runner`` of one run folder, its summary printed; exits 1 on failures. ``warns``:
-    the command's warnings shown so far (a study root's runs share it)."""
-    verbose = kwargs.pop("verbose", False)
-    warns = warns or _Warnings()
-    prog, report = _progress(not quiet and sys.stderr.isatty(), warns)
-    analysis = analysis_cls(run_dir=run_dir, progress=report, **kwargs)
-    warns.install()
-    try:
-        if prog is not None:
-            with prog:
-                summary = analysis.run()
-        else:
-            summary = analysis.run()
-    finally:
-        warns.restore()
-    for w in summary.warnings:
-        warns.emit(w)
-    if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
-    else:
-        click.echo(f"{summary.cube}: {summary.computed} checkpoint(s) measured, "
-                   f"{summary.skipped_done} already done, {len(summary.failed)} failed, "
-                   f"probes {', '.join(summary.probes)} ({summary.seconds:.1f} s"
-                   + (f", {summary.executor} x{summary.workers}" if summary.executor != "local"
-                      else "")
-                   + (f", shard {summary.shard}" if summary.shard else "") + ")")
-        for f in summary.failed:
-            click.echo(f"  failed: {f['error']}")
-    misfit = next((f for f in summary.failed if "does not fit the model" in str(f["error"])), None)
-    if verbose and misfit is not None:
-        _key_details(misfit, run_dir, kwargs)
-    if summary.stopped:
-        sys.stderr.write(f"error: {summary.stopped}\n")
-        sys.exit(1)
-    if summary.failed:
-        sys.stderr.write(f"error: {summary.failed[0]['error']} ({len(summary.failed)} "
-                         f"failure(s) in all, recorded in {summary.cube})\n")
-        sys.exit(1)
 
 
 def _state_prefix(state_key: str | None, prefix: str | None) -> str | None:
@@ -408,25 +63,6 @@ def _state_prefix(state_key: str | None, prefix: str | None) -> str | None:
         return prefix
     key = state_key.strip(".")
     return f"{key}.{prefix.strip('.')}." if prefix else f"{key}."
-
-
-def _key_details(failure: dict[str, Any], run_dir: str, kw: dict[str, Any]) -> None:
-    """run -v: the key-matching report of the first checkpoint that did not fit the model."""
-    from .checkpoints import format_key_report, inspect_checkpoint, read_run_json
-
-    pattern = kw.get("pattern")
-    single = pattern is not None and "{width}" not in pattern
-    nc = ic = None
-    if read_run_json(run_dir) is None:
-        from .data import load_dataset
-
-        data = load_dataset(kw.get("dataset") or "digits", kw.get("data_root"))
-        nc, ic = data.num_classes, data.in_channels
-    info = inspect_checkpoint(failure["path"], kw.get("model"), failure.get("width"), nc, ic,
-                              kw.get("prefix"), bool(kw.get("allow_pt")),
-                              bool(kw.get("trust_code")),
-                              width_flag="--width" if single else "width")
-    sys.stderr.write(format_key_report(info["report"]) + "\n")
 
 
 @main.command("inspect-checkpoint", context_settings=CONTEXT)
@@ -455,16 +91,16 @@ def inspect_checkpoint(path: str, model: str | None, width: int | None, dataset:
     """Tensors and metadata of one checkpoint (a file, a sharded Hugging Face folder or a DCP
     folder) and, with a model, how its keys fit it: missing, unexpected and mis-shaped keys,
     the prefix and the width that would fit. Exits 1 when it does not fit."""
-    from .checkpoints import format_key_report
-    from .checkpoints import inspect_checkpoint as inspect_ckpt
-    from .checkpoints.files import CKPT_FORMAT
+    from ..checkpoints import format_key_report
+    from ..checkpoints import inspect_checkpoint as inspect_ckpt
+    from ..checkpoints.files import CKPT_FORMAT
 
     prefix = _state_prefix(state_key, prefix)
     info = inspect_ckpt(path, None, None, None, None, prefix, allow_pt)  # the listing
     contract = info["metadata"].get("format") == CKPT_FORMAT
     if model is not None or contract:
         if not contract and (num_classes is None or in_channels is None):
-            from .data import load_dataset
+            from ..data import load_dataset
 
             data = load_dataset(dataset or "digits", data_root)
             num_classes = num_classes or data.num_classes
@@ -504,7 +140,7 @@ def merge(cubes: tuple[str, ...], output: str, partial: bool) -> None:
     fixed inputs, and cubes that measured one checkpoint from different contents; a cell
     present in two cubes must be equal in both. Refuses too (unless --partial) when a shard
     NAME.shard-I-of-N.h5 is missing, still being written, or was killed mid-run."""
-    from .cube.merge import merge_cubes
+    from ..cube.merge import merge_cubes
 
     stats = merge_cubes(cubes, output, partial=partial)
     for line in stats["warnings"]:
@@ -522,7 +158,7 @@ def merge(cubes: tuple[str, ...], output: str, partial: bool) -> None:
 def probes(plugins: tuple[str, ...], replace_builtin: bool, as_json: bool) -> None:
     """List built-in and plugin probes, their parameters, and broken plugins."""
     _load_plugins(plugins, replace_builtin)
-    from .probes import PROBES, describe
+    from ..probes import PROBES, describe
 
     rows = [describe(PROBES.get(n)) for n in PROBES.names()]
     broken = [b.__dict__ for b in PROBES.broken()]
@@ -543,7 +179,7 @@ def probes(plugins: tuple[str, ...], replace_builtin: bool, as_json: bool) -> No
 @handle_errors
 def inspect(cube: str, as_json: bool) -> None:
     """Dimensions, coverage per probe, configs and provenance of a cube."""
-    from .cube import read_summary
+    from ..cube import read_summary
 
     s = read_summary(cube)
     if as_json:
@@ -629,21 +265,21 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
         return
     if width is not None or epoch is not None:
         raise UsageError(f"{'--width' if width is not None else '--epoch'}: only with --layers")
-    from . import events
+    from .. import events
 
     args: dict[str, Any] = {
         "patience": events.DEFAULT_PATIENCE if patience is None else patience,
         "window": events.DEFAULT_WINDOW if window is None else window, "subset": subset}
-    from .study import format_study, load_study
-    from .study.runs import expand_cubes
+    from ..study import format_study, load_study
+    from ..study.runs import expand_cubes
 
     cubes = tuple(expand_cubes(cubes))
     if html_out is not None:  # before anything is stored: the page may not replace an input
-        from ._atomic import check_output
+        from .._atomic import check_output
 
         check_output(html_out, "html", cubes, "--html")
     if len(cubes) == 1:  # today's report, stored in the cube; --html adds the page
-        from .report import build_report, format_report, write_report
+        from ..report import build_report, format_report, write_report
 
         rep = build_report(cubes[0], **args)
         if not no_store:
@@ -654,7 +290,7 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
         study = load_study(cubes, allow_mixed=allow_mixed, **args)
         click.echo(json.dumps(study, indent=2) if as_json else format_study(study))
     if html_out is not None and study is not None:
-        from .study.html import write_html
+        from ..study.html import write_html
 
         write_html(study, html_out, inputs=cubes)
         sys.stderr.write(f"wrote {html_out}\n")
@@ -662,7 +298,7 @@ def report(cubes: tuple[str, ...], as_json: bool, patience: int | None, window: 
 
 def _layers_report(cubes: tuple[str, ...], as_json: bool, width: int | None, epoch: int | None,
                    other: dict[str, Any]) -> None:
-    from .study.runs import expand_cubes
+    from ..study.runs import expand_cubes
 
     given = [k for k, v in other.items() if v is not None]
     if given:
@@ -670,7 +306,7 @@ def _layers_report(cubes: tuple[str, ...], as_json: bool, width: int | None, epo
     found = expand_cubes(cubes)
     if len(found) != 1:
         raise UsageError(f"--layers: takes one cube ({len(found)} given)")
-    from .report.layers import format_layer_table, layer_table
+    from ..report.layers import format_layer_table, layer_table
 
     table = layer_table(found[0], width, epoch)
     click.echo(json.dumps(table, indent=2) if as_json else format_layer_table(table))
@@ -723,9 +359,9 @@ def export(cubes: tuple[str, ...], target: str, out_dir: str, probes: tuple[str,
     --follow (tensorboard, wandb; one cube): export live while 'ckpt-analyze run' writes the
     cube, only the cells new at each of its materializations, recorded in
     DIR/.ckpt-live-<run>.json so that a restart writes no step twice."""
-    from .export import MAX_SCALARS, check_target
-    from .export import export as run_export
-    from .study.runs import expand_cubes
+    from ..export import MAX_SCALARS, check_target
+    from ..export import export as run_export
+    from ..study.runs import expand_cubes
 
     check_target(target)
     given = {"--max-scalars": (max_scalars is not None, ("tensorboard", "wandb")),
@@ -766,8 +402,8 @@ def _export_follow(cubes: tuple[str, ...], target: str, out_dir: str, probes: tu
                    wandb_project: str, wandb_run: str | None, wandb_mode: str, poll: float,
                    idle_timeout: float) -> None:
     """``export --follow``: one cube exported live (``export.live``)."""
-    from .export import MAX_SCALARS
-    from .export.live import LiveExporter, follow
+    from ..export import MAX_SCALARS
+    from ..export.live import LiveExporter, follow
 
     if len(cubes) != 1:
         raise UsageError(f"--follow: takes one cube ({len(cubes)} given)")
@@ -812,9 +448,9 @@ def plot(cubes: tuple[str, ...], kind: str, output: str, width: int | None,
     Several cubes (a study): double-descent and spectrum with a mean ± std band over seeds and
     one line per noise rate; the other kinds take one cube. A folder argument stands for the
     analysis.h5 of every run folder under it."""
-    from .plot import PlotOptions
-    from .plot import plot as draw
-    from .study.runs import expand_cubes
+    from ..plot import PlotOptions
+    from ..plot import plot as draw
+    from ..study.runs import expand_cubes
 
     cubes = tuple(expand_cubes(cubes))
     sel = parse_ints(epochs, "--epochs", 0)
@@ -823,11 +459,10 @@ def plot(cubes: tuple[str, ...], kind: str, output: str, width: int | None,
     if len(cubes) == 1:
         out = draw(cubes[0], kind, output, opts)
     else:
-        from .study.figures import plot_study
+        from ..study.figures import plot_study
 
         out = plot_study(cubes, kind, output, opts, allow_mixed=allow_mixed)
     click.echo(str(out))
 
 
-if __name__ == "__main__":
-    main()
+from . import run as _run  # noqa: E402,F401  (registers `run`)

@@ -1,0 +1,5 @@
+"""``python -m ckpt_analyzer.cli``."""
+
+from . import main
+
+main()
