@@ -162,7 +162,7 @@ def test_two_writers_started_together_one_wins(tmp_path: Path) -> None:
     assert sorted(rc for rc, _ in results) == [0, 1], results
     loser = next(err for rc, err in results if rc == 1)
     assert any(m in loser for m in ("is being written by another RunWriter", "holds a run with "
-                                    "other settings", "was created by another writer"))
+                                    "other settings", "was created by another writer")), results
     winner_seed = 1 + [rc for rc, _ in results].index(0)
     assert read_run_json(out)["seed"] == winner_seed  # type: ignore[index]
 

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,18 @@ from .layout import RUN_JSON, START_FILES, TMP_SUFFIX, lock_path, run_json_path
 
 
 def only_start_files(folder: str | Path) -> bool:
-    """True for a folder that holds nothing but what a writer puts there before run.json."""
-    return all(p.is_file() and not p.is_symlink() and START_FILES.match(p.name)
-               for p in Path(folder).iterdir())
+    """True for a folder that holds nothing but what a writer puts there before run.json. A
+    temporary that a starting writer renames while this looks is no evidence of anything else."""
+    for p in Path(folder).iterdir():
+        if not START_FILES.match(p.name):
+            return False
+        try:
+            mode = p.lstat().st_mode
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+        if not stat.S_ISREG(mode):
+            return False
+    return True
 
 
 def remove_stale_start_files(folder: str | Path) -> None:

@@ -389,7 +389,8 @@ class RunWriter:
                 self._check_same(old)
             return
         if (self.out.is_dir() and not run_json_path(self.out).exists()
-                and not only_start_files(self.out)):  # before the lock file is added to it
+                and not only_start_files(self.out)  # before the lock file is added to it
+                and not run_json_path(self.out).exists()):  # (or a starting writer's run.json)
             raise CkptError("is not empty and holds no run.json (use a new or empty folder)", self.out)
         self._lock = RunLock(self.out, "RunWriter").acquire()
         try:
