@@ -49,11 +49,12 @@ def load_subset(run_dir: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _load(run_dir, subset)
 
 
-def open_cube(path: str, probe: str) -> xarray.Dataset:
-    """The probe's group of a cube as a labeled :class:`xarray.Dataset`."""
+def open_cube(path: str, probe: str, lazy: bool | None = None) -> xarray.Dataset:
+    """The probe's group of a cube as a labeled :class:`xarray.Dataset`: in memory, or read
+    as indexed when ``lazy`` (default: when its metrics exceed 256 MiB)."""
     from .cube import open_cube as _open
 
-    return _open(path, probe)
+    return _open(path, probe, lazy)
 
 
 def to_dataframe(cube: str, probe: str | list[str] | None = None, *, layers: bool = False,

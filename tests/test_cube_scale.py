@@ -112,3 +112,43 @@ def test_readers_in_blocks_match_whole_reads(tmp_path: Path) -> None:
     Path(f"{p}.journal").unlink()
     with Cube(p) as cube:
         assert cube.done("spectrum") == set(cells)
+
+
+@pytest.mark.parametrize("col", [slice(None), slice(1, 2), slice(0, 3, 2)])
+def test_read_rows_in_slabs_matches_a_whole_read(tmp_path: Path, col: slice,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckpt_analyzer.cube.read as read
+
+    monkeypatch.setattr(read, "READ_CHUNKS", 4)  # slabs of one or two epochs
+    p = tmp_path / "c.h5"
+    with Cube(p) as cube:
+        cube.set_root(ROOT)
+        begin(cube)
+        cube.record_many([("spectrum", e, w, values(e, w)) for e in EPOCHS for w in WIDTHS
+                          if (e * w) % 7])
+        cube.materialize(EPOCHS, WIDTHS)
+    with h5py.File(p, "r") as f:
+        for name in ("spectrum/A", "spectrum/R", "spectrum/done", "spectrum/epoch"):
+            ds = f[name]
+            whole = ds[:, col] if ds.ndim >= 2 else ds[()]
+            np.testing.assert_array_equal(read.read_rows(ds, col), whole)
+
+
+def test_load_probe_reads_one_width(tmp_path: Path) -> None:
+    from ckpt_analyzer.cube.read import load_probe
+
+    p = tmp_path / "c.h5"
+    with Cube(p) as cube:
+        cube.set_root(ROOT)
+        begin(cube)
+        cube.record_many([("spectrum", e, w, values(e, w)) for e in EPOCHS for w in WIDTHS
+                          if (e + w) % 3])
+        cube.materialize(EPOCHS, WIDTHS)
+    full = load_probe(p, "spectrum")
+    one = load_probe(p, "spectrum", ("A",), width=2)
+    assert full is not None and one is not None
+    assert one.widths.tolist() == [2] and set(one.values) == {"A"}
+    np.testing.assert_array_equal(one.values["A"][:, 0], full.values["A"][:, 1])
+    np.testing.assert_array_equal(one.done[:, 0], full.done[:, 1])
+    assert one.coords == full.coords and one.dims["A"] == full.dims["A"]
+    assert load_probe(p, "spectrum", width=3) is None  # not a width of this cube

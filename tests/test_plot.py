@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -350,6 +351,30 @@ def test_landscape_slices_and_contours(peer_cube: Path) -> None:
                                                           subset="test"))
     titles = [a.get_title() for a in fig.axes if a.get_title().startswith("epoch ")]
     assert titles == ["epoch 0", "epoch 2", "epoch 3", "epoch 5"]  # at most four, evenly picked
+
+
+def test_landscape_reads_one_width_of_its_surfaces(peer_cube: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2-D surfaces are the cube's bulk (4 GB at 100k cells): the figure reads one width's
+    column of ``loss``, and picks the largest width with a finite surface, as before."""
+    import ckpt_analyzer.plot._common as common
+
+    calls: list[tuple[Any, Any]] = []
+    real = common.load_probe
+    monkeypatch.setattr(common, "load_probe", lambda path, probe, metrics=None, width=None: (
+        calls.append((tuple(metrics or ()), width)), real(path, probe, metrics, width))[1])
+    make_figure(peer_cube, "landscape")
+    assert calls == [(("barrier",), None), (("loss",), 4)]
+    calls.clear()
+    make_figure(peer_cube, "landscape", PlotOptions(width=1))
+    assert calls == [(("barrier",), None), (("loss",), 1)]
+    calls.clear()
+    cube = shutil.copy(peer_cube, tmp_path / "c.h5")
+    with h5py.File(cube, "r+") as f:  # width 4's surfaces all NaN though done: width 2
+        f["landscape/loss"][:, -1] = np.nan
+    fig = make_figure(cube, "landscape")
+    assert calls == [(("barrier",), None), (("loss",), 4), (("loss",), 2)]
+    assert "width 2" in next(a for a in fig.axes if "loss slices" in a.get_title()).get_title()
 
 
 def test_weights_spectrum_omits_unfitted_layers(peer_cube: Path) -> None:

@@ -515,10 +515,10 @@ def test_full_disk_during_merge_names_the_output(shard_run: Path, tmp_path: Path
     shards = shards_in(shard_run, tmp_path / "s", journals=False)
     out = tmp_path / "all.h5"
 
-    def full(src: str, dst: str) -> None:  # what shutil raises: it names the source
+    def full(src: str, dst: str) -> None:  # as shutil's fallback raises it: naming the source
         raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
 
-    monkeypatch.setattr(merge_mod.shutil, "copyfile", full)
+    monkeypatch.setattr(merge_mod, "copy_file", full)
     with pytest.raises(CkptError) as exc:
         merge_cubes(shards, out)
     assert exc.value.path == str(out) and "disk is full" in str(exc.value)

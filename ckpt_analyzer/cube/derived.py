@@ -4,7 +4,6 @@ journal is held, never part of the journal (a later materialization drops them).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..errors import CkptError
+from .filewrite import copy_file
 from .journal import Cube
 from .read import check_cube, is_probe
 
@@ -19,7 +19,7 @@ from .read import check_cube, is_probe
 def store_derived_group(path: str | os.PathLike[str], group: str, attrs: Mapping[str, str],
                         per_width: Mapping[str, np.ndarray], widths: np.ndarray) -> None:
     """Replace the derived (non-probe) group ``group`` of a cube, atomically: the file is copied
-    to ``<cube>.tmp``, the group written there (``attrs`` plus float datasets on a ``width``
+    (by the kernel) to ``<cube>.tmp``, the group written there (``attrs`` plus float datasets on a ``width``
     scale), fsynced and ``os.replace``-d. The journal (if any) is held meanwhile, so a
     concurrent ``ckpt-analyze run`` is refused rather than raced. Derived groups do not survive
     a later materialization from the journal (which holds probe cells only)."""
@@ -34,7 +34,7 @@ def store_derived_group(path: str | os.PathLike[str], group: str, attrs: Mapping
     lock = Cube(p).open() if Path(f"{p}.journal").exists() else None
     try:
         with atomic_path(p, tmp=f"{p}.tmp") as tmp:
-            shutil.copyfile(p, tmp)
+            copy_file(p, tmp)  # a reflink or the kernel's copy: a 4 GB cube costs no memory
             with h5py.File(tmp, "r+") as f:
                 if group in f:
                     del f[group]

@@ -11,6 +11,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,9 +161,9 @@ def cell_blocks(tx: Callable[[], AbstractContextManager[sqlite3.Cursor]], name: 
         layout.append((m, dt, count, shape, offset, np.dtype(t)))
         offset += count * dt.itemsize
     with tx() as cur:  # a rowid range: proportional to what is new
-        rows = np.array(cur.execute(
+        rows = np.fromiter(chain.from_iterable(cur.execute(
             "SELECT seq, epoch, width FROM cell WHERE seq > ? AND seq <= ? AND +probe = ?",
-            (since, upto, name)).fetchall(), dtype=np.int64).reshape(-1, 3)
+            (since, upto, name))), dtype=np.int64).reshape(-1, 3)
     if not len(rows):
         return
     i = np.searchsorted(grid["epoch"], rows[:, 1])
@@ -172,20 +173,19 @@ def cell_blocks(tx: Callable[[], AbstractContextManager[sqlite3.Cursor]], name: 
     for start, stop in pieces:
         sel = order[start:stop]
         seqs = rows[sel, 0].tolist()
-        blobs: dict[int, bytes] = {}
-        with tx() as cur:
+        n = stop - start
+        values = {m: np.empty((n, *shape), dtype=native)
+                  for m, _, _, shape, _, native in layout}
+        at = {seq: k for k, seq in enumerate(seqs)}
+        with tx() as cur:  # each blob is copied into its row as it arrives: one block held
             for k in range(0, len(seqs), 500):
                 part = seqs[k:k + 500]
-                blobs.update(cur.execute(
-                    f"SELECT seq, data FROM cell WHERE seq IN ({','.join('?' * len(part))})",
-                    part).fetchall())
-        n = stop - start
-        values = {}
-        for m, dt, count, shape, off, native in layout:
-            arr = np.empty((n, *shape), dtype=native)
-            for k, seq in enumerate(seqs):
-                arr[k] = np.frombuffer(blobs[seq], dt, count, off).reshape(shape)
-            values[m] = arr
+                for seq, blob in cur.execute(
+                        f"SELECT seq, data FROM cell WHERE seq IN ({','.join('?' * len(part))})",
+                        part):
+                    row = at[seq]
+                    for m, dt, count, shape, off, _ in layout:
+                        values[m][row] = np.frombuffer(blob, dt, count, off).reshape(shape)
         a, b = int(i[sel[0]]), int(j[sel[0]])
         index: tuple[int | slice, int | slice] = (
             (slice(a, a + n), b) if along_epoch else (a, slice(b, b + n)))

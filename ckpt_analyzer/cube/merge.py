@@ -21,7 +21,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from .._atomic import check_output, fsync_dir, output_lock
 from ..errors import CkptError, UsageError
+from .filewrite import copy_file
 from .identity import same_contents
 from .read import (
     check_cube,
@@ -428,7 +428,7 @@ def merge_cubes(inputs: Sequence[str | os.PathLike[str]],
         tmp = out.with_name(f"{out.name}.{secrets.token_hex(4)}.merging")
         temps = (tmp, Path(f"{tmp}.journal"), Path(f"{tmp}.journal-wal"), Path(f"{tmp}.tmp"))
         try:
-            shutil.copyfile(paths[0], tmp)
+            copy_file(paths[0], tmp)  # by the kernel: no memory, a reflink where there are
             with Cube(tmp, fsync=False) as cube:  # the journal is rebuilt from the copy
                 seen_fail = {(f["path"], f.get("probe") or "") for f in cube.failures()}
                 for p in paths[1:]:

@@ -101,8 +101,28 @@ def walk_inputs(g: h5py.Group, prefix: str = "", read: bool = True
                 yield f"{prefix}{name}", np.asarray(obj[()])
 
 
-#: The most bytes of cells :func:`iter_cells` reads at once.
-READ_BLOCK_BYTES = 32 * 2**20
+#: The most bytes of cells :func:`iter_cells` reads at once (as the writer's block: larger
+#: blocks are no faster and only raise the peak once a width's epochs fill one).
+READ_BLOCK_BYTES = 4 * 2**20
+
+
+#: The most chunks one read of :func:`read_rows` selects: HDF5 keeps a few kB of bookkeeping
+#: per chunk of a selection (61 MiB to read a 16k-cell metric of 24-byte cells at once).
+READ_CHUNKS = 512
+
+
+def read_rows(ds: h5py.Dataset, col: slice = slice(None)) -> np.ndarray:
+    """``ds[:, col]`` read in slabs of epochs of at most :data:`READ_CHUNKS` chunks, so the
+    memory it takes is the result's, not HDF5's per-chunk bookkeeping of the whole cube's."""
+    if ds.ndim < 2 or ds.chunks is None:
+        return np.asarray(ds[:, col] if ds.ndim >= 2 else ds[()])
+    width = len(range(*col.indices(ds.shape[1])))
+    per_row = max(1, -(-width // ds.chunks[1]))
+    step = max(ds.chunks[0], READ_CHUNKS // per_row * ds.chunks[0])
+    out = np.empty((ds.shape[0], width, *ds.shape[2:]), dtype=ds.dtype)
+    for a in range(0, ds.shape[0], step):
+        out[a:a + step] = ds[a:a + step, col]
+    return out
 
 
 def iter_cells(g: h5py.Group, names: Sequence[str], cells: Any = None,
@@ -217,7 +237,7 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 #: ``open_cube`` loads a probe's group into memory up to this many bytes of metrics; a larger
 #: group is opened lazily (read chunk by chunk as it is indexed).
-LOAD_LIMIT = 2 * 2**30
+LOAD_LIMIT = 256 * 2**20
 
 
 def open_cube(path: str | os.PathLike[str], probe: str,
@@ -362,12 +382,23 @@ def read_cube_info(path: str | os.PathLike[str]) -> CubeInfo:
                     np.asarray(epochs), np.asarray(widths), probes, unit)
 
 
-def read_probe_group(f: h5py.File, name: str, metrics: Sequence[str] | None) -> ProbeData | None:
+def read_probe_group(f: h5py.File, name: str, metrics: Sequence[str] | None,
+                     width: int | None = None) -> ProbeData | None:
+    """The probe group ``name`` (only ``metrics`` if given) read into memory; with ``width``
+    only that width's column (``widths == [width]``), so a large metric costs one width."""
     import h5py
 
     g = f.get(name)
     if not isinstance(g, h5py.Group) or "probe_version" not in g.attrs:
         return None
+    widths = np.asarray(g["width"][()])
+    col: slice = slice(None)
+    if width is not None:
+        hit = np.flatnonzero(widths == width)
+        if not hit.size:
+            return None
+        col = slice(int(hit[0]), int(hit[0]) + 1)
+        widths = widths[col]
     coords: dict[str, tuple[Any, ...]] = {}
     datasets = [(k, ds) for k, ds in g.items() if isinstance(ds, h5py.Dataset)]
     for key, ds in datasets:
@@ -389,20 +420,22 @@ def read_probe_group(f: h5py.File, name: str, metrics: Sequence[str] | None) -> 
             scales = ds.dims[axis]
             extra.append(scales[0].name.rsplit("/", 1)[-1] if len(scales) else f"dim{axis}")
         dims[key] = tuple(extra)
-        values[key] = ds[()]
-    done = g["done"][()].astype(bool) if "done" in g else np.zeros(0, dtype=bool)
+        values[key] = read_rows(ds, col)
+    done = read_rows(g["done"], col).astype(bool) if "done" in g else np.zeros(0, dtype=bool)
     try:
         config = json.loads(text(g.attrs.get("config", "{}")))
     except ValueError:
         config = {}
-    return ProbeData(name, np.asarray(g["epoch"][()]), np.asarray(g["width"][()]), coords, dims,
+    return ProbeData(name, np.asarray(g["epoch"][()]), widths, coords, dims,
                      values, done, config if isinstance(config, dict) else {})
 
 
 def load_probe(path: str | os.PathLike[str], probe: str,
-               metrics: Sequence[str] | None = None) -> ProbeData | None:
-    """The probe's group of a cube (only ``metrics`` if given), or ``None`` if it is absent."""
+               metrics: Sequence[str] | None = None, width: int | None = None
+               ) -> ProbeData | None:
+    """The probe's group of a cube (only ``metrics`` if given, only ``width``'s column if
+    given), or ``None`` if it (or that width) is absent."""
     import h5py
 
     with h5py.File(Path(path), "r") as f:
-        return read_probe_group(f, probe, metrics)
+        return read_probe_group(f, probe, metrics, width)

@@ -37,8 +37,9 @@ def new_figure(w: float, h: float) -> Figure:
     return fig
 
 
-def load(info: CubeInfo, probe: str, metrics: Sequence[str] | None = None) -> ProbeData:
-    pd = load_probe(info.path, probe, metrics)
+def load(info: CubeInfo, probe: str, metrics: Sequence[str] | None = None,
+         width: int | None = None) -> ProbeData:
+    pd = load_probe(info.path, probe, metrics, width)
     if pd is None:  # listed but unreadable; make_figure checked presence already
         raise CkptError(f"no '{probe}' probe in this cube; compute it with: "
                         f"{info.rerun_hint(probe)}", info.path)
@@ -59,6 +60,26 @@ def pick_width(pd: ProbeData, width: int | None, metric: str) -> int:
     if not has:
         raise CkptError(f"the '{pd.name}' probe has no computed cells")
     return widths[max(has, key=lambda j: widths[j])]
+
+
+def load_width(info: CubeInfo, pd: ProbeData, width: int | None, metric: str) -> ProbeData:
+    """``metric`` of ``pd.name`` at one width, read alone (a large metric costs one width's
+    column, not the cube): ``width`` (checked against ``pd``) or, as :func:`pick_width`, the
+    largest width with any computed value, trying widths with a ``done`` cell from the largest
+    down."""
+    if width is not None:
+        return load(info, pd.name, (metric,), pick_width(pd, width, metric))
+    widths = [int(w) for w in pd.widths.tolist()]
+    done = pd.done.reshape(len(pd.epochs), len(widths)) if pd.done.size else None
+    for j in sorted(range(len(widths)), key=lambda j: widths[j], reverse=True):
+        if done is not None and not done[:, j].any():
+            continue
+        col = load(info, pd.name, (metric,), widths[j])
+        if metric not in col.values:
+            raise CkptError(f"the '{pd.name}' probe has no '{metric}'", info.path)
+        if np.isfinite(col.values[metric]).any():
+            return col
+    raise CkptError(f"the '{pd.name}' probe has no computed cells")
 
 
 def pick_subset(pd: ProbeData, subset: str | None, default: str) -> str:

@@ -16,10 +16,10 @@ from ._common import (
     legend_bar,
     line_colors,
     load,
+    load_width,
     new_figure,
     no_data,
     pick_subset,
-    pick_width,
     symlog_axis,
     time_axis,
 )
@@ -39,15 +39,15 @@ def draw(info: CubeInfo, opts: PlotOptions) -> Figure:
     from matplotlib.colors import LogNorm, Normalize, SymLogNorm
     from matplotlib.ticker import FuncFormatter
 
-    ls = load(info, "landscape", ("loss", "barrier"))
+    ls = load(info, "landscape", ("barrier",))
     subset = pick_subset(ls, opts.subset, "train")
-    loss = ls.get("loss", subset=subset)
+    column = load_width(info, ls, opts.width, "loss")  # one width's surfaces, not the cube's
+    width = int(column.widths[0])
+    loss = column.get("loss", subset=subset)
     if loss is None:
         raise CkptError("the landscape probe has no 'loss'", info.path)
-    two_d = loss.ndim == 4  # (epoch, width, alpha, beta)
-    width = pick_width(ls, opts.width, "loss")
-    j = ls.column(width)
-    assert j is not None
+    two_d = loss.ndim == 4  # (epoch, 1, alpha, beta)
+    j = 0  # loss's column; the barrier's is ls.column(width)
     alpha = np.asarray(ls.coords["alpha"], dtype=np.float64)
     mask = epoch_mask(ls.epochs, opts)
     rows = [int(i) for i in np.flatnonzero(mask) if np.isfinite(loss[i, j]).any()]
