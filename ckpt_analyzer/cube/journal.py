@@ -37,7 +37,7 @@ from .hdf5 import (
     write_probe,
 )
 from .identity import identities_of
-from .read import check_cube
+from .read import READ_BLOCK_BYTES, check_cube
 from .rebuild import file_stat, rebuild_journal
 from .schema import (
     AXES,
@@ -77,10 +77,10 @@ CREATE TABLE IF NOT EXISTS failure (path TEXT NOT NULL, probe TEXT NOT NULL, epo
 """
 
 
-#: The most bytes of cells held in memory at once while materializing. Small enough that the
-#: writer's peak is flat from a few hundred cells on (a block fills once a width has this many
-#: bytes of epochs), large enough that a block is still one hyperslab write of many cells.
-BLOCK_BYTES = 4 * 2**20
+#: The most bytes of cells held in memory at once while materializing: the readers' block
+#: (small enough that the peak is flat once a width's epochs fill one, large enough that a block
+#: is still one hyperslab write of many cells).
+BLOCK_BYTES = READ_BLOCK_BYTES
 
 #: A periodic materialization (``materialize(when_due=True)``) waits at least this long, and at
 #: least 1/MATERIALIZE_SHARE times as long as the previous one took.
